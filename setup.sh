@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Install everything the pipeline and its tests need into the current Python environment.
+#   bash setup.sh            # torch 2.13.0 (kept if a torch is already installed, as on Kaggle/Colab), then the rest
+# TORCH_SPEC overrides which torch to install when none is present (default: torch==2.13.0).
+set -euo pipefail
+cd "$(dirname "$0")"
+PY=${PYTHON:-python3}
+
+# 1. torch first, then pinned with a constraint, so no later requirement lets pip pick another (multi-GB) build.
+if installed=$("$PY" -c 'import torch; print(torch.__version__)' 2>/dev/null); then
+  echo "setup: keeping installed torch $installed"
+else
+  "$PY" -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
+  installed=$("$PY" -c 'import torch; print(torch.__version__)')
+fi
+constraints=$(mktemp)
+trap 'rm -f "$constraints"' EXIT
+echo "torch==${installed}" >"$constraints"
+
+# 2. everything else, pinned in requirements.txt (never torchvision: it does not import beside this torch).
+"$PY" -m pip install -q -r requirements.txt -c "$constraints"
+
+# 3. a Jupyter kernel for papermill.
+"$PY" -m ipykernel install --sys-prefix --name python3 >/dev/null
+echo "setup: done (torch ${installed})"

@@ -1,0 +1,23 @@
+"""Shared test fixtures: offline hub, the real data beside the checkout when present."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("AMAZON_DATA_DIR", REPO.parent / "shared" / "data" / "amazon"))
+
+
+@pytest.fixture(scope="session")
+def amazon_dir() -> Path:
+    """The real challenge data folder (`../shared/data/amazon`); skips the test when it is absent."""
+    if not (SHARED_DATA / "test.csv").is_file():
+        pytest.skip(f"real data not found at {SHARED_DATA}")
+    return SHARED_DATA

@@ -1,0 +1,54 @@
+"""utils.tracking: the wandb mode is always explicit, so a run never hangs on a missing network."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from utils import tracking
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for var in ("WANDB_MODE", "WANDB_API_KEY", "KAGGLE_KERNEL_RUN_TYPE"):
+        monkeypatch.delenv(var, raising=False)
+    return monkeypatch
+
+
+def test_offline_without_a_key(clean_env: pytest.MonkeyPatch) -> None:
+    assert tracking.wandb_mode() == "offline"
+
+
+def test_online_with_a_key(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("WANDB_API_KEY", "x" * 40)
+    assert tracking.wandb_mode() == "online"
+
+
+def test_env_mode_wins_and_is_validated(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("WANDB_API_KEY", "x" * 40)
+    clean_env.setenv("WANDB_MODE", "disabled")
+    assert tracking.wandb_mode() == "disabled"
+    clean_env.setenv("WANDB_MODE", "dryrun")
+    assert tracking.wandb_mode() == "offline"
+    clean_env.setenv("WANDB_MODE", "sometimes")
+    with pytest.raises(ValueError, match="one of"):
+        tracking.wandb_mode()
+
+
+def test_online_request_without_key_is_a_clear_error(clean_env: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError, match="WANDB_API_KEY"):
+        tracking.wandb_mode("online")
+
+
+def test_offline_run_logs_to_disk_quickly(clean_env: pytest.MonkeyPatch, tmp_path) -> None:
+    start = time.monotonic()
+    run = tracking.init_run("unit-test", {"lr": 1e-3}, job_type="test", dir=tmp_path)
+    run.log({"loss": 1.5})
+    run.log({"loss": 0.5})
+    assert run.summary["loss"] == 0.5
+    assert run.config["lr"] == 1e-3
+    run.finish()
+    assert time.monotonic() - start < 60  # offline never waits on a server
+    logs = list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
+    assert logs and logs[0].stat().st_size > 0, "offline run left no log to sync"
