@@ -1,0 +1,263 @@
+"""utils.pipeline and utils.backends: the shard loop with a fake backend, resume after a failure, the registry."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import utils.backends as backends
+from utils.backends import Backend, available_backends, get_backend, register_backend
+from utils.pipeline import merge_and_check, run_shard
+from utils.sanity import check_submission
+from utils.shards import MergeError, ShardWriter, done_marker_path, read_shard, shard_path, shard_rows
+from utils.units import normalize_prediction
+
+REPO = Path(__file__).resolve().parents[1]
+RAW_BY_ENTITY = {
+    "width": "{v} cm",
+    "height": "approx. {v} inches",
+    "item_weight": "The item weight is {v} g.",
+    "voltage": "{v}V",
+    "item_volume": "N/A",
+}
+
+
+def synthetic_test(n: int = 120, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    index = rng.choice(7 * n, size=n, replace=False)
+    entities = list(RAW_BY_ENTITY)
+    return pd.DataFrame(
+        {
+            "index": index.astype("int64"),
+            "image_link": [f"https://example.com/{i}.jpg" for i in index],
+            "group_id": rng.integers(1, 9, size=n),
+            "entity_name": [entities[i % len(entities)] for i in range(n)],
+        }
+    )
+
+
+def raw_answer(index: int, entity: str) -> str:
+    """What the fake model 'reads' for a row (a few spellings the cleaning step must handle)."""
+    return "" if index % 11 == 0 else RAW_BY_ENTITY[entity].format(v=index % 40 + 1)
+
+
+class FakeBackend:
+    """A Backend that answers from ``raw_answer``, in batches, and can fail or misbehave on demand."""
+
+    name = "fake"
+
+    def __init__(self, fail_after: int | None = None, skip: set[int] | None = None, invent: int | None = None) -> None:
+        self.fail_after = fail_after
+        self.skip = skip or set()
+        self.invent = invent
+        self.asked: list[list[int]] = []
+        self.settings: list[dict[str, Any]] = []
+
+    def fit(self, train: pd.DataFrame, val: pd.DataFrame, image_dir: Path, out_dir: Path, **settings: Any) -> Path:
+        return Path(out_dir)
+
+    def predict(
+        self, rows: pd.DataFrame, image_dir: Path, artifact_dir: Path, batch_size: int = 8, **settings: Any
+    ) -> Iterator[list[tuple[int, str]]]:
+        assert isinstance(image_dir, Path) and isinstance(artifact_dir, Path)
+        self.asked.append(rows["index"].tolist())
+        self.settings.append({"batch_size": batch_size, **settings})
+        for b, start in enumerate(range(0, len(rows), batch_size)):
+            if self.fail_after is not None and b == self.fail_after:
+                raise RuntimeError("simulated crash (out of memory)")
+            chunk = rows.iloc[start : start + batch_size]
+            pairs = zip(chunk["index"].astype(int), chunk["entity_name"])
+            batch = [(i, raw_answer(i, e)) for i, e in pairs if i not in self.skip]
+            if self.invent is not None and b == 0:
+                batch.append((self.invent, "1 cm"))
+            yield batch
+
+
+class NoCallBackend(FakeBackend):
+    def predict(self, *args: Any, **kwargs: Any) -> Iterator[list[tuple[int, str]]]:
+        raise AssertionError("predict must not be called on a finished shard")
+
+
+def _run(backend: Any, test: pd.DataFrame, i: int, n: int, tmp_path: Path, **settings: Any) -> Path:
+    dirs = (tmp_path / "img", tmp_path / "art", tmp_path / "out")
+    return run_shard(backend, test, i, n, *dirs, show_progress=False, **settings)
+
+
+def test_fake_backend_satisfies_the_protocol() -> None:
+    assert isinstance(FakeBackend(), Backend)
+
+
+def test_run_all_shards_then_merge(tmp_path: Path) -> None:
+    test = synthetic_test()
+    for i in range(3):
+        path = _run(FakeBackend(), test, i, 3, tmp_path, batch_size=7, temperature=0.0)
+        assert path == shard_path(tmp_path / "out", i, 3)
+        shard = read_shard(path)
+        rows = shard_rows(test, i, 3)
+        assert sorted(shard["index"]) == sorted(rows["index"])
+        entity = dict(zip(rows["index"], rows["entity_name"]))
+        assert shard["raw"].tolist() == [raw_answer(i, entity[i]) for i in shard["index"]]
+        cleaned = [normalize_prediction(entity[i], raw_answer(i, entity[i])) for i in shard["index"]]
+        assert shard["prediction"].tolist() == cleaned
+    sub_path = tmp_path / "submission.csv"
+    merged = merge_and_check(tmp_path / "out", 3, test, out_path=sub_path)
+    assert merged["index"].tolist() == test["index"].tolist()
+    assert check_submission(test, pd.read_csv(sub_path, dtype=str, keep_default_na=False)) == []
+    filled = merged.set_index("index")["prediction"]
+    some_width = int(test.loc[(test["entity_name"] == "width") & (test["index"] % 11 != 0), "index"].iloc[0])
+    assert filled[some_width] == f"{float(some_width % 40 + 1)} centimetre"
+    assert (merged.loc[test["entity_name"].eq("item_volume").to_numpy(), "prediction"] == "").all()
+
+
+def test_settings_reach_the_backend(tmp_path: Path) -> None:
+    backend = FakeBackend()
+    _run(backend, synthetic_test(20), 0, 1, tmp_path, batch_size=4, max_new_tokens=9)
+    assert backend.settings == [{"batch_size": 4, "max_new_tokens": 9}]
+
+
+def test_resume_after_a_crash_mid_shard(tmp_path: Path) -> None:
+    test = synthetic_test()
+    rows = shard_rows(test, 1, 2)
+    crashing = FakeBackend(fail_after=3)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _run(crashing, test, 1, 2, tmp_path, batch_size=5)
+    path = shard_path(tmp_path / "out", 1, 2)
+    written = read_shard(path)["index"].tolist()
+    assert written == rows["index"].tolist()[:15]  # three whole batches survived
+    assert not done_marker_path(tmp_path / "out", 1, 2).exists()
+
+    resumed = FakeBackend()
+    _run(resumed, test, 1, 2, tmp_path, batch_size=5)
+    assert resumed.asked == [rows["index"].tolist()[15:]]  # nothing already written is asked again
+    final = read_shard(path)
+    assert final["index"].tolist() == rows["index"].tolist() and final["index"].is_unique
+    assert done_marker_path(tmp_path / "out", 1, 2).exists()
+
+    _run(NoCallBackend(), test, 1, 2, tmp_path)  # finished: the backend is not even asked
+    assert read_shard(path).equals(final)
+
+
+def test_unanswered_indices_block_the_done_marker(tmp_path: Path) -> None:
+    test = synthetic_test(40)
+    rows = shard_rows(test, 0, 1)
+    skipped = {int(rows["index"][3]), int(rows["index"][30])}
+    with pytest.raises(RuntimeError, match="without answering 2 of 40 indices"):
+        _run(FakeBackend(skip=skipped), test, 0, 1, tmp_path)
+    assert not done_marker_path(tmp_path / "out", 0, 1).exists()
+    with pytest.raises(MergeError, match="not finished"):
+        merge_and_check(tmp_path / "out", 1, test)
+    again = FakeBackend()
+    _run(again, test, 0, 1, tmp_path)
+    assert sorted(again.asked[0]) == sorted(skipped)
+    assert len(merge_and_check(tmp_path / "out", 1, test)) == 40
+
+
+def test_an_answer_for_an_index_not_asked_is_an_error(tmp_path: Path) -> None:
+    test = synthetic_test(30)
+    with pytest.raises(RuntimeError, match="answered index 999999, which was not asked for"):
+        _run(FakeBackend(invent=999999), test, 0, 1, tmp_path)
+
+
+def test_a_repeated_answer_is_an_error(tmp_path: Path) -> None:
+    test = synthetic_test(30)
+    first = int(shard_rows(test, 0, 1)["index"][0])
+    backend = FakeBackend(invent=first)  # the first batch answers its first index twice
+    with pytest.raises(RuntimeError, match=f"answered index {first} twice"):
+        _run(backend, test, 0, 1, tmp_path)
+    assert not read_shard(shard_path(tmp_path / "out", 0, 1)).size  # the bad batch was not written
+    with pytest.raises(ValueError, match="missing entity_name"):
+        _run(FakeBackend(), test.drop(columns="entity_name"), 0, 1, tmp_path)
+
+
+def test_merge_and_check_rejects_invalid_predictions(tmp_path: Path) -> None:
+    test = synthetic_test(10)
+    w = ShardWriter(tmp_path, 0, 1)
+    rows = list(test["index"])
+    w.write_batch([(int(i), "5.0 volt" if k == 0 else "", "") for k, i in enumerate(rows)])
+    w.mark_done(rows)
+    entity = test["entity_name"].iloc[0]
+    with pytest.raises(ValueError, match=f"(?s)unit: 1.*not allowed for {entity}"):
+        merge_and_check(tmp_path, 1, test, out_path=tmp_path / "sub.csv")
+    assert not (tmp_path / "sub.csv").exists()
+
+
+def test_progress_bar_counts_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    test = synthetic_test(30)
+    run_shard(FakeBackend(), test, 0, 1, tmp_path, tmp_path, tmp_path / "out", batch_size=10)
+    err = capsys.readouterr().err
+    assert "shard 0 of 1" in err and "30/30" in err and "row/s" in err
+
+
+# --- the backend registry ------------------------------------------------------------------------------------------
+
+
+def test_unknown_backend_lists_the_choices() -> None:
+    with pytest.raises(ValueError, match=r"unknown backend 'gpt'; choose one of: ocr, paligemma"):
+        get_backend("gpt")
+    assert set(available_backends()) >= {"ocr", "paligemma"}
+    assert backends.BACKENDS["paligemma"] == "utils.infer:PaliGemmaBackend"
+    assert backends.BACKENDS["ocr"] == "utils.ranker:OcrBackend"
+
+
+def test_registered_backend_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(backends.BACKENDS, "fake", "tests.test_pipeline:FakeBackend")
+    assert isinstance(get_backend("fake"), FakeBackend)
+    assert get_backend("fake", fail_after=2).fail_after == 2
+    test = synthetic_test(25)
+    _run("fake", test, 0, 1, tmp_path)
+    assert len(read_shard(shard_path(tmp_path / "out", 0, 1))) == 25
+
+
+def test_registry_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(backends.BACKENDS, "gone", "utils.no_such_module:X")
+    with pytest.raises(ImportError, match="backend 'gone' needs utils.no_such_module"):
+        get_backend("gone")
+    monkeypatch.setitem(backends.BACKENDS, "typo", "tests.test_pipeline:NoSuchClass")
+    with pytest.raises(ImportError, match="has no class NoSuchClass"):
+        get_backend("typo")
+    with pytest.raises(ValueError, match="module:ClassName"):
+        register_backend("bad", "tests.test_pipeline.FakeBackend")
+    register_backend("fake2", "tests.test_pipeline:FakeBackend")
+    try:
+        assert "fake2" in available_backends()
+    finally:
+        backends.BACKENDS.pop("fake2")
+
+
+def test_backends_are_imported_lazily() -> None:
+    code = (
+        "import sys, utils.pipeline, utils.backends; "
+        "print(sorted(m for m in ('torch', 'transformers', 'onnxruntime', 'rapidocr', 'utils.infer', 'utils.ranker') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.slow
+def test_the_real_backends_resolve() -> None:
+    """``ocr`` and ``paligemma`` name real classes that satisfy the protocol (imports torch: a few seconds)."""
+    code = (
+        "from utils.backends import Backend, get_backend\n"
+        "for name in ('ocr', 'paligemma'):\n"
+        "    try:\n"
+        "        b = get_backend(name)\n"
+        "    except ImportError as exc:\n"
+        "        print(name, 'unavailable', exc)\n"
+        "        continue\n"
+        "    print(name, b.name, isinstance(b, Backend))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    if any("unavailable" in line for line in lines):
+        pytest.skip("; ".join(lines))
+    assert lines == ["ocr ocr True", "paligemma paligemma True"]

@@ -1,0 +1,70 @@
+"""The one small interface both backends implement, and a registry that imports them only when asked.
+
+``get_backend("paligemma")`` imports ``utils.infer`` (torch, transformers) and ``get_backend("ocr")`` imports
+``utils.ranker`` (onnxruntime, rapidocr) only at that moment, so importing this module (or ``utils.pipeline``)
+stays cheap and works on a machine that has only one backend's dependencies.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import pandas as pd
+
+#: backend name -> "module:ClassName", imported lazily by :func:`get_backend`.
+BACKENDS: dict[str, str] = {
+    "paligemma": "utils.infer:PaliGemmaBackend",
+    "ocr": "utils.ranker:OcrBackend",
+}
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """A model that can be fitted on train rows and answer test rows, batch by batch."""
+
+    name: str
+
+    def fit(self, train: pd.DataFrame, val: pd.DataFrame, image_dir: Path, out_dir: Path, **settings: Any) -> Path:
+        """Fit on ``train`` (validating on ``val``); write the artifact folder under ``out_dir`` and return it."""
+        ...
+
+    def predict(
+        self, rows: pd.DataFrame, image_dir: Path, artifact_dir: Path, **settings: Any
+    ) -> Iterator[list[tuple[int, str]]]:
+        """Yield one list of ``(index, raw answer)`` per batch; ``""`` for a row whose image is missing."""
+        ...
+
+
+def available_backends() -> tuple[str, ...]:
+    """The registered backend names."""
+    return tuple(sorted(BACKENDS))
+
+
+def register_backend(name: str, target: str) -> None:
+    """Register (or replace) a backend as ``"module:ClassName"``; it is imported on first use."""
+    if ":" not in target:
+        raise ValueError(f"backend target must look like 'package.module:ClassName', got {target!r}")
+    BACKENDS[name] = target
+
+
+def get_backend(name: str, **kwargs: Any) -> Backend:
+    """A new instance of the backend called ``name`` (``"paligemma"`` or ``"ocr"``); ``kwargs`` go to its class.
+
+    Raises ``ValueError`` listing the choices for an unknown name, and ``ImportError`` naming the module when the
+    backend's dependencies are not installed.
+    """
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose one of: {', '.join(available_backends())}")
+    module_name, _, class_name = BACKENDS[name].partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ImportError(f"backend {name!r} needs {module_name}, which could not be imported: {exc}") from exc
+    try:
+        cls = getattr(module, class_name)
+    except AttributeError:
+        raise ImportError(f"backend {name!r}: {module_name} has no class {class_name}") from None
+    return cls(**kwargs)
