@@ -1,0 +1,394 @@
+"""Tests for utils.images: names, loading, validation, and the downloader against a fault-injecting server."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.image_server import ImageServer
+from utils import images as I
+from utils.images import (
+    DownloadSummary,
+    InvalidImage,
+    clean_temp_files,
+    download_frame,
+    download_images,
+    image_filename,
+    image_path,
+    load_image,
+    validate_image_bytes,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = dict(timeout=0.5, total_timeout=5.0, retries=2, backoff=0.01, backoff_cap=0.05, progress=False)
+
+
+def _jpeg(w: int = 64, h: int = 48, color: tuple[int, int, int] = (200, 30, 30), **save: object) -> bytes:
+    im = Image.new("RGB", (w, h), color)
+    for x in range(0, w, 7):  # some structure, so the entropy-coded data is not trivial
+        im.putpixel((x, x * h // w), (x % 255, 255 - x % 255, 90))
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=90, **save)
+    return buf.getvalue()
+
+
+def _png(w: int = 40, h: int = 30, mode: str = "RGB") -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, (w, h), (10, 120, 250) if mode == "RGB" else (10, 120, 250, 0)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _read_failures(cache: Path) -> dict[str, tuple[str, int]]:
+    with open(cache / "failures.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return {r["url"]: (r["reason"], int(r["attempts"])) for r in rows}
+
+
+def _visible_files(cache: Path) -> set[str]:
+    return {p.name for p in cache.iterdir() if not p.name.startswith(".") and p.name != "failures.csv"}
+
+
+# ------------------------------------------------------------------------------------------------ names
+
+
+@pytest.mark.parametrize(
+    ("url", "name"),
+    [
+        ("https://m.media-amazon.com/images/I/61I9XdN6OFL.jpg", "61I9XdN6OFL.jpg"),
+        ("http://host:8080/a/b/71+x-y.jpg?width=100#frag", "71+x-y.jpg"),
+        ("https://host/a/my%20photo.png", "my photo.png"),
+        ("  https://host/x/A.jpg  ", "A.jpg"),
+    ],
+)
+def test_image_filename_takes_the_last_path_segment(url: str, name: str) -> None:
+    assert image_filename(url) == name
+    assert image_path(Path("/cache"), url) == Path("/cache") / name
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "", "   ", "ftp://host/a.jpg", "file:///etc/passwd", "data:image/png;base64,AAAA", "/images/a.jpg",
+        "https:///a.jpg", "https://host/", "https://host/dir/..", "https://host/a/%2e%2e",
+        "https://host/a/..%2F..%2Fetc%2Fpasswd", "https://host/a/..%5C..%5Cwin.ini", "https://host/.bashrc",
+        "https://host/a%00b.jpg", "https://host/" + "x" * 300 + ".jpg",
+    ],
+)
+def test_image_filename_rejects_unsafe_urls(url: str) -> None:
+    with pytest.raises(ValueError):
+        image_filename(url)
+
+
+# ------------------------------------------------------------------------------------------------ loading
+
+
+def test_load_image_missing_and_garbage_give_none(tmp_path: Path) -> None:
+    assert load_image(tmp_path / "nope.jpg") is None
+    (tmp_path / "bad.jpg").write_bytes(b"<html>not an image</html>")
+    assert load_image(tmp_path / "bad.jpg") is None
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    assert load_image(tmp_path / "empty.jpg") is None
+    data = _jpeg(400, 300)
+    (tmp_path / "trunc.jpg").write_bytes(data[: len(data) // 2])
+    assert load_image(tmp_path / "trunc.jpg") is None
+    assert load_image(tmp_path) is None  # a directory
+
+
+def test_load_image_exif_rgb_and_downscale(tmp_path: Path) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    (tmp_path / "rot.jpg").write_bytes(_jpeg(80, 40, exif=exif.tobytes()))
+    im = load_image(tmp_path / "rot.jpg")
+    assert im is not None and im.mode == "RGB" and im.size == (40, 80)
+
+    (tmp_path / "big.jpg").write_bytes(_jpeg(900, 300))
+    small = load_image(tmp_path / "big.jpg", max_side=90)
+    assert small is not None and small.size == (90, 30) and small.mode == "RGB"
+    assert load_image(tmp_path / "big.jpg", max_side=2000).size == (900, 300)  # never upscaled
+
+    (tmp_path / "alpha.png").write_bytes(_png(20, 10, mode="RGBA"))
+    rgba = load_image(tmp_path / "alpha.png")
+    assert rgba is not None and rgba.mode == "RGB" and rgba.getpixel((0, 0)) == (255, 255, 255)
+    with pytest.raises(ValueError):
+        load_image(tmp_path / "big.jpg", max_side=0)
+
+
+def test_load_image_real_dev_image(amazon_dir: Path) -> None:
+    path = sorted((amazon_dir / "dev" / "images").iterdir())[0]
+    full = load_image(path)
+    small = load_image(path, max_side=448)
+    assert full is not None and small is not None and small.mode == "RGB"
+    assert max(small.size) == min(448, max(full.size))
+    assert abs(small.size[0] / small.size[1] - full.size[0] / full.size[1]) < 0.02
+
+
+# ------------------------------------------------------------------------------------------------ validation
+
+
+@pytest.mark.parametrize("full", [True, False])
+def test_validate_image_bytes(full: bool) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 1
+    data = _jpeg(300, 200, exif=exif.tobytes())
+    png = _png(300, 200)
+    assert validate_image_bytes(data, full_decode=full) == "JPEG"
+    assert validate_image_bytes(png, full_decode=full) == "PNG"
+    assert validate_image_bytes(data + b"\x00" * 100, full_decode=full) == "JPEG"  # padding after EOI is fine
+    cases = [
+        (b"", "empty"),
+        (b"<!DOCTYPE html><html><body>captcha</body></html>", "HTML"),
+        (b"\n  <html><head></head></html>", "HTML"),
+        (b"\x00\x01garbage" * 50, "not an image"),
+    ]
+    cases += [(data[:cut], "truncated|corrupt") for cut in (len(data) // 3, len(data) * 2 // 3, len(data) - 2)]
+    cases += [(png[:cut], "truncated|corrupt") for cut in (len(png) // 2, len(png) - 5)]
+    for bad, words in cases:
+        with pytest.raises(InvalidImage, match=words):
+            validate_image_bytes(bad, full_decode=full)
+    with pytest.raises(InvalidImage, match="decompression bomb"):
+        validate_image_bytes(_png(200, 200), max_pixels=10_000, full_decode=full)
+
+
+def test_backoff_grows_with_jitter_and_honours_retry_after() -> None:
+    s = I._Settings(1, 1, 3, backoff=0.2, backoff_cap=1.0, max_bytes=1, max_pixels=None,
+                    verify_cached=False, full_decode=True, fsync=False)
+    for attempt, base in [(1, 0.2), (2, 0.4), (3, 0.8), (4, 1.0), (9, 1.0)]:
+        delays = {I._backoff_delay(attempt, s, None) for _ in range(50)}
+        assert all(base / 2 <= d <= base for d in delays) and len(delays) > 1
+    assert I._backoff_delay(1, s, 0.9) >= 0.9
+    assert I._backoff_delay(1, s, 100.0) <= 1.0  # capped
+
+
+# ------------------------------------------------------------------------------------------------ downloading
+
+
+@pytest.fixture()
+def server():
+    with ImageServer() as srv:
+        yield srv
+
+
+def test_download_with_faults(server: ImageServer, tmp_path: Path) -> None:
+    good = {f"/img/ok{i}.jpg": _jpeg(60 + i, 40, (i * 20, 10, 10)) for i in range(6)}
+    good["/img/ok.png"] = _png()
+    urls = [server.add(p, b) for p, b in good.items()]
+    flaky = server.add("/img/flaky.jpg", _jpeg(33, 33), fail_first=1, fail_status=500)
+    limited = server.add("/img/limited.jpg", _jpeg(34, 34), fail_first=2, fail_status=429, retry_after="0")
+    broken = server.add("/img/always500.jpg", _jpeg(), fail_first=99)
+    forbidden = server.add("/img/forbidden.jpg", _jpeg(), fail_first=99, fail_status=403)
+    missing = server.url("/img/missing.jpg")
+    big = _jpeg(300, 200)
+    cut_conn = server.add("/img/cutconn.jpg", big, truncate_at=len(big) // 2)
+    cut_file = server.add("/img/cutfile.jpg", big[: len(big) // 2])
+    html = server.add("/img/page.jpg", b"<html><body>robot check</body></html>", content_type="text/html")
+    html_as_jpeg = server.add("/img/sneaky.jpg", b"<!doctype html><html>x</html>", content_type="image/jpeg")
+    hang = server.add("/img/hang.jpg", _jpeg(), hang=2.0)
+    huge = server.add("/img/huge.jpg", b"\xff" * 300_000)
+    huge_chunked = server.add("/img/huge2.jpg", b"\xff" * 300_000, send_length=False)
+    bomb = server.add("/img/bomb.png", _png(400, 400))
+    bad = ["ftp://127.0.0.1/x.jpg", server.url("/img/..%2F..%2Fescape.jpg"), ""]
+    all_urls = urls + urls[:3] + [flaky, limited, broken, forbidden, missing, cut_conn, cut_file, html,
+                                   html_as_jpeg, hang, huge, huge_chunked, bomb] + bad
+
+    t0 = time.monotonic()
+    summary = download_images(all_urls, tmp_path / "cache", workers=8, max_bytes=200_000,
+                              max_pixels=100_000, **FAST)
+    assert time.monotonic() - t0 < 10
+    cache = tmp_path / "cache"
+    assert isinstance(summary, DownloadSummary)
+    assert (summary.downloaded, summary.cached, summary.failed) == (9, 0, 14)
+    assert str(summary) == "downloaded 9, cached 0, failed 14"
+    for path, body in good.items():  # byte-identical, deduplicated: one request each
+        assert (cache / Path(path).name).read_bytes() == body
+        assert server.hits[path] == 1
+    assert _visible_files(cache) == {Path(p).name for p in good} | {"flaky.jpg", "limited.jpg"}
+    assert not [p for p in cache.iterdir() if ".part-" in p.name]
+
+    fails = _read_failures(cache)
+    assert len(fails) == 14
+    assert fails[broken] == ("HTTP 500", 3)
+    assert fails[forbidden] == ("HTTP 403", 1) and fails[missing] == ("HTTP 404", 1)
+    assert fails[cut_conn][0].startswith("connection error") and fails[cut_conn][1] == 3
+    assert "truncated" in fails[cut_file][0] and fails[cut_file][1] == 1
+    assert "content-type text/html" in fails[html][0] and fails[html][1] == 1
+    assert "HTML" in fails[html_as_jpeg][0]
+    assert fails[hang][0].startswith("timeout") and fails[hang][1] == 3
+    assert "too large" in fails[huge][0] and "too large" in fails[huge_chunked][0]
+    assert "decompression bomb" in fails[bomb][0]
+    assert all(fails[u][1] == 0 and fails[u][0].startswith("rejected") for u in bad)
+    assert server.hits["/img/flaky.jpg"] == 2 and server.hits["/img/limited.jpg"] == 3
+
+    # resume: everything valid is skipped, only the failures are tried again
+    before = dict(server.hits)
+    again = download_images(all_urls, cache, workers=8, max_bytes=200_000, max_pixels=100_000, **FAST)
+    assert (again.downloaded, again.cached, again.failed) == (0, 9, 14)
+    for path in good:
+        assert server.hits[path] == before[path]
+    assert server.hits["/img/missing.jpg"] == before["/img/missing.jpg"] + 1
+
+
+def test_redirects_and_stale_keepalive_connections(server: ImageServer, tmp_path: Path) -> None:
+    body = _jpeg(50, 50)
+    target = server.add("/r/real.jpg", body)
+    moved = server.add("/r/moved.jpg", b"", status=301, headers={"Location": "/r/real.jpg"})
+    loop = server.add("/r/loop.jpg", b"", status=302, headers={"Location": "/r/loop.jpg"})
+    s = download_images([moved, loop], tmp_path / "r", **FAST)
+    assert (s.downloaded, s.failed) == (1, 1)
+    assert (tmp_path / "r" / "moved.jpg").read_bytes() == body and server.hits["/r/real.jpg"] == 1
+    assert "redirects" in s.failures[0].reason and server.hits["/r/loop.jpg"] == 6
+    assert target.endswith("/r/real.jpg")
+    # the server silently closes each kept-alive connection: reusing it must not cost an attempt
+    urls = [server.add(f"/d/{i}.jpg", _jpeg(20 + i, 20), drop_after=True) for i in range(4)]
+    s = download_images(urls, tmp_path / "d", workers=1, **{**FAST, "retries": 0})
+    assert (s.downloaded, s.failed) == (4, 0)
+
+
+def test_corrupt_cache_file_is_downloaded_again(server: ImageServer, tmp_path: Path) -> None:
+    body = _jpeg(300, 200)
+    url = server.add("/x/a.jpg", body)
+    url2 = server.add("/x/b.jpg", _jpeg(20, 20))
+    cache = tmp_path / "c"
+    cache.mkdir()
+    (cache / "a.jpg").write_bytes(body[: len(body) - 300])  # left by a non-atomic tool
+    (cache / "b.jpg").write_bytes(b"")
+    s = download_images([url, url2], cache, **FAST)
+    assert (s.downloaded, s.cached, s.failed) == (2, 0, 0)
+    assert (cache / "a.jpg").read_bytes() == body
+    # a corrupt file that cannot be fetched again is removed, not left under an image name
+    (cache / "gone.jpg").write_bytes(b"\xff\xd8junk")
+    s = download_images([server.url("/x/gone.jpg")], cache, **FAST)
+    assert s.failed == 1 and not (cache / "gone.jpg").exists()
+
+
+def test_leftover_temp_files_are_cleaned(tmp_path: Path) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / f".a.jpg.part-{dead.pid}-1").write_bytes(b"partial")
+    (tmp_path / ".b.jpg.part-1-1").write_bytes(b"pid 1 is alive")  # another live run: left alone
+    (tmp_path / "keep.jpg").write_bytes(b"x")
+    assert clean_temp_files(tmp_path) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".b.jpg.part-1-1", "keep.jpg"]
+
+
+def test_bad_arguments(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="workers"):
+        download_images([], tmp_path, workers=0)
+    with pytest.raises(ValueError, match="iterable"):
+        download_images("https://h/a.jpg", tmp_path)
+    import pandas as pd
+
+    with pytest.raises(ValueError, match="image_link"):
+        download_frame(pd.DataFrame({"x": [1]}), tmp_path)
+    s = download_images([], tmp_path / "empty", progress=False)
+    assert s.line() == "downloaded 0, cached 0, failed 0" and (tmp_path / "empty" / "failures.csv").is_file()
+
+
+def test_real_dev_images_and_dataframe(server: ImageServer, tmp_path: Path, amazon_dir: Path) -> None:
+    import pandas as pd
+
+    files = sorted((amazon_dir / "dev" / "images").iterdir())[:12]
+    df = pd.DataFrame({"image_link": [server.add(f"/images/I/{f.name}", f.read_bytes()) for f in files] * 2})
+    real = files[0].read_bytes()
+    cut = server.add("/images/I/cut.jpg", real[: len(real) * 3 // 4])
+    df.loc[len(df)] = [cut]
+    s = download_frame(df, tmp_path, workers=4, max_bytes=max(f.stat().st_size for f in files),
+                       full_decode=True, **FAST)
+    assert (s.downloaded, s.cached, s.failed) == (12, 0, 1)
+    for f in files:
+        assert (tmp_path / f.name).read_bytes() == f.read_bytes()
+        assert load_image(tmp_path / f.name, max_side=64) is not None
+    assert "truncated" in _read_failures(tmp_path)[cut][0]
+    for f in files:  # the default structural check catches every cut of a real image
+        body = f.read_bytes()
+        assert validate_image_bytes(body, full_decode=False) == "JPEG"
+        for cut in (len(body) // 10, len(body) // 2, len(body) * 9 // 10, len(body) - 1):
+            with pytest.raises(InvalidImage, match="truncated"):
+                validate_image_bytes(body[:cut], full_decode=False)
+    small_cap = download_images([server.url(f"/images/I/{files[1].name}")], tmp_path / "cap",
+                                max_bytes=files[1].stat().st_size - 1, **FAST)
+    assert small_cap.failed == 1 and "too large" in small_cap.failures[0].reason
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+def _write_csv(path: Path, urls: list[str]) -> None:
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["index", "image_link", "group_id", "entity_name"])
+        for i, u in enumerate(urls):
+            w.writerow([i, u, 1, "item_weight"])
+
+
+def test_cli_summary_line(server: ImageServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    urls = [server.add(f"/c/{i}.jpg", _jpeg(30 + i, 30)) for i in range(3)] + [server.url("/c/404.jpg")]
+    _write_csv(tmp_path / "t.csv", urls + urls[:1])
+    rc = I.main(["download", str(tmp_path / "t.csv"), str(tmp_path / "cache"), "--workers", "2",
+                 "--no-progress", "--retries", "0", "--timeout", "1"])
+    assert rc == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "downloaded 3, cached 0, failed 1"
+    assert I.main(["download", str(tmp_path / "missing.csv"), str(tmp_path / "c2")]) == 2
+    (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
+    assert I.main(["download", str(tmp_path / "bad.csv"), str(tmp_path / "c2")]) == 2
+    assert "image_link" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_never_exposes_partial_files(tmp_path: Path) -> None:
+    bodies = {f"k{i:02d}.jpg": _jpeg(200 + i, 150, (i * 5, 100, 200)) for i in range(40)}
+    with ImageServer(latency=0.1) as srv:
+        urls = [srv.add(f"/k/{n}", b, chunks=4, chunk_delay=0.02) for n, b in bodies.items()]
+        _write_csv(tmp_path / "t.csv", urls)
+        cache = tmp_path / "cache"
+        cmd = [sys.executable, "-m", "utils.images", "download", str(tmp_path / "t.csv"), str(cache),
+               "--workers", "4", "--no-progress"]
+        bad_seen: list[str] = []
+        stop = threading.Event()
+
+        def watch() -> None:  # every file visible under an image name must be complete, at every moment
+            while not stop.is_set():
+                if cache.is_dir():
+                    for name in _visible_files(cache):
+                        try:
+                            data = (cache / name).read_bytes()
+                        except FileNotFoundError:
+                            continue
+                        if data != bodies.get(name):
+                            bad_seen.append(name)
+                time.sleep(0.005)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and (not cache.is_dir() or len(_visible_files(cache)) < 8):
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert proc.returncode == -signal.SIGKILL
+        n_before = len(_visible_files(cache))
+        assert 8 <= n_before < len(bodies), "the kill should land mid-run"
+        # a temp file the killed run could have left mid-write
+        (cache / f".k00.jpg.part-{proc.pid}-7").write_bytes(b"\xff\xd8partial")
+
+        out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
+        stop.set()
+        watcher.join()
+        assert out.returncode == 0, out.stderr
+        n_now = len(bodies) - n_before
+        assert out.stdout.strip().splitlines()[-1] == f"downloaded {n_now}, cached {n_before}, failed 0"
+    assert bad_seen == []
+    assert _visible_files(cache) == set(bodies)
+    for name, body in bodies.items():
+        assert (cache / name).read_bytes() == body
+    assert not [p for p in cache.iterdir() if ".part-" in p.name]

@@ -1,0 +1,776 @@
+"""Image download cache and image loading: the one place the project touches image files.
+
+Downloading (``download_images`` / CLI ``python -m utils.images download CSV CACHE_DIR``):
+
+- a pool of worker threads, each keeping its keep-alive connections (standard-library ``http.client``: far less
+  CPU per request than httpx, which matters at hundreds of images/s on two cores); a tqdm progress bar;
+- URLs are deduplicated by their cache file name (many rows share an image);
+- retries with exponential backoff and jitter on timeouts, connection errors, 5xx, 408 and 429 (``Retry-After``
+  is honoured, capped); no retry on other 4xx (404, 403, ...) or on a body that is not a valid image;
+- the body is checked before it is kept: size cap, not HTML (by content type and by content), Pillow identifies
+  it and parses its header, the decompression-bomb pixel limit is an error, a JPEG must end with its end marker
+  and a PNG must pass ``verify()`` (CRCs through IEND), other formats are decoded. ``full_decode=True``
+  (``--full-decode``) also decodes every JPEG/PNG (JPEG in 1/8 draft mode); it is off by default because it
+  costs about 5x the client CPU of everything else per image (bench/download.py: ~3.7 vs ~0.7 ms per 200 KB
+  JPEG on the 2-core dev box), and ``load_image`` already turns an undecodable file into "no answer";
+- atomic writes: ``.NAME.part-<pid>-<thread>`` in the cache folder, fsync, ``os.replace``; a killed run never
+  leaves a partial file under an image name, and its leftover temp files are removed by the next run;
+- resume: files already in the cache that look complete are skipped (``cached``); a cached file that is corrupt
+  (empty, unidentifiable, truncated) is deleted and downloaded again;
+- failures go to ``CACHE_DIR/failures.csv`` (``url,reason,attempts``), never to placeholder images.
+
+Loading (``load_image``): EXIF orientation, RGB (transparency over white), optional downscale keeping the aspect
+ratio; ``None`` for a missing or undecodable file so callers answer ``""`` instead of crashing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import http.client
+import io
+import logging
+import os
+import queue
+import random
+import re
+import ssl
+import sys
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import unquote, urljoin, urlsplit
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WORKERS = 64
+DEFAULT_TIMEOUT = 30.0  # seconds per connect/read operation
+DEFAULT_TOTAL_TIMEOUT = 120.0  # seconds for one whole attempt (guards against a trickling server)
+DEFAULT_RETRIES = 3  # retries after the first attempt
+DEFAULT_BACKOFF = 1.0  # seconds before the first retry; doubles each time, with jitter
+DEFAULT_BACKOFF_CAP = 30.0
+DEFAULT_MAX_BYTES = 25 * 1024 * 1024
+FAILURES_FILE = "failures.csv"
+USER_AGENT = "amazon-ml-images/0.1 (python http.client)"
+
+_MAX_NAME_LEN = 200  # leaves room for the temp-file prefix/suffix under the usual 255-byte limit
+_UNSAFE_CHARS = re.compile(r'[\x00-\x1f\x7f/\\:*?"<>|]')
+_TEMP_RE = re.compile(r"^\..+\.part-(\d+)-\d+$")
+_RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504}) | frozenset(range(505, 600))
+_JPEG_EOI_WINDOW = 4096  # quick check of cached files: EOI within the last bytes
+
+
+# ----------------------------------------------------------------------------------------------- names
+
+
+def image_filename(url: str) -> str:
+    """The cache file name for ``url``: the URL path's last segment (``61I9XdN6OFL.jpg``).
+
+    Raises ``ValueError`` for a non-http(s) URL and for a name that is empty or unsafe (``..``, hidden,
+    separators, control characters, too long).
+    """
+    if not isinstance(url, str) or not url.strip():
+        raise ValueError(f"empty image URL: {url!r}")
+    parts = urlsplit(url.strip())
+    if parts.scheme.lower() not in ("http", "https"):
+        raise ValueError(f"unsupported URL scheme {parts.scheme!r} (only http/https): {url!r}")
+    if not parts.netloc:
+        raise ValueError(f"URL has no host: {url!r}")
+    raw = parts.path.rsplit("/", 1)[-1]
+    name = unquote(raw)
+    if not name or name in (".", ".."):
+        raise ValueError(f"URL has no file name: {url!r}")
+    if name.startswith(".") or _UNSAFE_CHARS.search(name) or name != name.strip():
+        raise ValueError(f"unsafe file name {name!r} in URL {url!r}")
+    if len(name.encode("utf-8")) > _MAX_NAME_LEN:
+        raise ValueError(f"file name longer than {_MAX_NAME_LEN} bytes in URL {url!r}")
+    return name
+
+
+def image_path(image_dir: str | os.PathLike[str], url: str) -> Path:
+    """Where the image for ``url`` lives in ``image_dir`` (``image_dir / image_filename(url)``)."""
+    return Path(image_dir) / image_filename(url)
+
+
+# ----------------------------------------------------------------------------------------------- loading
+
+
+def load_image(path: str | os.PathLike[str], max_side: int | None = None) -> Image.Image | None:
+    """Open an image for a model: EXIF orientation applied, RGB, longest side at most ``max_side``.
+
+    Returns ``None`` (and logs why at debug level) when the file is missing or cannot be decoded; it never raises
+    for a bad file. Raises ``ValueError`` only for a bad ``max_side``.
+    """
+    if max_side is not None and (not isinstance(max_side, int) or max_side <= 0):
+        raise ValueError(f"max_side must be a positive int or None, got {max_side!r}")
+    try:
+        with Image.open(path) as im:
+            if max_side is not None and im.format == "JPEG":
+                w, h = im.size
+                scale = max_side / max(w, h)
+                if scale < 1:  # decode at a reduced DCT scale that still covers the target size
+                    im.draft("RGB", (max(1, int(w * scale)), max(1, int(h * scale))))
+            im.load()
+            out = ImageOps.exif_transpose(im)
+            out = _to_rgb(out)
+    except Exception as exc:  # noqa: BLE001 - any decoder error means "no image", by contract
+        log.debug("cannot load image %s: %s", path, exc)
+        return None
+    if max_side is not None and max(out.size) > max_side:
+        w, h = out.size
+        scale = max_side / max(w, h)
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        out = out.resize(size, Image.Resampling.LANCZOS)
+    return out
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """RGB copy of ``im``; transparent areas become white (product shots on transparent backgrounds)."""
+    if im.mode == "RGB":
+        return im.copy()
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        im = im.convert("RGBA")
+        bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        return Image.alpha_composite(bg, im).convert("RGB")
+    if im.mode.startswith("I"):  # 16/32-bit greyscale: scale to 8 bits
+        im = im.convert("I").point(lambda v: v * (1 / 256)).convert("L")
+    return im.convert("RGB")
+
+
+# ----------------------------------------------------------------------------------------------- validation
+
+
+class InvalidImage(ValueError):
+    """A downloaded body that is not a complete, decodable, acceptable image."""
+
+
+def validate_image_bytes(data: bytes, max_pixels: int | None = None, full_decode: bool = True) -> str:
+    """Check that ``data`` is one complete, decodable image; return its Pillow format (``"JPEG"``).
+
+    Raises ``InvalidImage`` with a short reason: empty, HTML, unrecognised, too many pixels (decompression
+    bomb; ``max_pixels`` defaults to Pillow's ``Image.MAX_IMAGE_PIXELS``), truncated or corrupt.
+    ``full_decode=False`` skips the pixel decode of JPEG and PNG files (about 1.5 ms per 200 KB JPEG): their
+    headers are still parsed, a JPEG must end with its end marker and a PNG must pass ``verify()`` (every
+    chunk's CRC through IEND), which still catches HTML, cut-off and most damaged bodies.
+    """
+    if not data:
+        raise InvalidImage("empty body")
+    head = bytes(data[:256]).lstrip().lower()
+    if head.startswith((b"<!doctype", b"<html", b"<head", b"<body", b"<?xml")) or b"<html" in head:
+        raise InvalidImage("HTML page, not an image")
+    limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            fmt = im.format or "?"
+            w, h = im.size
+            if limit is not None and w * h > limit:
+                raise InvalidImage(f"decompression bomb: {w}x{h} = {w * h} pixels > {limit}")
+            if fmt == "JPEG":
+                # JPEG has no verify(). A cut body has no end marker after the scan data starts (inside
+                # entropy-coded data 0xFF is always stuffed, so FF D9 there can only be the real EOI; an EXIF
+                # thumbnail's EOI lies before the scan). Then, if asked, a draft-mode decode (1/8 scale) that
+                # still reads every entropy-coded byte but skips most of the IDCT work.
+                scan_start = im.tile[0][2] if im.tile else 0
+                if data.rfind(b"\xff\xd9") < scan_start:
+                    raise InvalidImage("truncated image: JPEG end marker missing")
+                if not full_decode:
+                    return fmt
+                im.draft("RGB", (max(1, w // 8), max(1, h // 8)))
+                im.load()
+                return fmt
+            im.verify()  # chunk CRCs etc.; the image is unusable afterwards, so decode a fresh one
+        if fmt == "PNG" and not full_decode:
+            return fmt
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+    except InvalidImage:
+        raise
+    except UnidentifiedImageError:
+        raise InvalidImage("not an image (unrecognised format)") from None
+    except Image.DecompressionBombError as exc:
+        raise InvalidImage(f"decompression bomb: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad data
+        msg = str(exc) or type(exc).__name__
+        if "truncated" in msg.lower():
+            raise InvalidImage(f"truncated image: {msg}") from None
+        raise InvalidImage(f"corrupt image: {msg}") from None
+    return fmt
+
+
+def _looks_complete(path: Path, full: bool, max_pixels: int | None) -> bool:
+    """Cheap check of a cached file (header parses, JPEG/PNG end marker present); ``full`` decodes it."""
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            return False
+        if full:
+            validate_image_bytes(path.read_bytes(), max_pixels)
+            return True
+        with open(path, "rb") as fh:
+            with Image.open(fh) as im:
+                fmt = im.format
+                scan_start = im.tile[0][2] if im.tile else 0
+            if fmt == "JPEG":
+                tail_start = max(0, size - _JPEG_EOI_WINDOW)
+                fh.seek(tail_start)
+                pos = fh.read().rfind(b"\xff\xd9")
+                return pos >= 0 and tail_start + pos >= scan_start
+            if fmt == "PNG":
+                fh.seek(max(0, size - 64))
+                return b"IEND" in fh.read()
+            return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+# ----------------------------------------------------------------------------------------------- download
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One URL that could not be cached: ``reason`` is human readable, ``attempts`` counts HTTP requests."""
+
+    url: str
+    reason: str
+    attempts: int
+
+
+@dataclass
+class DownloadSummary:
+    """What a download run did, per unique image: downloaded now, already cached, or failed."""
+
+    downloaded: int = 0
+    cached: int = 0
+    failed: int = 0
+    failures: list[Failure] = field(default_factory=list)
+    bytes_downloaded: int = 0
+    seconds: float = 0.0
+    manifest: Path | None = None
+
+    @property
+    def total(self) -> int:
+        """Unique images handled."""
+        return self.downloaded + self.cached + self.failed
+
+    def line(self) -> str:
+        """The summary line the CLI ends with."""
+        return f"downloaded {self.downloaded}, cached {self.cached}, failed {self.failed}"
+
+    def __str__(self) -> str:
+        return self.line()
+
+
+@dataclass(frozen=True)
+class _Settings:
+    timeout: float
+    total_timeout: float
+    retries: int
+    backoff: float
+    backoff_cap: float
+    max_bytes: int
+    max_pixels: int | None
+    verify_cached: bool
+    full_decode: bool
+    fsync: bool
+
+
+class _Retryable(Exception):
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class _Permanent(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _retry_after_seconds(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # HTTP-date form: fall back to our own backoff
+
+
+def _backoff_delay(attempt: int, s: _Settings, retry_after: float | None) -> float:
+    """Exponential backoff with "equal jitter": half fixed, half random; ``Retry-After`` wins if longer."""
+    base = min(s.backoff_cap, s.backoff * (2 ** (attempt - 1)))
+    delay = base / 2 + random.uniform(0, base / 2)
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, s.backoff_cap))
+    return delay
+
+
+def _temp_name(dest: Path) -> Path:
+    return dest.parent / f".{dest.name}.part-{os.getpid()}-{threading.get_ident()}"
+
+
+def _atomic_write(dest: Path, data: bytes, fsync: bool) -> None:
+    """Write ``data`` to a hidden temp file beside ``dest``, fsync it, then rename it over ``dest``."""
+    tmp = _temp_name(dest)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            if fsync:
+                os.fsync(fh.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            pass
+        raise
+
+
+class _ConnectionPool:
+    """One worker's keep-alive connections, one per (scheme, host, port); not shared between threads."""
+
+    def __init__(self, timeout: float, ssl_context: ssl.SSLContext) -> None:
+        self.timeout = timeout
+        self.ssl_context = ssl_context
+        self.conns: dict[tuple[str, str, int], http.client.HTTPConnection] = {}
+        self.used: set[tuple[str, str, int]] = set()
+
+    def get(self, key: tuple[str, str, int]) -> tuple[http.client.HTTPConnection, bool]:
+        """The connection for ``key`` and whether it already served a request (so may have gone stale)."""
+        conn = self.conns.get(key)
+        if conn is None:
+            scheme, host, port = key
+            if scheme == "https":
+                conn = http.client.HTTPSConnection(host, port, timeout=self.timeout, context=self.ssl_context)
+            else:
+                conn = http.client.HTTPConnection(host, port, timeout=self.timeout)
+            self.conns[key] = conn
+        return conn, key in self.used and conn.sock is not None
+
+    def drop(self, key: tuple[str, str, int]) -> None:
+        conn = self.conns.pop(key, None)
+        self.used.discard(key)
+        if conn is not None:
+            conn.close()
+
+    def close(self) -> None:
+        for key in list(self.conns):
+            self.drop(key)
+
+
+_STALE_ERRORS = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_MAX_REDIRECTS = 5
+_READ_PIECE = 1 << 20
+
+
+def _request(pool: _ConnectionPool, url: str) -> tuple[tuple[str, str, int], http.client.HTTPResponse]:
+    """Send one GET on a pooled connection (a stale keep-alive connection is replaced once, silently)."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname:
+        raise _Permanent(f"bad URL (only http/https): {url}")
+    try:
+        port = parts.port or (443 if scheme == "https" else 80)
+    except ValueError:
+        raise _Permanent(f"bad port in URL: {url}") from None
+    key = (scheme, parts.hostname, port)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    headers = {"User-Agent": USER_AGENT, "Accept": "image/*,*/*;q=0.5"}
+    for fresh_try in (False, True):
+        conn, reused = pool.get(key)
+        try:
+            conn.request("GET", target, headers=headers)
+            resp = conn.getresponse()
+            pool.used.add(key)
+            return key, resp
+        except _STALE_ERRORS as exc:
+            pool.drop(key)
+            if reused and not fresh_try:
+                continue  # the server closed an idle keep-alive connection: not the URL's fault
+            raise _Retryable(f"connection error ({type(exc).__name__}: {exc})") from None
+        except TimeoutError:
+            pool.drop(key)
+            raise _Retryable("timeout (no response)") from None
+        except (OSError, http.client.HTTPException) as exc:
+            pool.drop(key)
+            raise _Retryable(f"connection error ({type(exc).__name__}: {exc})") from None
+    raise AssertionError("unreachable")
+
+
+def _fetch_body(pool: _ConnectionPool, url: str, s: _Settings) -> bytes:
+    """One GET attempt (following up to 5 redirects); the body, or ``_Retryable`` / ``_Permanent``."""
+    deadline = time.monotonic() + s.total_timeout
+    for _ in range(_MAX_REDIRECTS + 1):
+        key, resp = _request(pool, url)
+        try:
+            code = resp.status
+            if code in _REDIRECTS and resp.getheader("location"):
+                _drain(resp, pool, key)
+                url = urljoin(url, resp.getheader("location", ""))
+                continue
+            if code != 200:
+                reason = f"HTTP {code}"
+                retry_after = _retry_after_seconds(resp.getheader("retry-after"))
+                _drain(resp, pool, key)
+                if code in _RETRY_STATUS:
+                    raise _Retryable(reason, retry_after)
+                raise _Permanent(reason)
+            ctype = (resp.getheader("content-type") or "").split(";")[0].strip().lower()
+            if ctype.startswith("text/") or ctype in ("application/json", "application/xhtml+xml"):
+                pool.drop(key)
+                raise _Permanent(f"not an image (content-type {ctype})")
+            if resp.length is not None and resp.length > s.max_bytes:
+                pool.drop(key)
+                raise _Permanent(f"too large: {resp.length} bytes > {s.max_bytes}")
+            return _read_body(resp, s, deadline)
+        except (_Retryable, _Permanent):
+            if not resp.isclosed():  # body left unread (too large, too slow): the connection is unusable
+                pool.drop(key)
+            raise
+        except TimeoutError:
+            pool.drop(key)
+            raise _Retryable("timeout (body)") from None
+        except http.client.IncompleteRead as exc:
+            pool.drop(key)
+            raise _Retryable(f"connection error (incomplete body: {len(exc.partial)} bytes read)") from None
+        except (OSError, http.client.HTTPException) as exc:
+            pool.drop(key)
+            raise _Retryable(f"connection error ({type(exc).__name__}: {exc})") from None
+        except BaseException:
+            pool.drop(key)
+            raise
+    raise _Permanent(f"more than {_MAX_REDIRECTS} redirects")
+
+
+def _read_body(resp: http.client.HTTPResponse, s: _Settings, deadline: float) -> bytes:
+    """Read the whole body in large pieces, enforcing the size cap and the per-attempt deadline."""
+    pieces: list[bytes] = []
+    total = 0
+    expected = resp.length  # Content-Length, or None (chunked / until close)
+    while True:
+        want = _READ_PIECE if resp.length is None else min(_READ_PIECE, resp.length)
+        if want <= 0:
+            break
+        piece = resp.read(want)
+        if not piece:
+            break
+        pieces.append(piece)
+        total += len(piece)
+        if total > s.max_bytes:
+            raise _Permanent(f"too large: more than {s.max_bytes} bytes")
+        if time.monotonic() > deadline:
+            raise _Retryable(f"timeout: body not complete after {s.total_timeout:g} s")
+    if expected is not None and total < expected:
+        raise http.client.IncompleteRead(b"".join(pieces), expected - total)
+    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+
+def _drain(resp: http.client.HTTPResponse, pool: _ConnectionPool, key: tuple[str, str, int]) -> None:
+    """Read a small error/redirect body so the connection can be reused; drop the connection otherwise."""
+    if resp.length is not None and resp.length <= 65536:
+        try:
+            resp.read()
+            return
+        except (OSError, http.client.HTTPException):
+            pass
+    pool.drop(key)
+
+
+def _download_one(
+    pool: _ConnectionPool, url: str, dest: Path, s: _Settings, stop: threading.Event
+) -> tuple[str, str, int, int]:
+    """Cache one image: ``(status, reason, attempts, nbytes)`` with status ``cached|downloaded|failed``."""
+    if dest.exists():
+        if _looks_complete(dest, s.verify_cached, s.max_pixels):
+            return "cached", "", 0, 0
+        log.info("cached file %s is corrupt; downloading it again", dest)
+        try:
+            dest.unlink()
+        except FileNotFoundError:
+            pass
+    attempts = 0
+    reason = ""
+    for attempt in range(1, s.retries + 2):
+        if stop.is_set():
+            return "failed", f"interrupted ({reason or 'not started'})", attempts, 0
+        attempts = attempt
+        try:
+            data = _fetch_body(pool, url, s)
+            try:
+                validate_image_bytes(data, s.max_pixels, s.full_decode)
+            except InvalidImage as exc:
+                raise _Permanent(str(exc)) from None
+            _atomic_write(dest, data, s.fsync)
+            return "downloaded", "", attempts, len(data)
+        except _Permanent as exc:
+            return "failed", exc.reason, attempts, 0
+        except _Retryable as exc:
+            reason = exc.reason
+            if attempt <= s.retries:
+                stop.wait(_backoff_delay(attempt, s, exc.retry_after))
+        except OSError as exc:  # disk full, permission: not worth retrying the download
+            return "failed", f"write error: {exc}", attempts, 0
+    return "failed", reason, attempts, 0
+
+
+def clean_temp_files(cache_dir: str | os.PathLike[str]) -> int:
+    """Remove temp files (``.NAME.part-<pid>-<tid>``) left by runs that are no longer alive; return the count."""
+    removed = 0
+    try:
+        entries = list(os.scandir(cache_dir))
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        m = _TEMP_RE.match(entry.name)
+        if not m or not entry.is_file(follow_symlinks=False):
+            continue
+        pid = int(m.group(1))
+        if pid != os.getpid() and _pid_alive(pid):
+            continue  # another live run is writing it
+        try:
+            os.unlink(entry.path)
+            removed += 1
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _write_failures(path: Path, failures: list[Failure]) -> None:
+    tmp = path.parent / f".{path.name}.part-{os.getpid()}-0"
+    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["url", "reason", "attempts"])
+        for f in failures:
+            w.writerow([f.url, f.reason, f.attempts])
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _plan(urls: Iterable[object], cache_dir: Path) -> tuple[list[tuple[str, Path]], list[Failure]]:
+    """Deduplicate by cache file name (first URL wins) and reject bad URLs up front."""
+    jobs: list[tuple[str, Path]] = []
+    bad: list[Failure] = []
+    seen_names: set[str] = set()
+    seen_bad: set[str] = set()
+    for raw in urls:
+        url = "" if raw is None or (isinstance(raw, float) and raw != raw) else str(raw).strip()
+        try:
+            name = image_filename(url)
+        except ValueError as exc:
+            if url not in seen_bad:
+                seen_bad.add(url)
+                bad.append(Failure(url, f"rejected: {exc}", 0))
+            continue
+        if name in seen_names:
+            continue
+        seen_names.add(name)
+        jobs.append((url, cache_dir / name))
+    return jobs, bad
+
+
+def download_images(
+    urls: Iterable[object],
+    cache_dir: str | os.PathLike[str],
+    workers: int = DEFAULT_WORKERS,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    total_timeout: float = DEFAULT_TOTAL_TIMEOUT,
+    retries: int = DEFAULT_RETRIES,
+    backoff: float = DEFAULT_BACKOFF,
+    backoff_cap: float = DEFAULT_BACKOFF_CAP,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_pixels: int | None = None,
+    verify_cached: bool = False,
+    full_decode: bool = False,
+    fsync: bool = True,
+    progress: bool = True,
+) -> DownloadSummary:
+    """Download every image in ``urls`` into ``cache_dir`` (named by ``image_filename``); resumable.
+
+    Returns per-unique-image counts and writes ``cache_dir/failures.csv`` (``url,reason,attempts``; header only
+    when nothing failed). ``full_decode=True`` decodes every downloaded JPEG/PNG, not only its structure (see
+    ``validate_image_bytes``); ``verify_cached=True`` fully decodes cached files instead of the quick end-marker
+    check.
+    """
+    if not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive int, got {workers!r}")
+    if retries < 0 or timeout <= 0 or total_timeout <= 0 or max_bytes <= 0 or backoff < 0:
+        raise ValueError("retries, backoff must be >= 0 and timeout, total_timeout, max_bytes > 0")
+    if isinstance(urls, (str, bytes)):
+        raise ValueError("urls must be an iterable of URLs, not one string")
+    cache = Path(cache_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+    s = _Settings(timeout, total_timeout, retries, backoff, backoff_cap, max_bytes, max_pixels,
+                  verify_cached, full_decode, fsync)
+    started = time.monotonic()
+    removed = clean_temp_files(cache)
+    if removed:
+        log.info("removed %d temp files left by an interrupted run", removed)
+    jobs, failures = _plan(urls, cache)
+    summary = DownloadSummary(failures=failures, failed=len(failures))
+
+    ssl_context = ssl.create_default_context()
+    stop = threading.Event()
+    results: queue.Queue[tuple[str, str, str, int, int]] = queue.Queue()
+    job_iter: Iterator[tuple[str, Path]] = iter(jobs)
+    job_lock = threading.Lock()
+
+    def worker() -> None:
+        pool = _ConnectionPool(timeout, ssl_context)
+        try:
+            while not stop.is_set():
+                with job_lock:
+                    job = next(job_iter, None)
+                if job is None:
+                    return
+                url, dest = job
+                try:
+                    status, reason, attempts, nbytes = _download_one(pool, url, dest, s, stop)
+                except Exception as exc:  # noqa: BLE001 - one bad image must not end the run
+                    status, reason, attempts, nbytes = "failed", f"unexpected error: {exc!r}", 1, 0
+                results.put((url, status, reason, attempts, nbytes))
+        finally:
+            pool.close()
+
+    n_threads = min(workers, max(1, len(jobs)))
+    threads = [threading.Thread(target=worker, name=f"img-dl-{i}", daemon=True) for i in range(n_threads)]
+    bar = _progress_bar(len(jobs), progress)
+    try:
+        for t in threads:
+            t.start()
+        for _ in range(len(jobs)):
+            while True:
+                try:
+                    url, status, reason, attempts, nbytes = results.get(timeout=1.0)
+                    break
+                except queue.Empty:
+                    if not any(t.is_alive() for t in threads) and results.empty():
+                        raise RuntimeError("download workers stopped early; see the log") from None
+            if status == "downloaded":
+                summary.downloaded += 1
+                summary.bytes_downloaded += nbytes
+            elif status == "cached":
+                summary.cached += 1
+            else:
+                summary.failed += 1
+                summary.failures.append(Failure(url, reason, attempts))
+            bar.update(1)
+            if summary.failed:
+                bar.set_postfix(failed=summary.failed, refresh=False)
+    finally:
+        stop.set()
+        bar.close()
+        join_until = time.monotonic() + max(1.0, timeout)
+        for t in threads:  # daemon threads: one stuck in a read cannot keep the process alive
+            t.join(timeout=max(0.0, join_until - time.monotonic()))
+        if s.fsync:
+            _fsync_dir(cache)
+        summary.seconds = time.monotonic() - started
+        summary.manifest = cache / FAILURES_FILE
+        _write_failures(summary.manifest, summary.failures)
+    return summary
+
+
+def download_frame(
+    df: pd.DataFrame, cache_dir: str | os.PathLike[str], column: str = "image_link", **kwargs: object
+) -> DownloadSummary:
+    """Download the images of a DataFrame's ``column`` (``image_link``); keyword arguments as ``download_images``."""
+    if column not in df.columns:
+        raise ValueError(f"DataFrame has no {column!r} column (columns: {list(df.columns)})")
+    return download_images(df[column].tolist(), cache_dir, **kwargs)  # type: ignore[arg-type]
+
+
+def read_urls(csv_path: str | os.PathLike[str], column: str = "image_link") -> list[str]:
+    """The ``column`` values of a CSV file, in order (duplicates kept; ``download_images`` deduplicates)."""
+    path = Path(csv_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"CSV file not found: {path}")
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        if reader.fieldnames is None or column not in reader.fieldnames:
+            raise ValueError(f"{path}: no {column!r} column (header: {reader.fieldnames})")
+        return [row[column] or "" for row in reader]
+
+
+def _progress_bar(total: int, enabled: bool):  # type: ignore[no-untyped-def]
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="img", desc="images", disable=not enabled, smoothing=0.05)
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point: ``python -m utils.images download CSV CACHE_DIR [--workers N]``."""
+    parser = argparse.ArgumentParser(prog="python -m utils.images", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("download", help="download a CSV's image_link column into a cache folder (resumable)")
+    p.add_argument("csv", help="CSV file with an image_link column (train.csv, test.csv)")
+    p.add_argument("cache_dir", help="folder for the images; failures.csv is written there")
+    p.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="concurrent downloads")
+    p.add_argument("--column", default="image_link", help="the URL column")
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds per connect/read")
+    p.add_argument("--total-timeout", type=float, default=DEFAULT_TOTAL_TIMEOUT, help="seconds per attempt")
+    p.add_argument("--retries", type=int, default=DEFAULT_RETRIES, help="retries after the first attempt")
+    p.add_argument("--backoff", type=float, default=DEFAULT_BACKOFF, help="first retry delay, seconds")
+    p.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES, help="largest body accepted")
+    p.add_argument("--full-decode", action="store_true", help="decode every downloaded image (more CPU)")
+    p.add_argument("--verify-cached", action="store_true", help="fully decode cached files (slower)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        urls = read_urls(args.csv, args.column)
+        summary = download_images(
+            urls, args.cache_dir, workers=args.workers, timeout=args.timeout, total_timeout=args.total_timeout,
+            retries=args.retries, backoff=args.backoff, max_bytes=args.max_bytes,
+            verify_cached=args.verify_cached, full_decode=args.full_decode, progress=not args.no_progress,
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if summary.failed:
+        print(f"failures listed in {summary.manifest}", file=sys.stderr)
+    print(summary.line(), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
