@@ -1,0 +1,124 @@
+"""The evaluation report on fake predictions: bar chart, worst mistakes, gallery, browser, report.md."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from utils import report
+from utils.metrics import score
+
+LINK = "https://demo.invalid/images/{}.jpg"
+
+
+@pytest.fixture()
+def case(tmp_path: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, Path]:
+    """Test rows, labels and predictions with every kind of outcome; images for all but one row."""
+    image_dir = tmp_path / "images"
+    image_dir.mkdir()
+    rows = [  # index, entity, truth, prediction
+        (10, "item_weight", "500.0 gram", "500.0 gram"),  # correct
+        (12, "item_weight", "16.0 ounce", "454.0 gram"),  # wrong value, other unit
+        (15, "width", "30.0 centimetre", "31.0 centimetre"),  # wrong value, 3% off
+        (17, "width", "20.0 centimetre", "80.0 centimetre"),  # wrong value, 300% off
+        (21, "voltage", "12.0 volt", ""),  # missed
+        (22, "wattage", "", "100.0 watt"),  # false alarm
+        (30, "wattage", "", ""),  # correct (both empty)
+        (31, "voltage", "230.0 volt", "230.0 volt"),  # correct
+    ]
+    test = pd.DataFrame(
+        {"index": [r[0] for r in rows], "image_link": [LINK.format(f"x{r[0]}") for r in rows],
+         "group_id": 1, "entity_name": [r[1] for r in rows]}
+    )
+    labels = test[["index", "entity_name"]].assign(entity_value=[r[2] for r in rows])
+    predictions = pd.DataFrame({"index": test["index"], "prediction": [r[3] for r in rows]})
+    for number, link in enumerate(test["image_link"][:-1]):
+        Image.new("RGB", (60, 40), (number * 30, 100, 200)).save(image_dir / link.rsplit("/", 1)[-1])
+    return test, labels, predictions, image_dir
+
+
+def test_worst_mistakes_order(case) -> None:  # type: ignore[no-untyped-def]
+    test, labels, predictions, _ = case
+    result = score(predictions, labels)
+    worst = report.worst_mistakes(report.normalize_rows(result.rows, test), n=10)
+    assert list(worst["index"]) == [12, 17, 15, 21, 22]
+    assert list(worst["kind"]) == ["wrong value"] * 3 + ["missed", "false alarm"]
+    assert list(report.worst_mistakes(result.rows, n=2)["index"]) == [12, 17]
+
+
+def test_mistake_kind() -> None:
+    assert report.mistake_kind("1.0 volt", "2.0 volt") == "wrong value"
+    assert report.mistake_kind("", "2.0 volt") == "missed"
+    assert report.mistake_kind("1.0 volt", "") == "false alarm"
+
+
+def test_normalize_rows_joins_links_and_rejects_bad_input(case) -> None:  # type: ignore[no-untyped-def]
+    test, labels, predictions, _ = case
+    rows = report.normalize_rows(score(predictions, labels).rows, test)
+    assert set(report.ROW_COLUMNS) <= set(rows.columns) and "image_link" in rows.columns
+    assert rows.set_index("index").loc[17, "image_link"] == LINK.format("x17")
+    with pytest.raises(ValueError, match="prediction"):
+        report.normalize_rows(pd.DataFrame({"index": [1], "entity_value": ["1.0 volt"]}))
+
+
+def test_plot_f1_writes_a_png(case, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    test, labels, predictions, _ = case
+    table = score(predictions, labels).table
+    path = report.plot_f1(table, tmp_path / "plots" / "f1.png")
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.width > 300
+    frame = report.f1_by_entity(table)
+    assert frame["entity"].iloc[-1] == "ALL"
+    per_entity = frame["f1"].iloc[:-1].tolist()
+    assert per_entity == sorted(per_entity, reverse=True)
+
+
+def test_write_report(case, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    test, labels, predictions, image_dir = case
+    result = score(predictions, labels)
+    files = report.write_report(tmp_path / "out", result, test, image_dir, n_worst=3)
+    text = files.report_md.read_text()
+    assert f"{result.f1:.4f}" in text
+    for entity in ("item_weight", "width", "voltage", "wattage", "ALL"):
+        assert f"| {entity} |" in text
+    assert "Worst mistakes (3)" in text and "| 12 | item_weight | wrong value |" in text
+    assert "| 21 |" not in text  # only the 3 worst
+    for png in (files.f1_png, files.mistakes_png):
+        assert png is not None
+        with Image.open(png) as image:
+            assert image.format == "PNG"
+    table = pd.read_csv(files.table_csv)
+    assert "ALL" in set(table["entity_name"])
+    gallery = files.gallery_html.read_text()
+    assert gallery.count("data:image/jpeg;base64,") == len(test) - 1
+    assert "image not available" in gallery  # the one row without an image
+
+
+def test_gallery_puts_mistakes_first(case) -> None:  # type: ignore[no-untyped-def]
+    test, labels, predictions, image_dir = case
+    html = report.gallery_html(score(predictions, labels).rows, image_dir, max_rows=5)
+    assert "5 of 8 rows" in html
+    assert html.count("#d62728") == 5  # the five mistakes, no correct row
+
+
+def test_browser_static_fallback(case) -> None:  # type: ignore[no-untyped-def]
+    test, labels, predictions, image_dir = case
+    shown = report.browser(report.normalize_rows(score(predictions, labels).rows, test), image_dir, interactive=False)
+    assert "data:image/jpeg;base64," in shown.data
+
+
+def test_browser_widgets(case) -> None:  # type: ignore[no-untyped-def]
+    pytest.importorskip("ipywidgets")
+    test, labels, predictions, image_dir = case
+    box = report.browser(report.normalize_rows(score(predictions, labels).rows, test), image_dir, interactive=True)
+    (show, slider), picture, caption = box.children[0].children, box.children[1], box.children[2]
+    assert "#10" in caption.value and picture.value[:2] == b"\xff\xd8"  # first row by index, a JPEG
+    show.value = "mistakes"
+    assert slider.max == 4 and "#12" in caption.value and "wrong value" in caption.value
+    slider.value = 3
+    assert "#21" in caption.value and "missed" in caption.value
+    show.value = "correct"
+    assert slider.max == 2 and "correct" in caption.value

@@ -1,0 +1,224 @@
+"""The notebook stages end to end on the demo data, with a fast fake backend (no OCR, no model)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from utils import backends, stages
+from utils.sanity import check_submission
+from utils.shards import MergeError, shard_path
+from utils.units import normalize_prediction
+
+
+class AnswerKeyBackend:
+    """A fake backend: answers from a labels CSV (messily spelled), except rows listed in ``wrong``."""
+
+    name = "answer_key"
+
+    def fit(self, train: pd.DataFrame, val: pd.DataFrame, image_dir: Path, out_dir: Path, **settings: Any) -> Path:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(out_dir) / "fit.json").write_text(json.dumps({"train": len(train), "val": len(val), **settings}))
+        return Path(out_dir)
+
+    def predict(
+        self, rows: pd.DataFrame, image_dir: Path, artifact_dir: Path, **settings: Any
+    ) -> Iterator[list[tuple[int, str]]]:
+        assert (Path(artifact_dir) / "fit.json").is_file()
+        labels = pd.read_csv(settings["answers_csv"], keep_default_na=False).set_index("index")["entity_value"]
+        wrong = set(settings.get("wrong", ()))
+        batch: list[tuple[int, str]] = []
+        for index in rows["index"]:
+            answer = "" if index in wrong else str(labels.loc[index]).replace(".0 ", " ")
+            batch.append((int(index), answer))
+            if len(batch) == 3:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+
+@pytest.fixture()
+def fake_backend(monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setitem(backends.BACKENDS, "answer_key", f"{__name__}:AnswerKeyBackend")
+    return "answer_key"
+
+
+@pytest.fixture()
+def prepared(tmp_path: Path) -> stages.Prepared:
+    return stages.prepare(train_csv="demo", work_dir=str(tmp_path / "work"), demo_train=24, demo_test=10, seed=1)
+
+
+def test_prepare_the_demo(prepared: stages.Prepared) -> None:
+    manifest = json.loads(prepared.manifest_path.read_text())
+    assert Path(manifest["labels_csv"]).name == "test_labels.csv"
+    assert Path(manifest["image_dir"]).is_dir()
+    train, val, test = (pd.read_parquet(p) for p in (prepared.train_path, prepared.val_path, prepared.test_path))
+    assert len(train) + len(val) == 24 and len(test) == 10
+    assert set(train["group_id"]).isdisjoint(set(val["group_id"]))
+    assert int(prepared.counts["train"].sum()) == len(train)
+    assert int(prepared.counts["val"].sum()) == len(val)
+    assert prepared.entity_counts["test"].sum() == 10
+    assert "train" in prepared.summary()
+
+
+def test_prepare_samples_and_reports_missing_images(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from utils.demo import make_demo_data
+
+    made = make_demo_data(tmp_path / "data", 40, 6, seed=2)
+    result = stages.prepare(
+        train_csv=str(made.train_csv), test_csv=str(made.test_csv), image_dir=str(tmp_path / "empty_cache"),
+        work_dir=str(tmp_path / "work"), per_entity=2, download=False,
+    )
+    assert result.manifest["rows"]["train"] + result.manifest["rows"]["val"] == 16  # 2 per entity x 8
+    assert result.manifest["labels_csv"] == ""
+    assert "22 images are not in" in capsys.readouterr().err  # 16 sampled + 6 test
+
+
+def test_prepare_needs_a_test_csv(tmp_path: Path) -> None:
+    from utils.demo import make_demo_data
+
+    made = make_demo_data(tmp_path / "data", 4, 2)
+    with pytest.raises(stages.StageError, match="test_csv"):
+        stages.prepare(train_csv=str(made.train_csv), work_dir=str(tmp_path / "work"))
+
+
+def test_later_stages_need_stage_01(tmp_path: Path, fake_backend: str) -> None:
+    with pytest.raises(stages.StageError, match="01_prepare_data"):
+        stages.finetune(fake_backend, work_dir=str(tmp_path / "nothing"))
+
+
+def test_fit_infer_postprocess(prepared: stages.Prepared, fake_backend: str, tmp_path: Path) -> None:
+    work = str(prepared.work_dir)
+    def fitted_note() -> str:
+        return json.loads((artifact / "fit.json").read_text())["note"]
+
+    artifact = stages.finetune(fake_backend, work_dir=work, note="a")
+    (artifact / "fit.json").write_text(json.dumps({"note": "touched"}))
+    assert stages.finetune(fake_backend, work_dir=work, note="a") == artifact and fitted_note() == "touched"  # reused
+    stages.finetune(fake_backend, work_dir=work, note="b")  # other settings: fitted again
+    assert fitted_note() == "b"
+    (artifact / "fit.json").write_text(json.dumps({"note": "touched"}))
+    stages.finetune(fake_backend, work_dir=work, refit=True, note="b")  # asked to: fitted again
+    assert fitted_note() == "b"
+    (artifact / "fit.json").write_text(json.dumps({"note": "touched"}))
+    pd.read_parquet(prepared.train_path).head(5).to_parquet(prepared.train_path)  # other data: fitted again
+    stages.finetune(fake_backend, work_dir=work, note="b")
+    assert fitted_note() == "b" and json.loads((artifact / "fit.json").read_text())["train"] == 5
+
+    labels_csv = prepared.manifest["labels_csv"]
+    test = pd.read_parquet(prepared.test_path)
+    wrong = [int(test["index"].iloc[0])]
+    with pytest.raises(MergeError):
+        stages.postprocess(2, work_dir=work, out_dir=str(tmp_path / "out"))  # no shards yet
+    for shard in range(2):
+        path = stages.infer_shard(shard, 2, fake_backend, work_dir=work, answers_csv=labels_csv, wrong=wrong)
+        assert path == shard_path(prepared.work_dir / "shards", shard, 2)
+    assert os.environ["OMP_NUM_THREADS"] == "1"
+    again = stages.infer_shard(0, 2, fake_backend, work_dir=work, answers_csv=labels_csv)  # done: skipped
+    assert len(pd.read_csv(again)) == len(test[::2])
+
+    result = stages.postprocess(2, work_dir=work, out_dir=str(tmp_path / "out"), n_worst=4)
+    submission = pd.read_csv(result.submission_path, keep_default_na=False)
+    assert list(submission.columns) == ["index", "prediction"]
+    assert check_submission(test, submission) == []
+    labels = pd.read_csv(labels_csv, keep_default_na=False)
+    truth = dict(zip(labels["index"], labels["entity_value"]))
+    # messy "5 kilogram" spellings came back clean; the one wrong row is empty
+    entity = dict(zip(test["index"], test["entity_name"]))
+    for index, prediction in zip(submission["index"], submission["prediction"]):
+        expected = "" if index in wrong else normalize_prediction(entity[index], truth[index])
+        assert prediction == expected
+        assert prediction == "" or prediction.split(" ", 1)[0].count(".") == 1  # "<float> <unit>"
+    assert result.report is not None and 0.5 < result.report.f1 < 1.0
+    assert result.files.report_md.is_file() and result.files.f1_png.is_file()
+    assert f"F1 {result.report.f1:.4f}" in result.summary()
+    shown = stages.show_postprocessed(result, interactive=False)
+    assert "data:image/jpeg;base64," in shown.data
+
+
+def test_infer_shard_checks_its_arguments(prepared: stages.Prepared, fake_backend: str) -> None:
+    with pytest.raises(ValueError, match="shard_index"):
+        stages.infer_shard(2, 2, fake_backend, work_dir=str(prepared.work_dir))
+
+
+def test_postprocess_without_labels(tmp_path: Path, fake_backend: str) -> None:
+    from utils.demo import make_demo_data
+
+    made = make_demo_data(tmp_path / "data", 12, 5, seed=4)
+    work = str(tmp_path / "work")
+    stages.prepare(train_csv=str(made.train_csv), test_csv=str(made.test_csv), image_dir=str(made.image_dir),
+                   work_dir=work)
+    stages.finetune(fake_backend, work_dir=work)
+    stages.infer_shard(0, 1, fake_backend, work_dir=work, answers_csv=str(made.labels_csv))
+    result = stages.postprocess(1, work_dir=work, out_dir=str(tmp_path / "out"))
+    assert result.report is None and result.files is None
+    assert "no labels" in result.notes[0]
+    assert not (tmp_path / "out" / "report.md").exists()
+    assert stages.show_postprocessed(result) is None
+
+
+def test_limit_threads() -> None:
+    stages.limit_threads(1)
+    assert all(os.environ[name] == "1" for name in stages.THREAD_ENV_VARS)
+    with pytest.raises(ValueError):
+        stages.limit_threads(0)
+
+
+def test_count_tables() -> None:
+    train = pd.DataFrame({"entity_name": ["width", "width", "voltage"], "entity_value": ["1 inch", "", "2.0 volt"]})
+    val = pd.DataFrame({"entity_name": ["width"], "entity_value": ["3.0 inch"]})
+    counts = stages.count_table(train, val)
+    assert counts.loc[("width", "inch"), "train"] == 1 and counts.loc[("width", "inch"), "val"] == 1
+    assert counts.loc[("width", "(empty)"), "train"] == 1
+    test = pd.DataFrame({"entity_name": ["depth"]})
+    entities = stages.entity_count_table(train, val, test)
+    assert entities.loc["depth", "test"] == 1 and entities.loc["width", "train"] == 2
+
+
+def test_a_shard_downloads_its_missing_images(tmp_path: Path, fake_backend: str) -> None:
+    """A shard started without its images (a fresh session) fetches exactly its own rows' images first."""
+    from tests.image_server import ImageServer
+    from utils.demo import make_demo_data
+    from utils.images import image_path
+    from utils.shards import shard_rows
+
+    made = make_demo_data(tmp_path / "data", 8, 6, seed=5)
+    test = pd.read_csv(made.test_csv)
+    cache = tmp_path / "cache"
+    with ImageServer() as server:
+        test["image_link"] = [
+            server.add(f"/img/{link.rsplit('/', 1)[-1]}", image_path(made.image_dir, link).read_bytes())
+            for link in test["image_link"]
+        ]
+        test.to_csv(tmp_path / "test_served.csv", index=False)
+        work = str(tmp_path / "work")
+        stages.prepare(train_csv=str(made.train_csv), test_csv=str(tmp_path / "test_served.csv"),
+                       image_dir=str(cache), work_dir=work, download=False)
+        stages.finetune(fake_backend, work_dir=work)
+        assert not cache.exists() or not any(cache.glob("*.jpg"))
+        stages.infer_shard(1, 2, fake_backend, work_dir=work, answers_csv=str(made.labels_csv))
+    mine = set(shard_rows(test, 1, 2)["image_link"].map(lambda link: link.rsplit("/", 1)[-1]))
+    assert {p.name for p in cache.glob("*.jpg")} == mine and len(mine) == 3
+
+
+def test_an_invalid_submission_fails_loudly(
+    prepared: stages.Prepared, fake_backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    work = str(prepared.work_dir)
+    stages.finetune(fake_backend, work_dir=work)
+    stages.infer_shard(0, 1, fake_backend, work_dir=work, answers_csv=prepared.manifest["labels_csv"])
+
+    def broken(predictions: pd.DataFrame, test: pd.DataFrame) -> pd.DataFrame:
+        return predictions.assign(prediction="12 grams")  # not "<float> <full unit>"
+
+    monkeypatch.setattr(stages, "clean_predictions", broken)
+    with pytest.raises(stages.SubmissionError, match="invalid"):
+        stages.postprocess(1, work_dir=work, out_dir=str(tmp_path / "out"))
+    assert not (tmp_path / "out" / "submission.csv").exists()
