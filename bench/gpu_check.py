@@ -1,0 +1,253 @@
+"""GPU check at full size: PaliGemma-3B-448's architecture with random weights (no download).
+
+(a) one 4-bit LoRA training step through the project's own ``utils.train.fit`` at the notebook's default batch
+    size (``TrainConfig.train_batch_size``), in fp16 as on a T4, printing peak GPU memory (must be < 15 GiB so the
+    fine-tune fits a 16 GB T4);
+(b) fp16 inference through ``utils.infer.generate_answers``: images/s at batch sizes 1, 8 and 32 for prefill
+    alone and for greedy generation, and the fraction of the GPU's peak fp16 FLOP/s reached by prefill
+    (one image ≈ 5.2 TFLOP: ~1,030 tokens through the 2.5B Gemma decoder plus 1,024 patches through SigLIP-So400m).
+
+The weights are random: the model is built in fp16 on the GPU from the config below (the values of
+``google/paligemma-3b-ft-docvqa-448``'s config.json), saved to local disk, and loaded back through
+``utils.model.load_base_model`` exactly like the hub model, with ``BitsAndBytesConfig`` doing the 4-bit
+quantisation. The tokenizer is the tiny one from ``utils.tiny_model`` (vocabulary size does not change the cost:
+the embedding matrix is full size). Everything must finish in under 8 minutes.
+
+    python bench/gpu_check.py                  # on a GPU machine
+    python bench/gpu_check.py --dry-run        # CPU: the same steps with the tiny model, to check the script
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+GiB = 1024**3
+TFLOP_PER_IMAGE = 5.2e12
+MEMORY_LIMIT_GIB = 15.0
+TIME_LIMIT_S = 8 * 60
+
+# google/paligemma-3b-ft-docvqa-448 config.json (SigLIP-So400m/14 at 448 px -> 1024 image tokens; Gemma-2B).
+VISION_448 = dict(
+    hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
+    image_size=448, patch_size=14, vision_use_head=False, hidden_act="gelu_pytorch_tanh",
+)
+GEMMA_2B = dict(
+    hidden_size=2048, intermediate_size=16384, num_hidden_layers=18, num_attention_heads=8,
+    num_key_value_heads=1, head_dim=256, vocab_size=257216, hidden_act="gelu_pytorch_tanh",
+    max_position_embeddings=8192, rms_norm_eps=1e-6, pad_token_id=0, bos_token_id=2, eos_token_id=1,
+)
+PALIGEMMA_448 = dict(image_token_index=257152, vocab_size=257216, projection_dim=2048, hidden_size=2048)
+
+# Dense fp16/bf16 tensor-core peaks (no sparsity), TFLOP/s, by a substring of torch.cuda.get_device_name().
+PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L4": 121.0, "A10": 125.0, "T4": 65.0, "V100": 125.0,
+               "L40": 181.0, "P100": 18.7}
+
+
+def full_config(image_token_id: int):
+    """The PaliGemma-3B-448 config (random weights will be created from it)."""
+    from transformers import GemmaConfig, PaliGemmaConfig, SiglipVisionConfig
+
+    config = PaliGemmaConfig(
+        vision_config=SiglipVisionConfig(**VISION_448),
+        text_config=GemmaConfig(**GEMMA_2B),
+        **{**PALIGEMMA_448, "image_token_index": image_token_id},
+    )
+    assert config.text_config.num_image_tokens == 1024
+    return config
+
+
+def peak_tflops(name: str, override: float | None) -> float | None:
+    """The GPU's dense fp16 peak in TFLOP/s (None when unknown)."""
+    if override:
+        return override
+    return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+
+
+def build_checkpoint(work: Path, dry_run: bool) -> Path:
+    """Random-weight model + processor saved in ``work/model`` (full size on GPU, tiny with ``--dry-run``)."""
+    import torch
+    from transformers import PaliGemmaForConditionalGeneration
+
+    from utils.tiny_model import TinyConfig, build_processor, build_tiny_paligemma
+
+    out = work / "model"
+    if dry_run:
+        return build_tiny_paligemma(out, TinyConfig(image_size=64, patch_size=8))
+    processor = build_processor(TinyConfig(image_size=448, patch_size=14))  # image_seq_length 1024
+    config = full_config(processor.image_token_id)
+    t = time.perf_counter()
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float16)
+    try:
+        with torch.device("cuda"):
+            model = PaliGemmaForConditionalGeneration(config)
+    finally:
+        torch.set_default_dtype(default)
+    n = sum(p.numel() for p in model.parameters())
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    print(f"built {n / 1e9:.2f}B random parameters in fp16 and saved them in {time.perf_counter() - t:.0f} s")
+    del model
+    gc.collect()
+    torch.cuda.empty_cache()
+    return out
+
+
+def train_step(model_dir: Path, work: Path, batch_size: int, dry_run: bool) -> dict[str, Any]:
+    """(a) one 4-bit LoRA optimizer step through ``utils.train.fit``; returns the measurements."""
+    import torch
+
+    from utils.tiny_model import make_synthetic_set
+    from utils.train import fit
+
+    rows = make_synthetic_set(work / "data", size=448 if not dry_run else 64)
+    rows = rows.head(batch_size) if batch_size <= len(rows) else rows.sample(batch_size, replace=True, random_state=0)
+    cuda = torch.cuda.is_available() and not dry_run
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    t = time.perf_counter()
+    fit(
+        rows, None, work / "data" / "images", work / "train",
+        model_id=str(model_dir), quantization="4bit", dtype="float16" if cuda else "auto",
+        device="cuda" if cuda else "cpu", max_steps=1, train_batch_size=batch_size, grad_accum=1,
+        save_steps=1000, logging_steps=1, resume=False,
+    )
+    seconds = time.perf_counter() - t
+    result = {"batch_size": batch_size, "seconds_load_and_step": seconds}
+    if cuda:
+        result["peak_gib"] = torch.cuda.max_memory_allocated() / GiB
+        result["peak_reserved_gib"] = torch.cuda.max_memory_reserved() / GiB
+    return result
+
+
+def inference(model_dir: Path, work: Path, batch_sizes: list[int], new_tokens: int, dry_run: bool,
+              repeats: int) -> list[dict[str, Any]]:
+    """(b) fp16 prefill and generation throughput through ``generate_answers``."""
+    import torch
+
+    from utils.data import make_prompt
+    from utils.images import image_path, load_image
+    from utils.infer import IMAGE_TOKEN, generate_answers
+    from utils.model import ModelConfig, load_base_model, load_processor
+
+    cuda = torch.cuda.is_available() and not dry_run
+    cfg = ModelConfig(model_id=str(model_dir), quantization="none", dtype="float16" if cuda else "auto",
+                      device="cuda" if cuda else "cpu")
+    model = load_base_model(cfg).eval()
+    processor = load_processor(model_dir)
+    rows = make_synthetic_set_rows(work)
+    pool = [load_image(image_path(work / "data" / "images", u)) for u in rows["image_link"]]
+    prompts_pool = [make_prompt(e) for e in rows["entity_name"]]
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize()
+
+    results = []
+    for bs in batch_sizes:
+        images = [pool[i % len(pool)] for i in range(bs)]
+        prompts = [prompts_pool[i % len(pool)] for i in range(bs)]
+        batch = processor(images=images, text=[IMAGE_TOKEN + p for p in prompts], return_tensors="pt",
+                          padding="longest")
+        inputs = {k: v.to(model.device) for k, v in batch.items() if k in ("input_ids", "attention_mask",
+                                                                           "token_type_ids")}
+        inputs["pixel_values"] = batch["pixel_values"].to(model.device, model.dtype)
+        with torch.inference_mode():
+            model(**inputs, logits_to_keep=1)  # warm-up
+            sync()
+            t = time.perf_counter()
+            for _ in range(repeats):
+                model(**inputs, logits_to_keep=1)
+            sync()
+            prefill_s = (time.perf_counter() - t) / repeats
+        generate_answers(model, processor, images, prompts, max_new_tokens=2)  # warm-up
+        sync()
+        t = time.perf_counter()
+        generate_answers(model, processor, images, prompts, max_new_tokens=new_tokens)
+        sync()
+        gen_s = time.perf_counter() - t
+        results.append({"batch_size": bs, "prefill_img_s": bs / prefill_s, "generate_img_s": bs / gen_s,
+                        "tokens_per_image": inputs["input_ids"].shape[1]})
+    del model
+    gc.collect()
+    if cuda:
+        torch.cuda.empty_cache()
+    return results
+
+
+def make_synthetic_set_rows(work: Path):
+    """The synthetic rows already rendered by the training step (re-rendered when absent)."""
+    from utils.tiny_model import make_synthetic_set
+
+    return make_synthetic_set(work / "data", size=448)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run (a) and (b); exit 1 when the memory or time limit is broken."""
+    from utils.train import TrainConfig
+
+    parser = argparse.ArgumentParser(description="PaliGemma-3B-448 GPU check (random weights)")
+    parser.add_argument("--dry-run", action="store_true", help="tiny model on CPU: checks the script only")
+    parser.add_argument("--train-batch-size", type=int, default=TrainConfig().train_batch_size,
+                        help="rows in the training step (default: the notebook's, TrainConfig.train_batch_size)")
+    parser.add_argument("--batch-sizes", default="1,8,32", help="inference batch sizes, comma separated")
+    parser.add_argument("--new-tokens", type=int, default=8, help="tokens generated per answer when timing")
+    parser.add_argument("--repeats", type=int, default=3, help="timed prefill passes per batch size")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="override the GPU's fp16 peak")
+    parser.add_argument("--skip-train", action="store_true")
+    parser.add_argument("--skip-infer", action="store_true")
+    parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
+    args = parser.parse_args(argv)
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
+    if not batch_sizes or min(batch_sizes) < 1 or args.train_batch_size < 1:
+        parser.error("batch sizes must be positive integers")
+
+    import torch
+
+    start = time.perf_counter()
+    if not args.dry_run and not torch.cuda.is_available():
+        print("no CUDA GPU here: run with --dry-run to check the script on CPU", file=sys.stderr)
+        return 2
+    name = torch.cuda.get_device_name(0) if not args.dry_run else "CPU (dry run, tiny model)"
+    print(f"device: {name}; torch {torch.__version__}")
+    ok = True
+    with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
+        work = args.work or Path(tmp)
+        model_dir = build_checkpoint(work, args.dry_run)
+        if not args.skip_train:
+            r = train_step(model_dir, work, args.train_batch_size, args.dry_run)
+            line = f"(a) 4-bit LoRA step, batch {r['batch_size']}: load+step {r['seconds_load_and_step']:.0f} s"
+            if "peak_gib" in r:
+                fits = r["peak_gib"] < MEMORY_LIMIT_GIB
+                ok &= fits
+                line += (f", peak GPU memory {r['peak_gib']:.2f} GiB allocated ({r['peak_reserved_gib']:.2f} "
+                         f"reserved): {'OK' if fits else 'TOO MUCH'} (limit {MEMORY_LIMIT_GIB} GiB)")
+            print(line, flush=True)
+        if not args.skip_infer:
+            peak = peak_tflops(name, args.peak_tflops) if not args.dry_run else None
+            for r in inference(model_dir, work, batch_sizes, args.new_tokens, args.dry_run, args.repeats):
+                frac = (f"{r['prefill_img_s'] * TFLOP_PER_IMAGE / (peak * 1e12):.1%} of {peak:.0f} TFLOP/s"
+                        if peak else "peak unknown")
+                print(f"(b) {'fp16' if not args.dry_run else 'fp32'} batch {r['batch_size']:>3}: prefill {r['prefill_img_s']:7.2f} img/s ({frac}); "
+                      f"generate {args.new_tokens} tokens {r['generate_img_s']:7.2f} img/s; "
+                      f"{r['tokens_per_image']} tokens/image", flush=True)
+    elapsed = time.perf_counter() - start
+    in_time = elapsed < TIME_LIMIT_S
+    ok &= in_time
+    print(f"total {elapsed:.0f} s ({'OK' if in_time else 'TOO SLOW'}, limit {TIME_LIMIT_S} s)")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

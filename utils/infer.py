@@ -1,0 +1,235 @@
+"""PaliGemma inference: batched greedy generation, OOM-halving batches, and the ``paligemma`` backend.
+
+``predict`` yields raw answers batch by batch as ``(index, raw)`` pairs; ``utils.pipeline`` cleans them with
+``utils.units.normalize_prediction`` and writes them through the shard writer (resume, done marker). A row whose
+image is missing or undecodable answers ``""`` without running the model. When the GPU runs out of memory the
+batch is halved and the same rows are tried again, down to one row per batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from utils.model import (
+    ModelConfig,
+    QUANTIZATIONS,
+    is_adapter_dir,
+    load_for_inference,
+    load_processor,
+    read_settings,
+    split_settings,
+)
+
+log = logging.getLogger(__name__)
+
+IMAGE_TOKEN = "<image>"
+MAX_NEW_TOKENS_LIMIT = 64  # answers are ~5 tokens ("500.0 gram"); more only burns time on rambling
+
+
+@dataclass
+class InferConfig:
+    """Generation settings. Field names are ``**settings`` of ``predict`` (with ModelConfig's)."""
+
+    batch_size: int = field(default=16, metadata={"help": "Rows per generate() call; halved on GPU OOM."})
+    max_new_tokens: int = field(default=16, metadata={"help": "Answer length cap; answers are ~5 tokens."})
+    merge_adapter: bool = field(
+        default=True, metadata={"help": "Merge LoRA into fp16 weights (fp32 on CPU): faster, fits a T4."}
+    )
+    infer_quantization: str = field(
+        default="none", metadata={"help": "Base weights when not merging: 'none', '4bit' or '8bit'."}
+    )
+    max_side: int | None = field(default=896, metadata={"help": "Downscale images to this longest side on load."})
+    progress: bool = field(default=False, metadata={"help": "Own progress bar (images/s); the pipeline has one."})
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
+            raise ValueError(
+                f"max_new_tokens must be in [1, {MAX_NEW_TOKENS_LIMIT}], got {self.max_new_tokens} "
+                "(answers like '500.0 gram' are about 5 tokens)"
+            )
+        if self.infer_quantization not in QUANTIZATIONS:
+            raise ValueError(f"infer_quantization must be one of {QUANTIZATIONS}, got {self.infer_quantization!r}")
+        if self.max_side is not None and self.max_side < 1:
+            raise ValueError(f"max_side must be a positive int or None, got {self.max_side}")
+
+
+def _float_dtype(model: Any) -> torch.dtype:
+    """The dtype of the model's first floating-point parameter (what pixel values must be cast to)."""
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32
+
+
+def _device(model: Any) -> torch.device:
+    """Where the model's inputs go."""
+    dev = getattr(model, "device", None)
+    return dev if isinstance(dev, torch.device) else next(model.parameters()).device
+
+
+@torch.inference_mode()
+def generate_answers(model: Any, processor: Any, images: list[Any], prompts: list[str], max_new_tokens: int = 16
+                     ) -> list[str]:
+    """Greedy answers (decoded, stripped, not yet cleaned) for one batch of images and prompts."""
+    if len(images) != len(prompts):
+        raise ValueError(f"{len(images)} images for {len(prompts)} prompts")
+    if not images:
+        return []
+    batch = processor(
+        images=images, text=[IMAGE_TOKEN + p for p in prompts], return_tensors="pt", padding="longest"
+    )
+    device = _device(model)
+    inputs = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+    inputs["pixel_values"] = batch["pixel_values"].to(device, _float_dtype(model))
+    tok = processor.tokenizer
+    out = model.generate(
+        **inputs,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+        use_cache=True,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    new_tokens = out[:, inputs["input_ids"].shape[1] :]
+    return [s.strip() for s in tok.batch_decode(new_tokens, skip_special_tokens=True)]
+
+
+def _is_oom(err: BaseException) -> bool:
+    """Whether ``err`` is an out-of-memory error from the accelerator."""
+    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
+
+
+def iter_answers(
+    rows: pd.DataFrame,
+    image_dir: str | Path,
+    answer_fn: Callable[[list[Any], list[str]], list[str]],
+    batch_size: int = 16,
+    max_side: int | None = None,
+    progress: bool = False,
+) -> Iterator[list[tuple[int, str]]]:
+    """Yield ``(index, raw answer)`` per batch of ``rows``; missing images answer ``""``; OOM halves the batch."""
+    from utils.data import make_prompt
+    from utils.images import image_path, load_image
+
+    missing = {"index", "image_link", "entity_name"} - set(rows.columns)
+    if missing:
+        raise ValueError(f"rows lack column(s) {sorted(missing)}")
+    indices = [int(i) for i in rows["index"]]
+    links = list(rows["image_link"])
+    prompts = [make_prompt(e) for e in rows["entity_name"]]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(indices), unit="img", desc="paligemma")
+    cache: dict[int, Any] = {}
+
+    def image_at(k: int) -> Any:
+        if k not in cache:
+            try:
+                cache[k] = load_image(image_path(image_dir, links[k]), max_side)
+            except ValueError:  # a URL naming no usable file: no image, as for a missing one
+                cache[k] = None
+        return cache[k]
+
+    size, pos, done, start = batch_size, 0, 0, time.perf_counter()
+    while pos < len(indices):
+        span = range(pos, min(pos + size, len(indices)))
+        have = [k for k in span if image_at(k) is not None]
+        try:
+            answers = answer_fn([image_at(k) for k in have], [prompts[k] for k in have]) if have else []
+        except (torch.OutOfMemoryError, RuntimeError) as err:
+            if not _is_oom(err) or size == 1:
+                raise
+            size = max(1, size // 2)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            log.warning("out of memory: batch size halved to %d", size)
+            continue
+        if len(answers) != len(have):
+            raise RuntimeError(f"answer function returned {len(answers)} answers for {len(have)} images")
+        by_pos = dict(zip(have, answers))
+        yield [(indices[k], by_pos.get(k, "")) for k in span]
+        for k in span:
+            cache.pop(k, None)
+        pos = span.stop
+        done += len(span)
+        if bar is not None:
+            bar.update(len(span))
+            bar.set_postfix(img_s=f"{done / max(time.perf_counter() - start, 1e-9):.2f}", batch=size)
+    if bar is not None:
+        bar.close()
+
+
+def predict_batches(model: Any, processor: Any, rows: pd.DataFrame, image_dir: str | Path, cfg: InferConfig
+                    ) -> Iterator[list[tuple[int, str]]]:
+    """Greedy generation over ``rows`` with ``model``, batch by batch (see ``iter_answers``)."""
+    def answer_fn(images: list[Any], prompts: list[str]) -> list[str]:
+        return generate_answers(model, processor, images, prompts, cfg.max_new_tokens)
+
+    yield from iter_answers(rows, image_dir, answer_fn, cfg.batch_size, cfg.max_side, cfg.progress)
+
+
+def load_predictor(artifact_dir: str | Path, infer_cfg: InferConfig, **model_settings: Any) -> tuple[Any, Any]:
+    """(model, processor) from an adapter folder written by ``fit``, or from a plain PaliGemma model folder/id.
+
+    For an adapter, the base model and LoRA settings saved beside it are used; device and dtype are chosen for
+    this machine unless given in ``model_settings``, which override anything saved.
+    """
+    artifact = Path(artifact_dir)
+    if is_adapter_dir(artifact):
+        saved = read_settings(artifact)
+        saved.pop("device", None)
+        saved.pop("dtype", None)
+        cfg = ModelConfig(**{**saved, **model_settings})
+        model = load_for_inference(cfg, artifact, merge=infer_cfg.merge_adapter,
+                                   quantization=infer_cfg.infer_quantization)
+        processor_src = artifact if (artifact / "processor_config.json").is_file() else cfg.model_id
+    else:  # zero-shot: the base (or an already merged) model itself
+        model_id = str(artifact) if (artifact / "config.json").is_file() else model_settings.get("model_id")
+        if not model_id:
+            raise FileNotFoundError(f"{artifact} holds neither a peft adapter nor a model (config.json)")
+        cfg = ModelConfig(**{**model_settings, "model_id": model_id})
+        model = load_for_inference(cfg, None, quantization=infer_cfg.infer_quantization)
+        processor_src = model_id
+    return model, load_processor(processor_src)
+
+
+class PaliGemmaBackend:
+    """The ``paligemma`` backend of ``utils.backends``: LoRA fine-tuning and batched generation."""
+
+    name = "paligemma"
+
+    def __init__(self) -> None:
+        self._loaded: tuple[Any, Any, Any] | None = None  # (key, model, processor): one load for all shards
+
+    def fit(self, train: pd.DataFrame, val: pd.DataFrame, image_dir: Path, out_dir: Path, **settings: Any) -> Path:
+        """Fine-tune and return the adapter folder (see ``utils.train.fit``)."""
+        from utils.train import fit
+
+        return fit(train, val, image_dir, out_dir, **settings)
+
+    def predict(self, rows: pd.DataFrame, image_dir: Path, artifact_dir: Path, **settings: Any
+                ) -> Iterator[list[tuple[int, str]]]:
+        """Yield ``(index, raw answer)`` per batch; ``settings`` are ModelConfig and InferConfig field names."""
+        model_kw, infer_kw = split_settings(settings, ModelConfig, InferConfig)
+        cfg = InferConfig(**infer_kw)
+        key = (str(Path(artifact_dir).resolve()), cfg.merge_adapter, cfg.infer_quantization,
+               tuple(sorted((k, repr(v)) for k, v in model_kw.items())))
+        if self._loaded is None or self._loaded[0] != key:
+            self._loaded = None  # free the previous model before loading another
+            model, processor = load_predictor(artifact_dir, cfg, **model_kw)
+            self._loaded = (key, model, processor)
+        _, model, processor = self._loaded
+        yield from predict_batches(model, processor, rows, image_dir, cfg)
