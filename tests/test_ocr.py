@@ -1,0 +1,109 @@
+"""Tests for utils.ocr: rapidocr on rendered images, box geometry, the per-image disk cache."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw, ImageFont
+
+from utils.ocr import OcrBox, OcrEngine, OcrResult, OcrSettings, cache_file, ocr_image_file, ocr_many
+
+
+def render(path: Path, lines: list[tuple[str, int, int]], size: tuple[int, int] = (640, 240)) -> Path:
+    """Draw black text lines (text, x, y) on white and save as JPEG."""
+    im = Image.new("RGB", size, "white")
+    d = ImageDraw.Draw(im)
+    font = ImageFont.load_default(size=40)
+    for text, x, y in lines:
+        d.text((x, y), text, fill="black", font=font)
+    im.save(path, quality=95)
+    return path
+
+
+@pytest.fixture(scope="module")
+def engine() -> OcrEngine:
+    return OcrEngine(OcrSettings(max_side=1280), threads=1)
+
+
+@pytest.fixture()
+def label(tmp_path: Path) -> Path:
+    return render(tmp_path / "label.jpg", [("Net Wt. 16 oz (454 g)", 20, 40), ("220-240V", 20, 140)])
+
+
+def test_ocr_reads_rendered_text_with_geometry(label: Path, tmp_path: Path, engine: OcrEngine) -> None:
+    res = ocr_image_file(label, tmp_path / "cache", engine=engine)
+    assert res is not None and (res.width, res.height) == (640, 240)
+    text = res.text.replace(" ", "").lower()
+    assert "16oz" in text and "454g" in text and "220-240v" in text
+    for b in res.boxes:
+        assert 0 < b.score <= 1
+        assert 0 <= b.x0 < b.x1 <= 640 and 0 <= b.y0 < b.y1 <= 240
+        assert abs(b.angle) < 10
+    top = [b for b in res.boxes if "16" in b.text][0]
+    low = [b for b in res.boxes if "220" in b.text][0]
+    assert top.y1 < low.y0  # positions follow the drawing
+    assert 25 < top.height < 70  # a 40 px font
+
+
+def test_cache_hit_means_no_second_ocr_call(label: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    first = OcrEngine(OcrSettings(max_side=1280))
+    a = ocr_image_file(label, cache, engine=first)
+    assert first.calls == 1 and cache_file(cache, label, first.settings).is_file()
+    second = OcrEngine(OcrSettings(max_side=1280))
+    b = ocr_image_file(label, cache, engine=second)
+    assert second.calls == 0 and b is not None and a is not None
+    assert [x.text for x in b.boxes] == [x.text for x in a.boxes]
+    # other settings or a changed file are misses
+    assert cache_file(cache, label, OcrSettings(max_side=640)) != cache_file(cache, label, OcrSettings())
+    os.utime(label, (time.time() + 5, time.time() + 5))
+    assert not cache_file(cache, label, second.settings).is_file()
+
+
+def test_missing_and_bad_images(tmp_path: Path, engine: OcrEngine) -> None:
+    missing = tmp_path / "nope.jpg"
+    assert ocr_image_file(missing, tmp_path / "c", engine=engine) is None
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    calls = engine.calls
+    assert ocr_image_file(bad, tmp_path / "c", engine=engine) is None
+    assert ocr_image_file(bad, tmp_path / "c", engine=engine) is None  # cached as unreadable
+    assert engine.calls == calls
+
+
+def test_downscale_before_ocr(tmp_path: Path) -> None:
+    big = render(tmp_path / "big.jpg", [("500 ml", 100, 100)], size=(1600, 400))
+    eng = OcrEngine(OcrSettings(max_side=800))
+    res = ocr_image_file(big, None, engine=eng)
+    assert res is not None and max(res.width, res.height) == 800
+    assert "500ml" in res.text.replace(" ", "").lower()
+
+
+def test_ocr_many_two_workers_keeps_order(tmp_path: Path) -> None:
+    paths = [render(tmp_path / f"i{i}.jpg", [(f"{i}0 kg", 20, 60)], size=(320, 160)) for i in range(1, 4)]
+    paths.insert(1, tmp_path / "missing.jpg")
+    out = list(ocr_many(paths, tmp_path / "cache", OcrSettings(), workers=2))
+    assert [p for p, _ in out] == paths
+    assert out[1][1] is None
+    for i, (_, res) in zip((1, 2, 3), [out[0], out[2], out[3]]):
+        assert res is not None and f"{i}0kg" in res.text.replace(" ", "").lower()
+    again = list(ocr_many(paths, tmp_path / "cache", OcrSettings(), workers=2))  # all cached: no pool
+    assert [r.text if r else None for _, r in again] == [r.text if r else None for _, r in out]
+
+
+def test_result_json_round_trip() -> None:
+    r = OcrResult(10, 20, [OcrBox("5 V", 0.9, [[0, 0], [4, 0], [4, 2], [0, 2]])], 0.1)
+    back = OcrResult.from_json(r.to_json())
+    assert back.boxes[0].text == "5 V" and back.boxes[0].quad == r.boxes[0].quad and back.height == 20
+
+
+def test_real_dev_images(amazon_dir: Path, tmp_path: Path, engine: OcrEngine) -> None:
+    import pandas as pd
+
+    labels = pd.read_csv(amazon_dir / "dev" / "labels.csv").head(2)
+    for url in labels["image_link"]:
+        res = ocr_image_file(amazon_dir / "dev" / "images" / url.rsplit("/", 1)[-1], tmp_path, engine=engine)
+        assert res is not None and len(res.boxes) > 0 and res.width > 0

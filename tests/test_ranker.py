@@ -1,0 +1,164 @@
+"""Tests for utils.ranker: priors, threshold tuning, group folds, and the OcrBackend fit/predict round trip."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image, ImageDraw, ImageFont
+
+from utils.ocr import DEFAULT_MAX_SIDE
+from utils.ranker import (
+    ARTIFACT_JSON,
+    ARTIFACT_MODEL,
+    OcrBackend,
+    Priors,
+    RankerConfig,
+    f1_counts,
+    group_folds,
+    load_ranker,
+    tune_threshold,
+)
+
+URL = "https://m.media-amazon.com/images/I/{}.jpg"
+
+
+def render(path: Path, big: str | None, small: str | None) -> None:
+    """A label: the asked value in large type, a distractor in small type below."""
+    im = Image.new("RGB", (280, 280), "white")  # square: rapidocr upscales the short side to 736 for detection
+    d = ImageDraw.Draw(im)
+    if big:
+        d.text((10, 40), big, fill="black", font=ImageFont.load_default(size=36))
+    if small:
+        d.text((10, 180), small, fill="black", font=ImageFont.load_default(size=20))
+    im.save(path, quality=95)
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Train/val/test rows over rendered images; ``entity_value`` "" where the image shows no weight."""
+    root = tmp_path_factory.mktemp("synth")
+    img = root / "images"
+    img.mkdir()
+    rows = []
+    rng = np.random.default_rng(0)
+    for i in range(20):
+        name = f"s{i:03d}"
+        if i % 5 == 4:  # abstain: only a nutrition line
+            render(img / f"{name}.jpg", "Serving size", f"Protein {int(rng.integers(2, 30))} g")
+            truth = ""
+        else:
+            v = int(rng.integers(2, 40))
+            render(img / f"{name}.jpg", f"Net Wt {v} oz", f"Serving {int(rng.integers(2, 30))} g")
+            truth = f"{float(v)} ounce"
+        rows.append({"index": i, "image_link": URL.format(name), "group_id": i // 3, "entity_name": "item_weight",
+                     "entity_value": truth})
+    df = pd.DataFrame(rows)
+    return {"dir": img, "train": df.iloc[:12], "val": df.iloc[12:16], "test": df.iloc[16:], "cache": root / "cache"}
+
+
+def test_priors_prefer_plausible_values() -> None:
+    labels = pd.DataFrame({"entity_name": ["item_weight"] * 50 + ["voltage"] * 5,
+                           "entity_value": ["500.0 gram"] * 30 + ["16.0 ounce"] * 20 + ["12.0 volt"] * 5})
+    p = Priors.from_labels(labels)
+    share_g, dens_g, _ = p.features("item_weight", "gram", 450.0)
+    share_mg, dens_far, _ = p.features("item_weight", "milligram", 450.0)
+    assert share_g > share_mg
+    assert dens_g > p.features("item_weight", "gram", 0.002)[1]
+    assert p.features("voltage", "volt", 12.0)[2] > p.features("voltage", "volt", 13.0)[2]
+
+
+def test_tune_threshold_abstains_on_low_scoring_wrong_answers() -> None:
+    best = np.array([0.9, 0.8, 0.7, 0.2, 0.1])
+    correct = np.array([True, True, True, False, False])
+    has = np.array([True, True, True, False, True])
+    t, f = tune_threshold(best, correct, has)
+    assert 0.2 < t <= 0.7
+    assert f == pytest.approx(f1_counts(correct, best >= t, has))
+    assert f > f1_counts(correct, best >= 0, has)
+
+
+def test_f1_counts_matches_the_challenge_definition() -> None:
+    correct = np.array([True, False, False, False])
+    pred = np.array([True, True, False, True])
+    has = np.array([True, True, True, False])
+    # tp 1; fp: wrong non-empty (1) + answer where truth empty (1); fn: empty with truth (1)
+    assert f1_counts(correct, pred, has) == pytest.approx(2 * 1 / (2 * 1 + 2 + 1))
+
+
+def test_group_folds_keep_groups_together() -> None:
+    groups = np.repeat(np.arange(20), 3)
+    folds = group_folds(groups, 4, seed=1)
+    for g in range(20):
+        assert len(set(folds[groups == g])) == 1
+    assert set(folds) == {0, 1, 2, 3} and np.bincount(folds).min() >= 12
+
+
+def test_config_rejects_unknown_settings() -> None:
+    with pytest.raises(TypeError, match="unknown OCR backend settings"):
+        RankerConfig.from_settings(lora_rank=8)
+    assert RankerConfig.from_settings(max_side=960).max_side == 960
+
+
+def test_fit_predict_round_trip(synth: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from utils.backends import get_backend
+
+    backend = get_backend("ocr")
+    assert isinstance(backend, OcrBackend)
+    settings = {"cache_dir": str(synth["cache"]), "workers": 1, "folds": 3, "batch_size": 4}
+    out = backend.fit(synth["train"], synth["val"], synth["dir"], tmp_path / "art", **settings)
+    assert (out / ARTIFACT_MODEL).is_file()
+    meta = json.loads((out / ARTIFACT_JSON).read_text())
+    assert meta["settings"]["max_side"] == DEFAULT_MAX_SIDE and "val/f1" in meta["metrics"] and "threshold" in meta
+    assert meta["metrics"]["train/oracle"] > 0.6
+
+    test = pd.concat([synth["test"], pd.DataFrame([{"index": 99, "image_link": URL.format("missing"),
+                                                    "group_id": 0, "entity_name": "item_weight"}])])
+    batches = list(backend.predict(test.drop(columns="entity_value"), synth["dir"], out, **settings))
+    # a rerun is served from the OCR cache: no OCR call, same answers
+    import utils.ocr
+
+    calls = []
+    monkeypatch.setattr(utils.ocr.OcrEngine, "run_image", lambda self, im: calls.append(1))
+    again = list(backend.predict(test.drop(columns="entity_value"), synth["dir"], out, **settings))
+    assert calls == [] and again == batches
+    assert [len(b) for b in batches] == [4, 1]
+    got = dict(x for b in batches for x in b)
+    assert set(got) == set(test["index"]) and got[99] == ""
+    truth = dict(zip(synth["test"]["index"], synth["test"]["entity_value"]))
+    right = sum(got[i] == t or (t and got[i] and float(got[i].split()[0]) == float(t.split()[0])
+                                and got[i].split()[1] == t.split()[1]) for i, t in truth.items())
+    assert right >= len(truth) - 1
+    assert all(got[i] == "" for i, t in truth.items() if t == "")  # no weight shown: abstain (no ounce/gram fits)
+
+
+def test_threshold_controls_abstention(synth: dict, tmp_path: Path) -> None:
+    settings = {"cache_dir": str(synth["cache"]), "workers": 1, "batch_size": 50}
+    be = OcrBackend()
+    out = be.fit(synth["train"], synth["val"].iloc[:0], synth["dir"], tmp_path / "a", threshold=1.01, **settings)
+    assert load_ranker(out).threshold == pytest.approx(1.01)
+    rows = synth["test"].drop(columns="entity_value")
+    assert all(a == "" for b in be.predict(rows, synth["dir"], out, **settings) for _, a in b)
+    out0 = be.fit(synth["train"], synth["val"].iloc[:0], synth["dir"], tmp_path / "b", threshold=0.0, **settings)
+    answered = [a for b in be.predict(rows, synth["dir"], out0, **settings) for _, a in b]
+    assert sum(bool(a) for a in answered) >= 3
+
+
+def test_predict_without_artifact_says_what_to_do(tmp_path: Path) -> None:
+    rows = pd.DataFrame({"index": [1], "image_link": [URL.format("x")], "entity_name": ["voltage"]})
+    with pytest.raises(FileNotFoundError, match="fit stage"):
+        list(OcrBackend().predict(rows, tmp_path, tmp_path))
+
+
+def test_real_rows_round_trip(amazon_dir: Path, tmp_path: Path) -> None:
+    dev = pd.read_csv(amazon_dir / "dev" / "labels.csv", dtype={"entity_value": str}).head(4)
+    settings = {"cache_dir": str(tmp_path / "c"), "workers": 1, "folds": 2}
+    be = OcrBackend()
+    out = be.fit(dev.iloc[:3], dev.iloc[3:], amazon_dir / "dev" / "images", tmp_path / "art", **settings)
+    got = [x for b in be.predict(dev.iloc[3:].drop(columns="entity_value"), amazon_dir / "dev" / "images", out,
+                                 **settings) for x in b]
+    assert [i for i, _ in got] == list(dev["index"].iloc[3:])
+    assert all(a == "" or len(a.split(" ", 1)) == 2 for _, a in got)

@@ -1,0 +1,374 @@
+"""OCR with rapidocr 3.x (onnxruntime, models shipped in the wheel): text boxes with positions and scores.
+
+Results are cached per image on disk (one small JSON per image, keyed by the image's file name, size, mtime and the
+OCR settings), so a rerun over the same images costs nothing. Images are downscaled to ``max_side`` (1280) before
+OCR: on the 494 dev images the OCR oracle was 76.4% at 1280 vs 75.8% at full resolution and 73.4% at 1024, with the
+ranker's F1 unchanged vs full resolution, while the median OCR time per image fell from 4.9 s to 1.0 s (shared
+machine). Both cores are used by a small process pool kept alive between calls, each worker with one onnxruntime
+thread.
+
+CLI: ``python -m utils.ocr IMAGE_DIR CACHE_DIR [--max-side 1280] [--workers 2]`` OCRs every image in a folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_MAX_SIDE = 1280
+DEFAULT_CACHE_ENV = "OCR_CACHE_DIR"
+CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class OcrSettings:
+    """What changes OCR output; part of the cache key."""
+
+    max_side: int | None = DEFAULT_MAX_SIDE  # longest image side before OCR; None = full resolution
+    text_score: float = 0.5  # rapidocr's minimum recognition score to keep a box
+    use_cls: bool = True  # rapidocr's 180-degree text classifier
+
+    def key(self) -> str:
+        """A short stable hash of the settings (and the cache format version)."""
+        raw = json.dumps({**asdict(self), "v": CACHE_VERSION}, sort_keys=True)
+        return hashlib.sha1(raw.encode()).hexdigest()[:10]
+
+
+@dataclass
+class OcrBox:
+    """One recognised text line: its text, recognition score and quadrilateral (pixels of the OCR'd image)."""
+
+    text: str
+    score: float
+    quad: list[list[float]]  # 4 points (x, y), clockwise from top-left as rapidocr returns them
+
+    @property
+    def x0(self) -> float:
+        return min(p[0] for p in self.quad)
+
+    @property
+    def x1(self) -> float:
+        return max(p[0] for p in self.quad)
+
+    @property
+    def y0(self) -> float:
+        return min(p[1] for p in self.quad)
+
+    @property
+    def y1(self) -> float:
+        return max(p[1] for p in self.quad)
+
+    @property
+    def angle(self) -> float:
+        """Angle of the text baseline in degrees (0 = horizontal, +-90 = vertical)."""
+        (ax, ay), (bx, by) = self.quad[0], self.quad[1]
+        return math.degrees(math.atan2(by - ay, bx - ax))
+
+    @property
+    def height(self) -> float:
+        """Text line height in pixels (the quad's short side, so rotated text measures right)."""
+        (ax, ay), (bx, by), (cx, cy) = self.quad[0], self.quad[1], self.quad[2]
+        return math.hypot(cx - bx, cy - by)
+
+    @property
+    def length(self) -> float:
+        """Length of the text line along its baseline, in pixels."""
+        (ax, ay), (bx, by) = self.quad[0], self.quad[1]
+        return math.hypot(bx - ax, by - ay)
+
+
+@dataclass
+class OcrResult:
+    """All boxes of one image, with the size of the image as it was OCR'd (for relative positions)."""
+
+    width: int
+    height: int
+    boxes: list[OcrBox] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "width": self.width,
+            "height": self.height,
+            "seconds": round(self.seconds, 4),
+            "boxes": [{"text": b.text, "score": round(b.score, 4), "quad": b.quad} for b in self.boxes],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> OcrResult:
+        boxes = [OcrBox(b["text"], float(b["score"]), [list(map(float, p)) for p in b["quad"]]) for b in data["boxes"]]
+        return cls(int(data["width"]), int(data["height"]), boxes, float(data.get("seconds", 0.0)))
+
+    @property
+    def text(self) -> str:
+        """All box texts joined by newlines, in reading order."""
+        return "\n".join(b.text for b in self.boxes)
+
+
+def _load_image(path: Path, max_side: int | None):
+    """The project's one image loader (utils.images); None for a missing or undecodable image."""
+    try:
+        from utils.images import load_image
+    except ImportError:  # utils.images not installed alongside: a minimal equivalent
+        return _fallback_load(path, max_side)
+    return load_image(path, max_side=max_side)
+
+
+def _fallback_load(path: Path, max_side: int | None):
+    """EXIF-orient, RGB, downscale; None on any failure (same contract as utils.images.load_image)."""
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im).convert("RGB")
+    except Exception:
+        return None
+    if max_side and max(im.size) > max_side:
+        im.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    return im
+
+
+class OcrEngine:
+    """A lazily built rapidocr instance with fixed settings and thread count."""
+
+    def __init__(self, settings: OcrSettings | None = None, threads: int = 1) -> None:
+        self.settings = settings or OcrSettings()
+        self.threads = int(threads)
+        self._engine = None
+        self.calls = 0  # number of images actually OCR'd (not served from cache)
+
+    def _get(self):
+        if self._engine is None:
+            from rapidocr import RapidOCR
+
+            params = {
+                "Global.log_level": "error",
+                "Global.text_score": self.settings.text_score,
+                "Global.use_cls": self.settings.use_cls,
+                "EngineConfig.onnxruntime.intra_op_num_threads": self.threads,
+                "EngineConfig.onnxruntime.inter_op_num_threads": 1,
+            }
+            self._engine = RapidOCR(params=params)
+        return self._engine
+
+    def run_image(self, image) -> OcrResult:
+        """OCR a PIL image (already scaled) and return its boxes."""
+        import numpy as np
+
+        t0 = time.perf_counter()
+        arr = np.asarray(image.convert("RGB"))[:, :, ::-1].copy()  # rapidocr expects BGR like cv2
+        out = self._get()(arr)
+        self.calls += 1
+        boxes: list[OcrBox] = []
+        if out.boxes is not None and out.txts:
+            for quad, txt, sc in zip(out.boxes, out.txts, out.scores):
+                boxes.append(OcrBox(str(txt), float(sc), [[float(x), float(y)] for x, y in quad]))
+        return OcrResult(image.width, image.height, boxes, time.perf_counter() - t0)
+
+    def run_path(self, path: Path) -> OcrResult | None:
+        """Load (with downscale) and OCR one image file; None when the image is missing or undecodable."""
+        image = _load_image(Path(path), self.settings.max_side)
+        if image is None:
+            return None
+        return self.run_image(image)
+
+
+_ENGINES: dict[tuple[OcrSettings, int], OcrEngine] = {}
+
+
+def get_engine(settings: OcrSettings, threads: int = 1) -> OcrEngine:
+    """A shared engine per (settings, threads) in this process, so models load once per process."""
+    key = (settings, int(threads))
+    if key not in _ENGINES:
+        _ENGINES[key] = OcrEngine(settings, threads)
+    return _ENGINES[key]
+
+
+def cache_file(cache_dir: Path, image: Path, settings: OcrSettings) -> Path | None:
+    """The cache JSON for an image: named by file name and keyed by size, mtime and settings; None if missing."""
+    image = Path(image)
+    try:
+        st = image.stat()
+    except OSError:
+        return None
+    tag = hashlib.sha1(f"{st.st_size}:{st.st_mtime_ns}:{settings.key()}".encode()).hexdigest()[:12]
+    return Path(cache_dir) / settings.key() / f"{image.name}.{tag}.json"
+
+
+def read_cache(cache_dir: Path | None, image: Path, settings: OcrSettings) -> tuple[bool, OcrResult | None]:
+    """(hit, result): a hit may hold None when the image was cached as undecodable."""
+    if cache_dir is None:
+        return False, None
+    f = cache_file(cache_dir, image, settings)
+    if f is None or not f.is_file():
+        return False, None
+    try:
+        data = json.loads(f.read_text())
+    except (OSError, ValueError):
+        return False, None
+    return True, (OcrResult.from_json(data) if data.get("ok", True) else None)
+
+
+def write_cache(cache_dir: Path | None, image: Path, settings: OcrSettings, result: OcrResult | None) -> None:
+    """Store one result atomically (write + rename) so a killed run never leaves a torn file."""
+    if cache_dir is None:
+        return
+    f = cache_file(cache_dir, image, settings)
+    if f is None:
+        return
+    f.parent.mkdir(parents=True, exist_ok=True)
+    data = {"ok": False} if result is None else {"ok": True, **result.to_json()}
+    tmp = f.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data))
+    tmp.replace(f)
+
+
+def default_cache_dir() -> Path | None:
+    """``$OCR_CACHE_DIR`` when set, else None (no cache)."""
+    v = os.environ.get(DEFAULT_CACHE_ENV)
+    return Path(v) if v else None
+
+
+def ocr_image_file(
+    path: Path, cache_dir: Path | None = None, settings: OcrSettings | None = None, engine: OcrEngine | None = None
+) -> OcrResult | None:
+    """OCR one image file through the cache; None for a missing/undecodable image."""
+    settings = settings or (engine.settings if engine else OcrSettings())
+    hit, res = read_cache(cache_dir, path, settings)
+    if hit:
+        return res
+    engine = engine or OcrEngine(settings)
+    if engine.settings != settings:
+        raise ValueError(f"engine settings {engine.settings} differ from requested {settings}")
+    res = engine.run_path(path)
+    if Path(path).exists():  # don't cache "missing": the file may be downloaded later
+        write_cache(cache_dir, path, settings, res)
+    return res
+
+
+# ---- process pool: one engine per worker, one onnxruntime thread each -------------------------------------------
+
+_WORKER: OcrEngine | None = None
+
+
+def _worker_init(settings: OcrSettings) -> None:
+    global _WORKER
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    _WORKER = OcrEngine(settings, threads=1)
+
+
+def _worker_run(args: tuple[str, str | None]) -> tuple[str, dict[str, Any] | None]:
+    path, cache_dir = args
+    assert _WORKER is not None
+    res = ocr_image_file(Path(path), Path(cache_dir) if cache_dir else None, _WORKER.settings, _WORKER)
+    return path, (res.to_json() if res is not None else None)
+
+
+def default_workers() -> int:
+    """Two workers where two cores exist (the target machine), else one."""
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+def ocr_many(
+    paths: Iterable[Path],
+    cache_dir: Path | None = None,
+    settings: OcrSettings | None = None,
+    workers: int | None = None,
+) -> Iterator[tuple[Path, OcrResult | None]]:
+    """OCR many images (cache first), yielding (path, result) in input order; uses ``workers`` processes."""
+    settings = settings or OcrSettings()
+    paths = [Path(p) for p in paths]
+    todo: list[Path] = []
+    cached: dict[Path, OcrResult | None] = {}
+    for p in paths:
+        hit, res = read_cache(cache_dir, p, settings)
+        if hit:
+            cached[p] = res
+        elif p not in cached:
+            todo.append(p)
+    todo = list(dict.fromkeys(todo))
+    workers = default_workers() if workers is None else max(1, int(workers))
+    computed: dict[Path, OcrResult | None] = {}
+    if todo and (workers == 1 or len(todo) == 1):
+        engine = get_engine(settings, threads=1 if workers == 1 else default_workers())
+        it: Iterator[tuple[Path, OcrResult | None]] = (
+            (p, ocr_image_file(p, cache_dir, settings, engine)) for p in todo
+        )
+    elif todo:
+        pool = get_pool(settings, workers)
+        cd = str(cache_dir) if cache_dir else None
+        it = (
+            (Path(p), OcrResult.from_json(d) if d is not None else None)
+            for p, d in pool.map(_worker_run, [(str(p), cd) for p in todo], chunksize=1)
+        )
+    else:
+        it = iter(())
+    for p in paths:
+        if p in cached:
+            yield p, cached[p]
+            continue
+        while p not in computed:
+            q, r = next(it)
+            computed[q] = r
+        yield p, computed[p]
+
+
+_POOLS: dict[tuple[OcrSettings, int], ProcessPoolExecutor] = {}
+
+
+def get_pool(settings: OcrSettings, workers: int) -> ProcessPoolExecutor:
+    """A process pool kept for the life of this process (models load once per worker, not once per batch)."""
+    key = (settings, int(workers))
+    if key not in _POOLS:
+        _POOLS[key] = ProcessPoolExecutor(workers, initializer=_worker_init, initargs=(settings,))
+    return _POOLS[key]
+
+
+def shutdown_pools() -> None:
+    """Stop the OCR worker processes (also done at interpreter exit)."""
+    while _POOLS:
+        _, pool = _POOLS.popitem()
+        pool.shutdown(cancel_futures=True)
+
+
+atexit.register(shutdown_pools)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: OCR every image of a folder into the cache; prints images/s."""
+    ap = argparse.ArgumentParser(description="OCR a folder of images into a per-image JSON cache")
+    ap.add_argument("image_dir", type=Path)
+    ap.add_argument("cache_dir", type=Path)
+    ap.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE, help="longest side before OCR; 0 = full")
+    ap.add_argument("--workers", type=int, default=default_workers())
+    ap.add_argument("--limit", type=int, default=0, help="only the first N images (sorted by name)")
+    a = ap.parse_args(argv)
+    if not a.image_dir.is_dir():
+        ap.error(f"not a folder: {a.image_dir}")
+    files = sorted(p for p in a.image_dir.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".webp"})
+    if a.limit:
+        files = files[: a.limit]
+    settings = OcrSettings(max_side=a.max_side or None)
+    t0 = time.perf_counter()
+    n = bad = 0
+    for _, res in ocr_many(files, a.cache_dir, settings, a.workers):
+        n += 1
+        bad += res is None
+    dt = time.perf_counter() - t0
+    print(f"ocr {n} images ({bad} unreadable) in {dt:.1f}s: {n / max(dt, 1e-9):.2f} images/s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
