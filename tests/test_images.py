@@ -392,3 +392,11 @@ def test_sigkill_mid_run_never_exposes_partial_files(tmp_path: Path) -> None:
     for name, body in bodies.items():
         assert (cache / name).read_bytes() == body
     assert not [p for p in cache.iterdir() if ".part-" in p.name]
+
+
+def test_cached_image_is_none_for_links_naming_no_usable_file(tmp_path: Path) -> None:
+    assert I.cached_image(tmp_path, "https://m.media-amazon.com/images/I/61I9XdN6OFL.jpg") == (
+        tmp_path / "61I9XdN6OFL.jpg"
+    )
+    for bad in ("", None, float("nan"), "ftp://x/a.jpg", "https://x/a/..", "https://x/%2e%2e", "https://x/a%2Fb.jpg", "https://x/"):
+        assert I.cached_image(tmp_path, bad) is None, bad

@@ -222,3 +222,9 @@ def test_an_invalid_submission_fails_loudly(
     with pytest.raises(stages.SubmissionError, match="invalid"):
         stages.postprocess(1, work_dir=work, out_dir=str(tmp_path / "out"))
     assert not (tmp_path / "out" / "submission.csv").exists()
+
+
+def test_missing_images_skips_links_naming_no_usable_file(tmp_path: Path) -> None:
+    (tmp_path / "have.jpg").write_bytes(b"x")
+    links = pd.Series(["https://h/i/have.jpg", "https://h/i/need.jpg", "ftp://h/bad.jpg", "https://h/a/..", None])
+    assert stages.missing_images(links, tmp_path) == ["https://h/i/need.jpg"]

@@ -46,6 +46,8 @@ from urllib.parse import unquote, urljoin, urlsplit
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from utils.fileio import fsync_dir
+
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
@@ -98,6 +100,20 @@ def image_filename(url: str) -> str:
 def image_path(image_dir: str | os.PathLike[str], url: str) -> Path:
     """Where the image for ``url`` lives in ``image_dir`` (``image_dir / image_filename(url)``)."""
     return Path(image_dir) / image_filename(url)
+
+
+def cached_image(image_dir: str | os.PathLike[str], url: object) -> Path | None:
+    """The cache path for ``url``, or None when ``url`` is empty, not http(s) or names no safe file.
+
+    The one lookup the backends, stages and report use, so a malformed link means "no image" (answer ``""``)
+    everywhere instead of a crash; it does not check that the file exists.
+    """
+    if not isinstance(url, str) or not url:
+        return None
+    try:
+        return image_path(image_dir, url)
+    except ValueError:
+        return None
 
 
 # ----------------------------------------------------------------------------------------------- loading
@@ -569,19 +585,6 @@ def _write_failures(path: Path, failures: list[Failure]) -> None:
     os.replace(tmp, path)
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _plan(urls: Iterable[object], cache_dir: Path) -> tuple[list[tuple[str, Path]], list[Failure]]:
     """Deduplicate by cache file name (first URL wins) and reject bad URLs up front."""
     jobs: list[tuple[str, Path]] = []
@@ -700,7 +703,7 @@ def download_images(
         for t in threads:  # daemon threads: one stuck in a read cannot keep the process alive
             t.join(timeout=max(0.0, join_until - time.monotonic()))
         if s.fsync:
-            _fsync_dir(cache)
+            fsync_dir(cache)
         summary.seconds = time.monotonic() - started
         summary.manifest = cache / FAILURES_FILE
         _write_failures(summary.manifest, summary.failures)

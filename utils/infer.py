@@ -120,7 +120,7 @@ def iter_answers(
 ) -> Iterator[list[tuple[int, str]]]:
     """Yield ``(index, raw answer)`` per batch of ``rows``; missing images answer ``""``; OOM halves the batch."""
     from utils.data import make_prompt
-    from utils.images import image_path, load_image
+    from utils.images import cached_image, load_image
 
     missing = {"index", "image_link", "entity_name"} - set(rows.columns)
     if missing:
@@ -137,10 +137,8 @@ def iter_answers(
 
     def image_at(k: int) -> Any:
         if k not in cache:
-            try:
-                cache[k] = load_image(image_path(image_dir, links[k]), max_side)
-            except ValueError:  # a URL naming no usable file: no image, as for a missing one
-                cache[k] = None
+            path = cached_image(image_dir, links[k])  # None: a link naming no usable file, as a missing image
+            cache[k] = None if path is None else load_image(path, max_side)
         return cache[k]
 
     size, pos, done, start = batch_size, 0, 0, time.perf_counter()

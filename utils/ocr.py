@@ -26,6 +26,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from utils.images import load_image
+
 DEFAULT_MAX_SIDE = 1280
 DEFAULT_CACHE_ENV = "OCR_CACHE_DIR"
 CACHE_VERSION = 1
@@ -116,29 +118,6 @@ class OcrResult:
         return "\n".join(b.text for b in self.boxes)
 
 
-def _load_image(path: Path, max_side: int | None):
-    """The project's one image loader (utils.images); None for a missing or undecodable image."""
-    try:
-        from utils.images import load_image
-    except ImportError:  # utils.images not installed alongside: a minimal equivalent
-        return _fallback_load(path, max_side)
-    return load_image(path, max_side=max_side)
-
-
-def _fallback_load(path: Path, max_side: int | None):
-    """EXIF-orient, RGB, downscale; None on any failure (same contract as utils.images.load_image)."""
-    from PIL import Image, ImageOps
-
-    try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im).convert("RGB")
-    except Exception:
-        return None
-    if max_side and max(im.size) > max_side:
-        im.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-    return im
-
-
 class OcrEngine:
     """A lazily built rapidocr instance with fixed settings and thread count."""
 
@@ -178,7 +157,7 @@ class OcrEngine:
 
     def run_path(self, path: Path) -> OcrResult | None:
         """Load (with downscale) and OCR one image file; None when the image is missing or undecodable."""
-        image = _load_image(Path(path), self.settings.max_side)
+        image = load_image(Path(path), max_side=self.settings.max_side)
         if image is None:
             return None
         return self.run_image(image)

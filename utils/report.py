@@ -162,15 +162,10 @@ def worst_mistakes(rows: pd.DataFrame, n: int = 12) -> pd.DataFrame:
 
 
 def _image_file(image_dir: Path | None, link: Any) -> Path | None:
-    """The cached image for ``link`` (``utils.images.image_path`` when available, else the URL's base name)."""
-    if image_dir is None or not isinstance(link, str) or not link:
-        return None
-    try:
-        from utils.images import image_path
+    """The cached image for ``link``, or None (no image folder, or a link naming no usable file)."""
+    from utils.images import cached_image
 
-        return Path(image_path(image_dir, link))
-    except ImportError:
-        return Path(image_dir) / link.rstrip("/").rsplit("/", 1)[-1].split("?")[0]
+    return None if image_dir is None else cached_image(image_dir, link)
 
 
 def _thumbnail(image_dir: Path | None, link: Any, max_side: int) -> Image.Image | None:

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from utils.fileio import fsync_dir
+
 SHARD_COLUMNS: tuple[str, ...] = ("index", "prediction", "raw")
 _HEADER = ",".join(SHARD_COLUMNS) + "\n"
 _SHOW = 5  # how many example indices an error message lists
@@ -61,20 +63,6 @@ def done_marker_path(out_dir: str | Path, shard_index: int, num_shards: int) -> 
     """The done marker of a shard: ``shard_path(...)`` with ``.done`` appended."""
     path = shard_path(out_dir, shard_index, num_shards)
     return path.with_name(path.name + ".done")
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a file creation/rename in ``path`` durable (best effort; not available on every OS)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _one_line(text: object) -> str:
@@ -151,7 +139,7 @@ class ShardWriter:
             fh.write(_HEADER)
             fh.flush()
             os.fsync(fh.fileno())
-        _fsync_dir(self.out_dir)
+        fsync_dir(self.out_dir)
 
     def write_batch(self, rows: Iterable[tuple[int, str, str]]) -> int:
         """Append ``(index, prediction, raw)`` rows, then flush and fsync; returns how many were written.
@@ -206,7 +194,7 @@ class ShardWriter:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, self.done_path)
-        _fsync_dir(self.out_dir)
+        fsync_dir(self.out_dir)
 
 
 def read_shard(path: str | Path) -> pd.DataFrame:

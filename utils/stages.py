@@ -159,10 +159,15 @@ def entity_count_table(train: pd.DataFrame, val: pd.DataFrame, test: pd.DataFram
 
 def missing_images(links: pd.Series, image_dir: Path) -> list[str]:
     """The unique links whose image is not in ``image_dir``."""
-    from utils.images import image_path
+    from utils.images import cached_image
 
     unique = pd.Series(links.dropna().astype(str).unique())
-    return [link for link in unique if not image_path(image_dir, link).is_file()]
+    missing = []
+    for link in unique:
+        path = cached_image(image_dir, link)
+        if path is not None and not path.is_file():
+            missing.append(link)
+    return missing
 
 
 def fetch_missing(links: pd.Series, image_dir: Path, download: bool = True, workers: int = 16) -> Any:

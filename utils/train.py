@@ -24,6 +24,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from utils.images import cached_image, load_image
 from utils.model import ModelConfig, load_base_model, load_processor, prepare_for_training, save_adapter, split_settings
 
 log = logging.getLogger(__name__)
@@ -93,16 +94,6 @@ class TrainConfig:
 # ------------------------------------------------------------------------------------------------- data
 
 
-def _image_file(image_dir: Path, url: str) -> Path | None:
-    """The cache path for ``url``, or None for a URL that names no usable file."""
-    from utils.images import image_path
-
-    try:
-        return image_path(image_dir, url)
-    except ValueError:
-        return None
-
-
 class AnswerDataset(torch.utils.data.Dataset):
     """Rows as (image, prompt, answer); images are read lazily, rows whose image file is missing are dropped."""
 
@@ -114,7 +105,7 @@ class AnswerDataset(torch.utils.data.Dataset):
             raise ValueError(f"training rows lack column(s) {sorted(missing_cols)}")
         self.image_dir = Path(image_dir)
         self.max_side = max_side
-        paths = [_image_file(self.image_dir, u) for u in rows["image_link"]]
+        paths = [cached_image(self.image_dir, u) for u in rows["image_link"]]
         keep = [p is not None and p.is_file() for p in paths]
         self.n_missing = len(keep) - sum(keep)
         if self.n_missing:
@@ -128,8 +119,6 @@ class AnswerDataset(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        from utils.images import load_image
-
         for k in range(len(self.paths)):  # an undecodable file: take the next row instead of crashing
             j = (i + k) % len(self.paths)
             image = load_image(self.paths[j], self.max_side)
