@@ -5,9 +5,9 @@ whose hand label has a value (cross-validated by group_id within dims_dev, every
 rows); the OCR oracle (share of labelled rows whose answer is among the candidates); the plain rules for comparison
 (largest / first candidate); and images per second of OCR on 2 workers (uncached, on a sample).
 
-OCR results are cached (``--cache-dir``, default ``$OCR_CACHE_DIR`` or ``/work/cache/ocr``): a rerun is cheap.
+OCR results are cached (``--cache-dir``, default ``$OCR_CACHE_DIR`` or ``.cache/ocr`` in the repo, git-ignored): a rerun is cheap.
 
-    nice python bench/ocr_dev.py [--data ../shared/data/amazon] [--max-side 1280] [--speed-sample 40]
+    nice python bench/ocr_dev.py [--data ../shared/data/amazon] [--max-side 1280] [--speed-sample 40] [--seed 0]
 """
 
 from __future__ import annotations
@@ -78,10 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     default_data = Path(os.environ.get("AMAZON_DATA_DIR", REPO.parent / "shared/data/amazon"))
     ap.add_argument("--data", type=Path, default=default_data)
-    ap.add_argument("--cache-dir", default=os.environ.get("OCR_CACHE_DIR", "/work/cache/ocr"))
+    ap.add_argument("--cache-dir", default=os.environ.get("OCR_CACHE_DIR", str(REPO / ".cache" / "ocr")))
     ap.add_argument("--max-side", type=int, default=1280, help="0 = full resolution")
     ap.add_argument("--model", default="hgb")
     ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=0, help="fold assignment seed (CV varies about +-0.01 by seed)")
     ap.add_argument("--speed-sample", type=int, default=40, help="images timed uncached (0 = skip)")
     ap.add_argument("--dev-only", action="store_true", help="skip dims_dev (e.g. to compare resolutions on dev)")
     ap.add_argument("--no-train-priors", action="store_true", help="priors only from the CV training labels")
@@ -89,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
 
     dev = pd.read_csv(a.data / "dev/labels.csv", dtype={"entity_value": str}).fillna({"entity_value": ""})
     dims = pd.read_csv(a.data / "dims_dev/labels.csv", dtype={"entity_value": str}).fillna({"entity_value": ""})
-    cfg = RankerConfig(cache_dir=a.cache_dir, max_side=a.max_side, model=a.model, folds=a.folds, workers=2)
+    cfg = RankerConfig(cache_dir=a.cache_dir, max_side=a.max_side, model=a.model, folds=a.folds, workers=2,
+                       seed=a.seed)
     t0 = time.perf_counter()
     ocr = ocr_lookup(list(dev["image_link"]), a.data / "dev/images", cfg)
     if a.dev_only:

@@ -10,13 +10,17 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from utils.ocr import DEFAULT_MAX_SIDE
+from utils.candidates import extract_candidates
+from utils.ocr import DEFAULT_MAX_SIDE, OcrBox, OcrResult
 from utils.ranker import (
     ARTIFACT_JSON,
     ARTIFACT_MODEL,
     OcrBackend,
     Priors,
     RankerConfig,
+    apply_net_rule,
+    build_table,
+    declared_features,
     f1_counts,
     group_folds,
     load_ranker,
@@ -115,8 +119,10 @@ def test_fit_predict_round_trip(synth: dict, tmp_path: Path, monkeypatch: pytest
     assert meta["settings"]["max_side"] == DEFAULT_MAX_SIDE and "val/f1" in meta["metrics"] and "threshold" in meta
     assert meta["metrics"]["train/oracle"] > 0.6
 
-    test = pd.concat([synth["test"], pd.DataFrame([{"index": 99, "image_link": URL.format("missing"),
-                                                    "group_id": 0, "entity_name": "item_weight"}])])
+    test = pd.concat([synth["test"], pd.DataFrame([
+        {"index": 99, "image_link": URL.format("missing"), "group_id": 0, "entity_name": "item_weight"},
+        {"index": 98, "image_link": "ftp://host/a/..", "group_id": 0, "entity_name": "item_weight"},  # no usable file
+    ])])
     batches = list(backend.predict(test.drop(columns="entity_value"), synth["dir"], out, **settings))
     # a rerun is served from the OCR cache: no OCR call, same answers
     import utils.ocr
@@ -125,9 +131,9 @@ def test_fit_predict_round_trip(synth: dict, tmp_path: Path, monkeypatch: pytest
     monkeypatch.setattr(utils.ocr.OcrEngine, "run_image", lambda self, im: calls.append(1))
     again = list(backend.predict(test.drop(columns="entity_value"), synth["dir"], out, **settings))
     assert calls == [] and again == batches
-    assert [len(b) for b in batches] == [4, 1]
+    assert [len(b) for b in batches] == [4, 2]
     got = dict(x for b in batches for x in b)
-    assert set(got) == set(test["index"]) and got[99] == ""
+    assert set(got) == set(test["index"]) and got[99] == "" and got[98] == ""
     truth = dict(zip(synth["test"]["index"], synth["test"]["entity_value"]))
     right = sum(got[i] == t or (t and got[i] and float(got[i].split()[0]) == float(t.split()[0])
                                 and got[i].split()[1] == t.split()[1]) for i, t in truth.items())
@@ -162,3 +168,31 @@ def test_real_rows_round_trip(amazon_dir: Path, tmp_path: Path) -> None:
                                  **settings) for x in b]
     assert [i for i, _ in got] == list(dev["index"].iloc[3:])
     assert all(a == "" or len(a.split(" ", 1)) == 2 for _, a in got)
+
+
+def _box(text: str, y: float) -> OcrBox:
+    return OcrBox(text, 0.95, [[10, y], [300, y], [300, y + 20], [10, y + 20]])
+
+
+def test_declared_features_mark_the_first_mention_after_net_wt() -> None:
+    ocr = OcrResult(400, 400, [_box("Protein 25g per serving", 10), _box("NET WT. 3 kg (6.6 lb)", 60),
+                               _box("Cabinet 5 kg", 110)])
+    cands = extract_candidates(ocr, "item_weight")
+    f = {c.answer: row for c, row in zip(cands, declared_features(cands))}
+    assert f["3.0 kilogram"].tolist() == [1.0, 1.0, 1.0]  # declared, first after the declaration, one such answer
+    assert f["6.6 pound"][:2].tolist() == [1.0, 0.0]  # near the declaration but not the first mention after it
+    assert f["25.0 gram"][:2].tolist() == [0.0, 0.0]
+    assert f["5.0 kilogram"][:2].tolist() == [0.0, 0.0]  # "net" inside a word is no declaration
+    assert declared_features([]).shape == (0, 3)
+
+
+def test_net_rule_overrides_a_different_amount_but_not_a_conversion() -> None:
+    boxes = {"a": [_box("18g PROTEIN", 10), _box("Net Weight 750 g", 60)],
+             "b": [_box("Net Wt 3.53 oz", 10), _box("100 g", 60)],
+             "c": [_box("18g PROTEIN", 10), _box("25 g", 60)]}
+    rows = pd.DataFrame({"image_link": list(boxes), "entity_name": "item_weight", "group_id": "1",
+                         "entity_value": ""})
+    table = build_table(rows, lambda k: OcrResult(400, 400, boxes[k]), Priors())
+    got = apply_net_rule(table, ["18.0 gram", "100.0 gram", "18.0 gram"])
+    assert got == ["750.0 gram", "100.0 gram", "18.0 gram"]  # a: declared amount; b: same amount, kept; c: none
+    assert apply_net_rule(table, ["", "", ""]) == ["", "", ""]  # an abstention stays one

@@ -472,3 +472,57 @@ def test_every_real_label_parses_and_normalizes_to_an_equal_value(amazon_dir):
     assert unparsed == []
     assert mismatched == []
     assert disallowed < 0.01 * len(df)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Conversions
+
+
+def test_to_base_converts_to_the_base_unit_of_each_kind() -> None:
+    assert units.to_base(1, "kilogram") == pytest.approx(1000.0)
+    assert units.to_base(1, "pound") == pytest.approx(453.59237)
+    assert units.to_base(3.53, "ounce") == pytest.approx(100.07, abs=0.01)
+    assert units.to_base(250, "milligram") == pytest.approx(0.25)
+    assert units.to_base(12, "inch") == pytest.approx(units.to_base(1, "foot"))
+    assert units.to_base(30, "centimetre") == pytest.approx(0.3)
+    assert units.to_base(1.5, "litre") == pytest.approx(1500.0)
+    assert units.to_base(1, "gallon") == pytest.approx(4 * units.to_base(1, "quart"))
+    assert units.to_base(2, "kilowatt") == pytest.approx(2000.0)
+    assert units.to_base(5, "millivolt") == pytest.approx(0.005)
+
+
+def test_every_allowed_unit_has_a_kind_shared_within_its_entity() -> None:
+    assert set(units.UNIT_BASE) == units.ALL_UNITS
+    for entity, allowed in ENTITY_UNIT_MAP.items():
+        assert len({units.unit_kind(u) for u in allowed}) == 1, entity
+    assert units.METRIC_UNITS < units.ALL_UNITS
+    assert "gram" in units.METRIC_UNITS and "ounce" not in units.METRIC_UNITS
+
+
+def test_to_base_rejects_bad_input_with_a_clear_message() -> None:
+    with pytest.raises(ValueError, match="unknown unit 'furlong'"):
+        units.to_base(1, "furlong")
+    with pytest.raises(ValueError, match="finite"):
+        units.to_base(float("nan"), "gram")
+    with pytest.raises(ValueError, match="number"):
+        units.to_base("heavy", "gram")  # type: ignore[arg-type]
+
+
+def test_same_amount_matches_rounded_printed_conversions_only() -> None:
+    assert units.same_amount((100, "gram"), (3.53, "ounce"))
+    assert units.same_amount((2, "kilogram"), (4.4, "pound"))
+    assert units.same_amount((64, "fluid ounce"), (1.89, "litre"))
+    assert units.same_amount((30, "centimetre"), (11.8, "inch"))
+    assert not units.same_amount((100, "gram"), (3.0, "ounce"))
+    assert not units.same_amount((1, "litre"), (1000, "gram"))  # different kinds never match
+    assert not units.same_amount((0, "gram"), (1, "ounce"))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.floats(min_value=1e-3, max_value=1e6), st.sampled_from(sorted(units.UNIT_BASE)))
+def test_to_base_is_linear_and_round_trips_through_a_unit_of_the_same_kind(v: float, unit: str) -> None:
+    kind = units.unit_kind(unit)
+    other = next(u for u in sorted(units.UNIT_BASE) if units.unit_kind(u) == kind and u != unit)
+    assert units.to_base(2 * v, unit) == pytest.approx(2 * units.to_base(v, unit))
+    back = units.to_base(v, unit) / units.to_base(1, other)
+    assert units.same_amount((v, unit), (back, other), rel_tol=1e-9)

@@ -492,6 +492,64 @@ def parse_range(value: str) -> tuple[float, float, str] | None:
 
 
 # --------------------------------------------------------------------------------------------------------------
+# Conversions between units of one kind
+
+#: Per unit: (kind, size in that kind's base unit). Bases: mass gram, length metre, volume millilitre, voltage volt,
+#: power watt. ``ton`` is the metric tonne; ``cup`` the US cup; ``gallon`` / ``pint`` / ``quart`` US liquid measures.
+UNIT_BASE: dict[str, tuple[str, float]] = {
+    "gram": ("mass", 1.0), "kilogram": ("mass", 1000.0), "milligram": ("mass", 1e-3),
+    "microgram": ("mass", 1e-6), "ounce": ("mass", 28.349523125), "pound": ("mass", 453.59237),
+    "ton": ("mass", 1e6),
+    "metre": ("length", 1.0), "centimetre": ("length", 0.01), "millimetre": ("length", 1e-3),
+    "inch": ("length", 0.0254), "foot": ("length", 0.3048), "yard": ("length", 0.9144),
+    "millilitre": ("volume", 1.0), "litre": ("volume", 1000.0), "centilitre": ("volume", 10.0),
+    "decilitre": ("volume", 100.0), "microlitre": ("volume", 1e-3), "fluid ounce": ("volume", 29.5735295625),
+    "gallon": ("volume", 3785.411784), "imperial gallon": ("volume", 4546.09), "quart": ("volume", 946.352946),
+    "pint": ("volume", 473.176473), "cup": ("volume", 236.5882365), "cubic foot": ("volume", 28316.846592),
+    "cubic inch": ("volume", 16.387064),
+    "volt": ("voltage", 1.0), "kilovolt": ("voltage", 1000.0), "millivolt": ("voltage", 1e-3),
+    "watt": ("power", 1.0), "kilowatt": ("power", 1000.0),
+}  # fmt: skip
+#: Units that belong to the metric system (the rest are US/imperial).
+METRIC_UNITS: frozenset[str] = frozenset(
+    u for u in UNIT_BASE if u not in {"ounce", "pound", "inch", "foot", "yard", "fluid ounce", "gallon",
+                                      "imperial gallon", "quart", "pint", "cup", "cubic foot", "cubic inch"}
+)
+
+
+def unit_kind(unit: str) -> str:
+    """The kind of a canonical unit: "mass", "length", "volume", "voltage" or "power"; ValueError if unknown."""
+    if unit not in UNIT_BASE:
+        raise ValueError(f"unknown unit {unit!r}; expected one of {sorted(UNIT_BASE)}")
+    return UNIT_BASE[unit][0]
+
+
+def to_base(value: float, unit: str) -> float:
+    """``value`` in ``unit`` expressed in its kind's base unit (mass in grams, length in metres, volume in
+    millilitres, voltage in volts, power in watts): ``to_base(1, "pound") == 453.59237``. ValueError on an unknown
+    unit or a value that is not a finite number."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"value must be a number, got {value!r}") from None
+    if not math.isfinite(v):
+        raise ValueError(f"value must be finite, got {value!r}")
+    unit_kind(unit)
+    return v * UNIT_BASE[unit][1]
+
+
+def same_amount(a: tuple[float, str], b: tuple[float, str], rel_tol: float = 0.03) -> bool:
+    """Whether two (value, unit) amounts of the same kind agree within ``rel_tol`` after conversion (a label's
+    "100 g / 3.53 oz" pair: printed conversions are rounded, so exact equality is too strict)."""
+    if unit_kind(a[1]) != unit_kind(b[1]):
+        return False
+    x, y = to_base(*a), to_base(*b)
+    if x <= 0 or y <= 0:
+        return x == y
+    return abs(x - y) <= rel_tol * max(x, y)
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Entity fitting and the cleaning step
 
 
