@@ -261,3 +261,27 @@ def test_the_real_backends_resolve() -> None:
     if any("unavailable" in line for line in lines):
         pytest.skip("; ".join(lines))
     assert lines == ["ocr ocr True", "paligemma paligemma True"]
+
+
+def test_a_refit_model_repredicts_instead_of_resuming_old_answers(tmp_path: Path) -> None:
+    from utils.pipeline import artifact_fingerprint
+
+    test = synthetic_test(40)
+    art = tmp_path / "art"
+    art.mkdir()
+    (art / "model.bin").write_bytes(b"first fit")
+    first = FakeBackend()
+    _run(first, test, 0, 2, tmp_path)
+    id_first = artifact_fingerprint(art)
+    copy = tmp_path / "copy_in_another_session"
+    copy.mkdir()
+    (copy / "model.bin").write_bytes(b"first fit")
+    assert artifact_fingerprint(copy) == id_first  # shards run from copies of one artifact still merge
+    assert _run(NoCallBackend(), test, 0, 2, tmp_path)  # same model: the finished shard is not redone
+
+    (art / "model.bin").write_bytes(b"second fit")  # a refit
+    assert artifact_fingerprint(art) != id_first
+    second = FakeBackend()
+    _run(second, test, 0, 2, tmp_path)
+    assert sorted(second.asked[0]) == sorted(shard_rows(test, 0, 2)["index"])  # every row predicted again
+    assert list((tmp_path / "out").glob("shard_00_of_02.csv.stale-*"))  # the old answers are kept aside

@@ -315,3 +315,36 @@ def test_sigkill_mid_run_then_resume_real_test_set(amazon_dir: Path, tmp_path: P
     test_csv = amazon_dir / "test.csv"
     kill_resume_merge(test_csv, tmp_path, batch=1000)
     assert sum(len(shard_rows(pd.read_csv(test_csv, usecols=["index"]), i, 4)) for i in range(4)) == 131187
+
+
+# --- run ids: answers of two different models are never mixed ------------------------------------------------------
+
+
+def test_a_shard_of_another_run_is_moved_aside_and_restarted(tmp_path: Path) -> None:
+    w = ShardWriter(tmp_path, 1, 4, run_id="model-a")
+    w.write_batch([(5, "1.0 gram", "1 g"), (9, "", "")])
+    w.mark_done([5, 9])
+    assert json.loads(done_marker_path(tmp_path, 1, 4).read_text())["run_id"] == "model-a"
+
+    same = ShardWriter(tmp_path, 1, 4, run_id="model-a")  # same run: resume, nothing moved
+    assert same.moved_stale == [] and same.is_done and same.done_indices == {5, 9}
+
+    other = ShardWriter(tmp_path, 1, 4, run_id="model-b")
+    assert not other.is_done and other.done_indices == set()
+    assert sorted(p.name.split(".stale-")[0] for p in other.moved_stale) == [
+        "shard_01_of_04.csv", "shard_01_of_04.csv.done", "shard_01_of_04.csv.run"]
+    kept = next(p for p in other.moved_stale if p.name.startswith("shard_01_of_04.csv.stale-"))
+    assert "1.0 gram" in kept.read_text()  # nothing lost
+    other.write_batch([(5, "2.0 gram", "2 g")])
+    assert ShardWriter(tmp_path, 1, 4, run_id="model-b").done_indices == {5}
+
+
+def test_merge_refuses_shards_of_different_runs(tmp_path: Path) -> None:
+    test = pd.DataFrame({"index": [0, 1, 2, 3], "entity_name": ["width"] * 4})
+    for shard, run in ((0, "model-a"), (1, "model-b")):
+        w = ShardWriter(tmp_path, shard, 2, run_id=run)
+        idx = shard_rows(test, shard, 2)["index"].tolist()
+        w.write_batch((i, "", "") for i in idx)
+        w.mark_done(idx)
+    with pytest.raises(MergeError, match="different runs"):
+        merge_shards(tmp_path, 2, test)

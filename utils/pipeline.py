@@ -9,6 +9,7 @@ a time (two processes appending to the same shard file are not guarded against).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ def run_shard(
     out_dir: str | Path,
     *,
     show_progress: bool = True,
+    run_id: str | None = None,
     **settings: Any,
 ) -> Path:
     """Predict shard ``shard_index`` of ``num_shards`` of ``test`` into ``out_dir``; return the shard file's path.
@@ -42,13 +44,21 @@ def run_shard(
     raw answer is cleaned with ``normalize_prediction`` for its row's entity and every batch is written (and
     fsynced) as soon as it arrives. The shard is marked done only when every one of its indices is written;
     otherwise ``RuntimeError`` says how many are missing (run again to fill them in).
+
+    ``run_id`` names the model run (default: ``artifact_fingerprint(artifact_dir)``): a shard file written by
+    another run, e.g. before a refit, is moved aside and the shard is predicted afresh, never mixed.
     """
     missing_cols = [c for c in ("index", "entity_name") if c not in test.columns]
     if missing_cols:
         raise ValueError(f"run_shard needs test columns index and entity_name; missing {', '.join(missing_cols)}")
     rows = shard_rows(test, shard_index, num_shards)
-    writer = ShardWriter(out_dir, shard_index, num_shards)
+    if run_id is None:
+        run_id = artifact_fingerprint(artifact_dir)
+    writer = ShardWriter(out_dir, shard_index, num_shards, run_id=run_id)
     tag = f"shard {shard_index} of {num_shards}"
+    if writer.moved_stale:
+        log.warning("%s: answers of another model run moved aside (%s); predicting afresh", tag,
+                    ", ".join(p.name for p in writer.moved_stale))
     if writer.is_done:
         log.info("%s already done: %s", tag, writer.path)
         return writer.path
@@ -92,6 +102,22 @@ def run_shard(
     writer.mark_done(entity_of)
     log.info("%s done: %s", tag, writer.path)
     return writer.path
+
+
+def artifact_fingerprint(artifact_dir: str | Path, max_hashed_bytes: int = 256 * 2**20) -> str:
+    """A short id of the fitted artifact: a hash of its top-level files (content, or name and size for files over
+    ``max_hashed_bytes``). Copies of the same artifact in different sessions agree; a refit changes it."""
+    folder = Path(artifact_dir)
+    digest = hashlib.sha256()
+    files = sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+    for path in files:
+        size = path.stat().st_size
+        digest.update(f"{path.name}\0{size}\0".encode())
+        if size <= max_hashed_bytes:
+            with open(path, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(chunk)
+    return digest.hexdigest()[:16]
 
 
 def merge_and_check(

@@ -82,16 +82,39 @@ def _examples(values: Iterable[int]) -> str:
 class ShardWriter:
     """Append-only writer of one shard's results, resumable after a crash (see the module docstring)."""
 
-    def __init__(self, out_dir: str | Path, shard_index: int, num_shards: int) -> None:
+    def __init__(self, out_dir: str | Path, shard_index: int, num_shards: int, run_id: str | None = None) -> None:
+        """Open (or resume) a shard. ``run_id`` names what produces the answers (e.g. the fitted artifact's
+        fingerprint): a shard file left by another run is moved aside (``*.stale-<time>``, kept, never deleted)
+        and the shard starts afresh, so answers of two different models are never mixed in one shard."""
         _check_shard_args(shard_index, num_shards)
         self.out_dir = Path(out_dir)
         self.shard_index = int(shard_index)
         self.num_shards = int(num_shards)
+        self.run_id = run_id
         self.path = shard_path(self.out_dir, shard_index, num_shards)
         self.done_path = done_marker_path(self.out_dir, shard_index, num_shards)
+        self.run_path = self.path.with_name(self.path.name + ".run")
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.dropped_torn_line = False
+        self.moved_stale: list[Path] = self._move_aside_if_stale()
         self.done_indices: set[int] = self._open()
+
+    def _move_aside_if_stale(self) -> list[Path]:
+        """Move this shard's files aside when they were written by another run; the new names."""
+        if self.run_id is None or not self.path.exists():
+            return []
+        previous = read_run_id(self.path)
+        if previous == self.run_id:
+            return []
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        moved = []
+        for old in (self.done_path, self.run_path, self.path):  # the done marker first: never a marker alone
+            if old.exists():
+                new = old.with_name(f"{old.name}.stale-{stamp}")
+                os.replace(old, new)
+                moved.append(new)
+        fsync_dir(self.out_dir)
+        return moved
 
     @property
     def is_done(self) -> bool:
@@ -135,6 +158,11 @@ class ShardWriter:
         return indices
 
     def _rewrite_header(self) -> None:
+        if self.run_id is not None:  # the run id first, so a shard file never exists without it
+            with open(self.run_path, "w", encoding="utf-8") as fh:
+                fh.write(self.run_id + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
         with open(self.path, "w", encoding="utf-8", newline="") as fh:
             fh.write(_HEADER)
             fh.flush()
@@ -185,6 +213,7 @@ class ShardWriter:
             "shard_index": self.shard_index,
             "num_shards": self.num_shards,
             "rows": len(self.done_indices),
+            "run_id": read_run_id(self.path),
             "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         tmp = self.done_path.with_name(self.done_path.name + ".tmp")
@@ -195,6 +224,15 @@ class ShardWriter:
             os.fsync(fh.fileno())
         os.replace(tmp, self.done_path)
         fsync_dir(self.out_dir)
+
+
+def read_run_id(path: str | Path) -> str | None:
+    """The run id recorded beside the shard file ``path`` (its ``.run`` file), or None when none was recorded."""
+    run_path = Path(path).with_name(Path(path).name + ".run")
+    try:
+        return run_path.read_text(encoding="utf-8").strip() or None
+    except OSError:
+        return None
 
 
 def read_shard(path: str | Path) -> pd.DataFrame:
@@ -212,7 +250,8 @@ def merge_shards(
     """Merge all finished shards into ``index,prediction`` in the order of ``test``; optionally write ``out_path``.
 
     Raises :class:`MergeError` when a shard file or its done marker is missing, when a shard's rows disagree with
-    its marker, or when an index is missing, duplicated, unknown to ``test`` or in the wrong shard.
+    its marker, when the shards were written by different runs (different models), or when an index is missing,
+    duplicated, unknown to ``test`` or in the wrong shard.
     """
     _check_shard_args(0, num_shards)
     test_index = test["index"].astype("int64")
@@ -221,6 +260,7 @@ def merge_shards(
         raise MergeError(f"the test frame itself has duplicated indices (e.g. {dups})")
     order = pd.Series(range(len(test_index)), index=test_index.sort_values(kind="stable").to_numpy())
     frames = []
+    run_ids: dict[int, str | None] = {}
     for i in range(num_shards):
         path = shard_path(out_dir, i, num_shards)
         marker = done_marker_path(out_dir, i, num_shards)
@@ -237,8 +277,13 @@ def merge_shards(
             raise MergeError(
                 f"{path}: {len(df)} rows but its done marker says {rows} (file changed after it finished?)"
             )
+        run_ids[i] = read_run_id(path)
         df["_shard"] = i
         frames.append(df)
+    if len(set(run_ids.values())) > 1:
+        listed = "; ".join(f"shard {i}: {r or 'none recorded'}" for i, r in run_ids.items())
+        raise MergeError(f"the shards were written by different runs (models), which must not be mixed: {listed}. "
+                         "Rerun the odd shards with the current model.")
     merged = pd.concat(frames, ignore_index=True)
     dup = merged["index"].duplicated(keep=False)
     if dup.any():
