@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from utils.candidates import allowed_units, extract_candidates, same_answer
+from utils.candidates import allowed_units, extract_candidates, fix_ocr_text, loosen_text, same_answer
 from utils.ocr import OcrBox, OcrResult
 
 
@@ -62,3 +62,61 @@ def test_same_answer() -> None:
     assert same_answer("16.0 ounce", "16 ounce")
     assert not same_answer("16.0 ounce", "16.0 gram")
     assert not same_answer("", "16 ounce") and not same_answer("16.0 ounce", "")
+
+
+@pytest.mark.parametrize("raw,fixed", [
+    ("200 mI water", "200 ml water"), ("50m1", "50ml"), ("NET WT. 3 kg (6.6 b)", "NET WT. 3 kg (6.6lb)"),
+    ("I 8OKG LOAD", "I 80KG LOAD"), ("22OGSM", "220GSM"), ("1OOg", "100g"),
+])
+def test_ocr_confusions_are_undone_in_place(raw: str, fixed: str) -> None:
+    assert fix_ocr_text(raw) == fixed and len(fixed) == len(raw)
+
+
+@pytest.mark.parametrize("text", ["5 Oz", "5OZ", "ROOM 2O", "Model m1", "Tab b)"])
+def test_ocr_fixes_leave_other_text_alone(text: str) -> None:
+    assert fix_ocr_text(text) == text
+
+
+def test_loosen_text_spaces_glued_numbers() -> None:
+    assert loosen_text("Net Weight200gm") == "Net Weight 200gm"
+    assert loosen_text("48V250W") == "48V 250W"
+    assert loosen_text("Net Qty. 25gX4 Each") == "Net Qty. 25g X 4 Each"
+    assert loosen_text("NET WT:100ge(3.5oz)") == "NET WT:100g e(3.5oz)"
+    assert loosen_text("50g - 1.802") == "50g - 1.8oz"
+    assert loosen_text("10 x 20 cm") == ""  # nothing glued: no second pass
+
+
+def test_glued_mentions_are_kept_flagged_as_loose() -> None:
+    res = OcrResult(600, 600, [box("Net Weight200gm", 10, 10, 200), box("Net Qty. 25gX4 Each", 10, 60, 200),
+                               box("500 g", 10, 110, 60)])
+    c = extract_candidates(res, "item_weight")
+    assert [(x.answer, x.extra.get("loose", 0.0)) for x in c] == [
+        ("200.0 gram", 1.0), ("25.0 gram", 1.0), ("500.0 gram", 0.0)]
+    assert c[0].text == "Net Weight 200gm" and c[0].text[c[0].start:c[0].end] == "200gm"
+    watt = OcrResult(300, 300, [box("48V250W", 10, 10, 100)])
+    assert answers(watt, "wattage") == ["250.0 watt"] and answers(watt, "voltage") == ["48.0 volt"]
+
+
+def test_loose_pass_does_not_repeat_strict_mentions() -> None:
+    res = OcrResult(300, 300, [box("NetWt 16 oz", 10, 10, 120)])  # strict already reads it; loose adds nothing
+    assert answers(res, "item_weight") == ["16.0 ounce"]
+
+
+def test_weight_misreads_give_flagged_candidates() -> None:
+    res = OcrResult(600, 600, [box("3G PER SERVING", 10, 10, 150), box("NET WT. 3.28 OZ (939)", 10, 60, 200),
+                               box("25 Sachets - 50g -1.802", 10, 110, 220)])
+    got = {(x.answer, x.extra.get("loose", 0.0)) for x in extract_candidates(res, "item_weight")}
+    assert {("3.0 gram", 1.0), ("93.0 gram", 1.0), ("1.8 ounce", 1.0), ("3.28 ounce", 0.0),
+            ("50.0 gram", 0.0)} <= got
+    assert answers(OcrResult(300, 300, [box("3G PER SERVING", 10, 10, 150)]), "voltage") == []
+
+
+def test_g_read_as_9_after_a_weight_declaration() -> None:
+    below = OcrResult(600, 600, [box("Weight", 10, 10, 100, 30), box("5909", 10, 45, 80, 30)])
+    c = extract_candidates(below, "item_weight")
+    assert [(x.answer, x.boxes, x.extra.get("loose")) for x in c] == [("590.0 gram", [0, 1], 1.0)]
+    same = OcrResult(600, 600, [box("NET WT: 1009", 10, 10, 150)])
+    assert answers(same, "item_weight") == ["100.0 gram"]
+    assert answers(OcrResult(600, 600, [box("Model 5909", 10, 10, 150)]), "item_weight") == []
+    far = OcrResult(900, 900, [box("Weight", 10, 10, 100, 30), box("5909", 600, 700, 80, 30)])
+    assert answers(far, "item_weight") == []

@@ -161,6 +161,7 @@ def test_parse_range_rejects(text):
 SPELLINGS = [
     # (entity, abbreviation or spelling, canonical unit)
     ("item_weight", "g", "gram"), ("item_weight", "gm", "gram"), ("item_weight", "gms", "gram"),
+    ("item_weight", "gsm", "gram"),
     ("item_weight", "grams", "gram"), ("item_weight", "gram", "gram"), ("item_weight", "kg", "kilogram"),
     ("item_weight", "kgs", "kilogram"), ("item_weight", "kilograms", "kilogram"), ("item_weight", "mg", "milligram"),
     ("item_weight", "mcg", "microgram"), ("item_weight", "µg", "microgram"), ("item_weight", "μg", "microgram"),
@@ -526,3 +527,10 @@ def test_to_base_is_linear_and_round_trips_through_a_unit_of_the_same_kind(v: fl
     assert units.to_base(2 * v, unit) == pytest.approx(2 * units.to_base(v, unit))
     back = units.to_base(v, unit) / units.to_base(1, other)
     assert units.same_amount((v, unit), (back, other), rel_tol=1e-9)
+
+
+def test_fabric_weight_gsm_reads_as_grams() -> None:
+    """Packaging prints fabric/paper weight as "200GSM" (g/m²); the challenge labels it "200.0 gram"."""
+    assert [(q.value, q.unit) for q in parse_quantities("Super soft 200GSM Microfiber")] == [(200.0, "gram")]
+    assert normalize_prediction("item_weight", "120 gsm") == "120.0 gram"
+    assert parse_quantities("GSM network 4G") == []  # no number before it: not a quantity

@@ -27,7 +27,8 @@ What the parser understands:
   watt/kilowatt followed by ``h``/``hour`` is energy and skipped (``5 kWh``, ``0.352 kilowatt hour``), as are
   ``mAh``, ``ft²``, ``m³``; ``4G``/``5G`` (an integer up to 6 with a capital G attached) is a network generation, not
   grams; a number glued to a longer word (``SKU123 g``) is skipped, except after ``AC``/``DC`` (``AC100-240V``);
-  a minus sign is not read (quantities are never negative).
+  a minus sign is not read (quantities are never negative); ``GSM`` (fabric/paper weight, g/m²) reads as gram, as the
+  challenge's labels do (``200GSM`` -> ``200.0 gram``).
 
 Entity fitting (:func:`unit_for_entity`): the unit must be allowed for the entity, except that ``ounce`` for
 ``item_volume`` means ``fluid ounce``. Anything else that does not fit gives ``""`` (``normalize_prediction`` then
@@ -78,7 +79,7 @@ RANGE_RULES: tuple[str, ...] = ("high", "low", "mean", "empty")
 
 # Spellings per canonical unit. Matching ignores case, dots and spaces inside an alias ("fl. oz." == "floz").
 _ALIASES: dict[str, tuple[str, ...]] = {
-    "gram": ("g", "gm", "gms", "gr", "grs", "gram", "grams", "gramme", "grammes"),
+    "gram": ("g", "gm", "gms", "gr", "grs", "gsm", "gram", "grams", "gramme", "grammes"),
     "kilogram": ("kg", "kgs", "kilo", "kilos", "kilogram", "kilograms", "kilogramme", "kilogrammes"),
     "milligram": ("mg", "mgs", "milligram", "milligrams", "milligramme", "milligrammes"),
     "microgram": ("mcg", "µg", "μg", "ug", "microgram", "micrograms", "microgramme", "microgrammes"),
