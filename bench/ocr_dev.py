@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 from utils.candidates import extract_candidates, same_answer  # noqa: E402
 from utils.metrics import score  # noqa: E402
 from utils.ocr import ocr_many  # noqa: E402
-from utils.ranker import Priors, RankerConfig, build_table, cross_validate, ocr_lookup  # noqa: E402
+from utils.ranker import Priors, RankerConfig, cross_validate, ocr_lookup  # noqa: E402
 
 
 def rule_answers(rows: pd.DataFrame, lookup, rule: str) -> list[str]:

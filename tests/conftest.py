@@ -21,3 +21,11 @@ def amazon_dir() -> Path:
     if not (SHARED_DATA / "test.csv").is_file():
         pytest.skip(f"real data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random PaliGemma saved with ``save_pretrained`` (built once per session), loaded like a hub id."""
+    from utils.tiny_model import build_tiny_paligemma
+
+    return build_tiny_paligemma(tmp_path_factory.mktemp("tiny") / "model")

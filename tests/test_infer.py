@@ -12,13 +12,8 @@ from utils.backends import get_backend
 from utils.data import make_prompt
 from utils.infer import InferConfig, PaliGemmaBackend, generate_answers, iter_answers
 from utils.model import ModelConfig, load_base_model, load_processor, prepare_for_training, save_adapter
-from utils.tiny_model import build_tiny_paligemma, make_synthetic_set
+from utils.tiny_model import make_synthetic_set
 from utils.train import PaliGemmaCollator
-
-
-@pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_paligemma(tmp_path_factory.mktemp("tiny") / "model")
 
 
 @pytest.fixture(scope="session")

@@ -23,12 +23,7 @@ from utils.model import (
     save_adapter,
     split_settings,
 )
-from utils.tiny_model import build_tiny_paligemma, render_text_image
-
-
-@pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_paligemma(tmp_path_factory.mktemp("tiny") / "model")
+from utils.tiny_model import render_text_image
 
 
 @pytest.fixture

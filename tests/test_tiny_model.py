@@ -16,11 +16,6 @@ from utils.tiny_model import TinyConfig, build_tiny_paligemma, main, make_synthe
 from utils.units import ENTITIES
 
 
-@pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_paligemma(tmp_path_factory.mktemp("tiny") / "model")
-
-
 def test_saved_folder_loads_through_the_project_loaders(tiny_dir: Path) -> None:
     processor = load_processor(tiny_dir)
     model = load_base_model(ModelConfig(model_id=str(tiny_dir), quantization="none"))

@@ -11,7 +11,7 @@ import torch
 
 from utils.data import make_prompt
 from utils.model import ModelConfig, is_adapter_dir, load_base_model, load_processor
-from utils.tiny_model import build_tiny_paligemma, make_synthetic_set, render_text_image
+from utils.tiny_model import make_synthetic_set, render_text_image
 from utils.train import (
     IGNORE_INDEX,
     AnswerDataset,
@@ -25,11 +25,6 @@ from utils.train import (
 
 FAST = {"quantization": "none", "gradient_checkpointing": False, "train_batch_size": 4, "grad_accum": 1,
         "logging_steps": 1, "learning_rate": 1e-3}
-
-
-@pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_paligemma(tmp_path_factory.mktemp("tiny") / "model")
 
 
 @pytest.fixture(scope="session")

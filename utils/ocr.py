@@ -80,7 +80,7 @@ class OcrBox:
     @property
     def height(self) -> float:
         """Text line height in pixels (the quad's short side, so rotated text measures right)."""
-        (ax, ay), (bx, by), (cx, cy) = self.quad[0], self.quad[1], self.quad[2]
+        (bx, by), (cx, cy) = self.quad[1], self.quad[2]
         return math.hypot(cx - bx, cy - by)
 
     @property
