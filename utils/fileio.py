@@ -18,3 +18,24 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def atomic_write_bytes(dest: str | os.PathLike[str], data: bytes, tmp: str | os.PathLike[str] | None = None,
+                       fsync: bool = True) -> None:
+    """Write ``data`` to ``tmp`` (default: ``dest`` + ``.tmp<pid>``), optionally fsync it, then rename it over
+    ``dest``: readers see the old file or the whole new one, never a torn one. The temp file is removed on error."""
+    dest = Path(dest)
+    tmp = Path(tmp) if tmp is not None else dest.with_name(f"{dest.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            if fsync:
+                os.fsync(fh.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            pass
+        raise

@@ -46,7 +46,7 @@ from urllib.parse import unquote, urljoin, urlsplit
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from utils.fileio import fsync_dir
+from utils.fileio import atomic_write_bytes, fsync_dir
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -335,24 +335,6 @@ def _temp_name(dest: Path) -> Path:
     return dest.parent / f".{dest.name}.part-{os.getpid()}-{threading.get_ident()}"
 
 
-def _atomic_write(dest: Path, data: bytes, fsync: bool) -> None:
-    """Write ``data`` to a hidden temp file beside ``dest``, fsync it, then rename it over ``dest``."""
-    tmp = _temp_name(dest)
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            if fsync:
-                os.fsync(fh.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
-        raise
-
-
 class _ConnectionPool:
     """One worker's keep-alive connections, one per (scheme, host, port); not shared between threads."""
 
@@ -528,7 +510,7 @@ def _download_one(
                 validate_image_bytes(data, s.max_pixels, s.full_decode)
             except InvalidImage as exc:
                 raise _Permanent(str(exc)) from None
-            _atomic_write(dest, data, s.fsync)
+            atomic_write_bytes(dest, data, tmp=_temp_name(dest), fsync=s.fsync)
             return "downloaded", "", attempts, len(data)
         except _Permanent as exc:
             return "failed", exc.reason, attempts, 0
@@ -574,15 +556,12 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _write_failures(path: Path, failures: list[Failure]) -> None:
-    tmp = path.parent / f".{path.name}.part-{os.getpid()}-0"
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(["url", "reason", "attempts"])
-        for f in failures:
-            w.writerow([f.url, f.reason, f.attempts])
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf)
+    w.writerow(["url", "reason", "attempts"])
+    for f in failures:
+        w.writerow([f.url, f.reason, f.attempts])
+    atomic_write_bytes(path, buf.getvalue().encode("utf-8"), tmp=path.parent / f".{path.name}.part-{os.getpid()}-0")
 
 
 def _plan(urls: Iterable[object], cache_dir: Path) -> tuple[list[tuple[str, Path]], list[Failure]]:

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from utils.fileio import atomic_write_bytes
 from utils.images import load_image
 
 DEFAULT_MAX_SIDE = 1280
@@ -208,9 +209,7 @@ def write_cache(cache_dir: Path | None, image: Path, settings: OcrSettings, resu
         return
     f.parent.mkdir(parents=True, exist_ok=True)
     data = {"ok": False} if result is None else {"ok": True, **result.to_json()}
-    tmp = f.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data))
-    tmp.replace(f)
+    atomic_write_bytes(f, json.dumps(data).encode("utf-8"), tmp=f.with_suffix(f".tmp{os.getpid()}"), fsync=False)
 
 
 def default_cache_dir() -> Path | None:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from utils.fileio import fsync_dir
+from utils.fileio import atomic_write_bytes, fsync_dir
 
 SHARD_COLUMNS: tuple[str, ...] = ("index", "prediction", "raw")
 _HEADER = ",".join(SHARD_COLUMNS) + "\n"
@@ -216,13 +216,8 @@ class ShardWriter:
             "run_id": read_run_id(self.path),
             "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        tmp = self.done_path.with_name(self.done_path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(info, fh)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.done_path)
+        atomic_write_bytes(self.done_path, (json.dumps(info) + "\n").encode("utf-8"),
+                           tmp=self.done_path.with_name(self.done_path.name + ".tmp"))
         fsync_dir(self.out_dir)
 
 
