@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
 
 from utils import tracking
+from utils.tracking import init_run
 
 
 @pytest.fixture
@@ -52,3 +54,17 @@ def test_offline_run_logs_to_disk_quickly(clean_env: pytest.MonkeyPatch, tmp_pat
     assert time.monotonic() - start < 60  # offline never waits on a server
     logs = list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
     assert logs and logs[0].stat().st_size > 0, "offline run left no log to sync"
+
+
+def test_disabled_run_needs_no_wandb_installed(clean_env: pytest.MonkeyPatch, tmp_path) -> None:
+    import sys
+
+    clean_env.setitem(sys.modules, "wandb", None)  # "import wandb" now raises ImportError
+    with pytest.raises(ImportError):
+        init_run("p", {"lr": 1e-3}, job_type="train", mode="offline", dir=tmp_path)
+    run = init_run("p", {"lr": 1e-3}, job_type="train", mode="disabled", dir=tmp_path)
+    run.log({"loss": 1.5})
+    run.summary["f1"] = 0.5
+    run.finish()
+    assert run.history == [{"loss": 1.5}] and run.summary == {"f1": 0.5} and run.config == {"lr": 1e-3}
+    assert os.environ["WANDB_MODE"] == "disabled"

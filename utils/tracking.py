@@ -13,6 +13,26 @@ from typing import Any
 VALID_MODES = ("online", "offline", "disabled")
 
 
+class NullRun:
+    """What ``init_run`` returns in ``disabled`` mode: the run methods the suite uses, doing nothing.
+
+    It needs no wandb installed, so a machine without wandb (a bare GPU box, a minimal CI) still trains.
+    """
+
+    def __init__(self, config: dict[str, Any] | None = None) -> None:
+        self.config = dict(config or {})
+        self.summary: dict[str, Any] = {}
+        self.history: list[dict[str, Any]] = []
+        self.url: str | None = None
+
+    def log(self, data: dict[str, Any], step: int | None = None, commit: bool | None = None) -> None:
+        """Keep the logged values in memory (handy in tests); nothing is sent or written."""
+        self.history.append(dict(data))
+
+    def finish(self, exit_code: int | None = None) -> None:
+        """Nothing to close."""
+
+
 def _key_from_kaggle() -> str | None:
     """The ``WANDB_API_KEY`` Kaggle secret, when running on Kaggle with it attached."""
     if not os.environ.get("KAGGLE_KERNEL_RUN_TYPE"):
@@ -65,14 +85,16 @@ def init_run(
     name: str | None = None,
     dir: str | os.PathLike[str] | None = None,
 ) -> Any:
-    """Start a wandb run in a mode that cannot hang; returns the run (a no-op run when disabled)."""
+    """Start a wandb run in a mode that cannot hang; returns the run (a ``NullRun`` when disabled)."""
+    chosen = wandb_mode(mode)
+    os.environ["WANDB_MODE"] = chosen  # the HF Trainer's wandb callback reads it too
+    if chosen == "disabled":
+        return NullRun(config)
     import wandb
 
-    chosen = wandb_mode(mode)
     key = find_api_key()
     if chosen == "online" and key and not os.environ.get("WANDB_API_KEY"):
         os.environ["WANDB_API_KEY"] = key  # secret store -> this process only
-    os.environ["WANDB_MODE"] = chosen  # the HF Trainer's wandb callback reads it too
     if dir is not None:
         os.makedirs(dir, exist_ok=True)
     return wandb.init(
