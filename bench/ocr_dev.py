@@ -7,7 +7,7 @@ rows); the OCR oracle (share of labelled rows whose answer is among the candidat
 
 OCR results are cached (``--cache-dir``, default ``$OCR_CACHE_DIR`` or ``.cache/ocr`` in the repo, git-ignored): a rerun is cheap.
 
-    nice python bench/ocr_dev.py [--data ../shared/data/amazon] [--max-side 1280] [--speed-sample 40] [--seed 0]
+    nice python bench/ocr_dev.py [--data ../shared/data/amazon] [--max-side 1280] [--speed-sample 120] [--seed 0]
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def oracle(rows: pd.DataFrame, lookup) -> float:
     return float(np.mean(hit)) if hit else float("nan")
 
 
-def speed(image_dir: Path, n: int, max_side: int, workers: int) -> float:
+def speed(image_dir: Path, n: int, max_side: int, workers: int, det_side: int = 0) -> float:
     """Images/s of uncached OCR on n images spread over the folder (sorted by name, every k-th), ``workers``
     processes, worker start-up (model loading) included."""
     files = sorted(image_dir.iterdir())
@@ -69,7 +69,7 @@ def speed(image_dir: Path, n: int, max_side: int, workers: int) -> float:
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        for _ in ocr_many(files, Path(tmp), OcrSettings(max_side=max_side or None), workers):
+        for _ in ocr_many(files, Path(tmp), OcrSettings(max_side=max_side or None, det_side=det_side or None), workers):
             pass
         return len(files) / (time.perf_counter() - t0)
 
@@ -80,17 +80,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=default_data)
     ap.add_argument("--cache-dir", default=os.environ.get("OCR_CACHE_DIR", str(REPO / ".cache" / "ocr")))
     ap.add_argument("--max-side", type=int, default=1280, help="0 = full resolution")
+    ap.add_argument("--det-side", type=int, default=0, help="longest side the text detector sees (0 = max_side)")
     ap.add_argument("--model", default="hgb")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0, help="fold assignment seed (CV varies about +-0.01 by seed)")
-    ap.add_argument("--speed-sample", type=int, default=40, help="images timed uncached (0 = skip)")
+    ap.add_argument("--speed-sample", type=int, default=120, help="images timed uncached (0 = skip)")
     ap.add_argument("--dev-only", action="store_true", help="skip dims_dev (e.g. to compare resolutions on dev)")
     ap.add_argument("--no-train-priors", action="store_true", help="priors only from the CV training labels")
     a = ap.parse_args(argv)
 
     dev = pd.read_csv(a.data / "dev/labels.csv", dtype={"entity_value": str}).fillna({"entity_value": ""})
     dims = pd.read_csv(a.data / "dims_dev/labels.csv", dtype={"entity_value": str}).fillna({"entity_value": ""})
-    cfg = RankerConfig(cache_dir=a.cache_dir, max_side=a.max_side, model=a.model, folds=a.folds, workers=2,
+    cfg = RankerConfig(cache_dir=a.cache_dir, max_side=a.max_side, det_side=a.det_side, model=a.model, folds=a.folds, workers=2,
                        seed=a.seed)
     t0 = time.perf_counter()
     ocr = ocr_lookup(list(dev["image_link"]), a.data / "dev/images", cfg)
@@ -141,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dims_dev oracle (rows with a value) {oracle(dims, lookup):.3f}")
 
     if a.speed_sample:
-        s = speed(a.data / "dev/images", a.speed_sample, a.max_side, 2)
+        s = speed(a.data / "dev/images", a.speed_sample, a.max_side, 2, a.det_side)
         print(f"\nOCR speed: {s:.2f} images/s on 2 workers (uncached, {a.speed_sample} dev images spread by name, "
               f"max_side {a.max_side or 'full'}; machine shared, so a lower bound)")
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -59,8 +60,15 @@ def test_cache_hit_means_no_second_ocr_call(label: Path, tmp_path: Path) -> None
     assert [x.text for x in b.boxes] == [x.text for x in a.boxes]
     # other settings or a changed file are misses
     assert cache_file(cache, label, OcrSettings(max_side=640)) != cache_file(cache, label, OcrSettings())
-    os.utime(label, (time.time() + 5, time.time() + 5))
-    assert not cache_file(cache, label, second.settings).is_file()
+    # a copy elsewhere with a new mtime is still a hit (content-keyed); changed content is a miss
+    copy = tmp_path / "elsewhere" / label.name
+    copy.parent.mkdir()
+    shutil.copyfile(label, copy)
+    os.utime(copy, (time.time() + 5, time.time() + 5))
+    assert cache_file(cache, copy, second.settings) == cache_file(cache, label, second.settings)
+    assert ocr_image_file(copy, cache, engine=second) is not None and second.calls == 0
+    copy.write_bytes(label.read_bytes() + b"\0")
+    assert not cache_file(cache, copy, second.settings).is_file()
 
 
 def test_missing_and_bad_images(tmp_path: Path, engine: OcrEngine) -> None:

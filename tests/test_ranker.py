@@ -196,3 +196,58 @@ def test_net_rule_overrides_a_different_amount_but_not_a_conversion() -> None:
     got = apply_net_rule(table, ["18.0 gram", "100.0 gram", "18.0 gram"])
     assert got == ["750.0 gram", "100.0 gram", "18.0 gram"]  # a: declared amount; b: same amount, kept; c: none
     assert apply_net_rule(table, ["", "", ""]) == ["", "", ""]  # an abstention stays one
+
+
+def _family_set(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Candidates where the right one is the FIRST printed for dimensions and the SECOND for weights: the opposite
+    conventions seen in dims_dev and dev. Column ``read_order`` carries it; the entity one-hot names the family."""
+    from utils.ranker import feature_names
+
+    names = feature_names()
+    X = np.zeros((2 * n, len(names)))
+    y = np.zeros(2 * n, dtype=int)
+    order, noise = names.index("read_order"), names.index("height_rel")
+    for i in range(n):
+        ent = "width" if i % 2 else "item_weight"
+        for j, first in enumerate((1.0, 0.0)):
+            r = 2 * i + j
+            X[r, names.index(f"ent_{ent}")] = 1
+            X[r, order] = 0.2 if first else 0.8
+            X[r, noise] = rng.random()
+            y[r] = int(first == (ent == "width"))
+    return X, y
+
+
+def test_family_model_routes_each_family_to_its_own_member() -> None:
+    from utils.ranker import MIN_FAMILY_CANDIDATES, FamilyModel, _fit_model
+
+    rng = np.random.default_rng(0)
+    X, y = _family_set(200, rng)
+    model = _fit_model(X, y, "hgb", 0, per_family=True)
+    assert isinstance(model, FamilyModel) and set(model.members) == {"dimension", "other"} and model.joint is None
+    fam = FamilyModel.family_of(X)
+    p = model.predict_proba(X)[:, 1]
+    for f, member in model.members.items():
+        np.testing.assert_allclose(p[fam == f], member.predict_proba(X[fam == f])[:, 1])
+    # each family's convention is learned: the right candidate of every pair scores higher
+    assert ((p[0::2] > p[1::2]) == (y[0::2] == 1)).all()
+    # a family with too few candidates is scored by the joint model, which is then fitted
+    keep = (fam == "other") | (np.arange(len(X)) < 2 * (MIN_FAMILY_CANDIDATES // 4))
+    small = _fit_model(X[keep], y[keep], "hgb", 0, per_family=True)
+    assert set(small.members) == {"other"} and small.joint is not None
+    dims = FamilyModel.family_of(X[keep]) == "dimension"
+    np.testing.assert_allclose(small.predict_proba(X[keep])[dims, 1], small.joint.predict_proba(X[keep][dims])[:, 1])
+    # one family only: a plain joint model, no members
+    only = _fit_model(X[fam == "other"], y[fam == "other"], "hgb", 0, per_family=True)
+    assert only.members == {} and only.joint is not None
+
+
+def test_per_family_setting_picks_the_model(synth: dict, tmp_path: Path) -> None:
+    from utils.ranker import FamilyModel
+
+    settings = {"cache_dir": str(synth["cache"]), "workers": 1, "folds": 3}
+    be = OcrBackend()
+    plain = load_ranker(be.fit(synth["train"], None, synth["dir"], tmp_path / "p", per_family=False, **settings))
+    fam = load_ranker(be.fit(synth["train"], None, synth["dir"], tmp_path / "f", **settings))
+    assert not isinstance(plain.model, FamilyModel) and isinstance(fam.model, FamilyModel)
+    assert RankerConfig().per_family

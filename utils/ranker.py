@@ -45,8 +45,16 @@ class RankerConfig:
     max_side: int = field(
         default=DEFAULT_MAX_SIDE, metadata={"help": "longest image side before OCR (0 = full resolution)"}
     )
+    det_side: int = field(
+        default=0, metadata={"help": "longest side the text detector sees (0 = max_side); recognition still reads "
+                                     "the max_side image"}
+    )
     workers: int = field(default=2, metadata={"help": "OCR processes (one onnxruntime thread each)"})
     model: str = field(default="hgb", metadata={"help": "'hgb' (HistGradientBoosting) or 'logreg'"})
+    per_family: bool = field(
+        default=True, metadata={"help": "one model per entity family (dimensions / the rest) besides the joint one: "
+                                        "a fit on mixed entities then serves each as well as a fit on it alone"}
+    )
     folds: int = field(default=5, metadata={"help": "group folds for out-of-fold threshold tuning"})
     threshold: float | None = field(
         default=None, metadata={"help": "fixed abstain threshold; None = tune for F1 on out-of-fold scores"}
@@ -74,7 +82,7 @@ class RankerConfig:
         return cls(**settings)
 
     def ocr_settings(self) -> OcrSettings:
-        return OcrSettings(max_side=self.max_side or None)
+        return OcrSettings(max_side=self.max_side or None, det_side=self.det_side or None)
 
     def cache_path(self) -> Path | None:
         return Path(self.cache_dir) if self.cache_dir else default_cache_dir()
@@ -380,16 +388,71 @@ def _make_model(kind: str, seed: int):
     raise ValueError(f"model must be 'hgb' or 'logreg', got {kind!r}")
 
 
-def _fit_model(X: np.ndarray, y: np.ndarray, kind: str, seed: int):
-    """Fit; with a single class present, a constant scorer (so tiny sets still round-trip)."""
+def _fit_model(X: np.ndarray, y: np.ndarray, kind: str, seed: int, per_family: bool = False):
+    """Fit; with a single class present, a constant scorer (so tiny sets still round-trip). ``per_family``: a
+    ``FamilyModel`` (one model per entity family where the family has enough rows, the joint one elsewhere)."""
     if len(set(y.tolist())) < 2:
         return _Constant(float(y.mean()) if len(y) else 0.0)
     from threadpoolctl import threadpool_limits
 
-    m = _make_model(kind, seed)
+    m = FamilyModel(kind, seed) if per_family else _make_model(kind, seed)
     with threadpool_limits(1):  # small data: one thread is faster than two fighting over a shared machine
         m.fit(X, y)
     return m
+
+
+#: Entity families that get a model of their own: the label conventions differ (dimensions: the first printed of
+#: "10 cm (3.9 in)"; weights: often the second), so one joint model fitted on a mix serves neither well.
+FAMILIES: dict[str, tuple[str, ...]] = {"dimension": _DIMS}
+MIN_FAMILY_CANDIDATES = 50  # fewer candidates (or one class only): the family is scored by the joint model
+
+
+class FamilyModel:
+    """A joint model plus one model per entity family (``FAMILIES``, and "other" for the rest), each fitted on
+    its family's candidates; rows are routed by the entity one-hot columns of the features."""
+
+    def __init__(self, kind: str, seed: int) -> None:
+        self.kind, self.seed = kind, seed
+        self.joint: Any = None
+        self.members: dict[str, Any] = {}
+
+    @staticmethod
+    def family_of(X: np.ndarray) -> np.ndarray:
+        """Family name per feature row ("other" when the entity is in no family)."""
+        names = feature_names()
+        fam = np.full(len(X), "other", dtype=object)
+        for family, ents in FAMILIES.items():
+            cols = [names.index(f"ent_{e}") for e in ents]
+            fam[X[:, cols].sum(axis=1) > 0] = family
+        return fam
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> FamilyModel:
+        fam = self.family_of(X)
+        self.members, self.joint = {}, None
+        present = np.unique(fam)
+        for f in present if len(present) > 1 else []:
+            m = fam == f
+            if m.sum() >= MIN_FAMILY_CANDIDATES and len(set(y[m].tolist())) == 2:
+                self.members[f] = _make_model(self.kind, self.seed).fit(X[m], y[m])
+        if len(self.members) < len(present):  # some family (or all: one family only) is scored jointly
+            self.joint = _make_model(self.kind, self.seed).fit(X, y)
+        return self
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        fam = self.family_of(X)
+        p = np.zeros(len(X))
+        joint = np.ones(len(X), dtype=bool)
+        for f, model in self.members.items():
+            m = fam == f
+            if m.any():
+                p[m] = model.predict_proba(X[m])[:, 1]
+                joint &= ~m
+        if joint.any():
+            if self.joint is None:  # a family never seen in training: the closest fitted member scores it
+                p[joint] = next(iter(self.members.values())).predict_proba(X[joint])[:, 1]
+            else:
+                p[joint] = self.joint.predict_proba(X[joint])[:, 1]
+        return np.c_[1 - p, p]
 
 
 class _Constant:
@@ -476,7 +539,8 @@ def group_folds(groups: np.ndarray, k: int, seed: int) -> np.ndarray:
     return np.array([fold_of[g] for g in groups])
 
 
-def oof_scores(table: CandidateTable, folds: np.ndarray, kind: str, seed: int) -> np.ndarray:
+def oof_scores(table: CandidateTable, folds: np.ndarray, kind: str, seed: int, per_family: bool = False
+               ) -> np.ndarray:
     """Out-of-fold candidate scores (each candidate scored by a model not trained on its row's fold)."""
     scores = np.zeros(len(table.y))
     cand_fold = folds[table.row] if len(table.row) else np.zeros(0, dtype=int)
@@ -484,7 +548,7 @@ def oof_scores(table: CandidateTable, folds: np.ndarray, kind: str, seed: int) -
         te = cand_fold == f
         if not te.any():
             continue
-        m = _fit_model(table.X[~te], table.y[~te], kind, seed)
+        m = _fit_model(table.X[~te], table.y[~te], kind, seed, per_family)
         scores[te] = m.predict_proba(table.X[te])[:, 1]
     return scores
 
@@ -519,14 +583,14 @@ def fit_ranker(rows: pd.DataFrame, lookup: OcrLookup, cfg: RankerConfig, priors:
                                  "oracle": float(table.oracle.mean()) if len(rows) else 0.0}
     if cfg.threshold is None and rows["group_id"].nunique() >= 2:
         folds = group_folds(rows["group_id"].to_numpy(), k, cfg.seed)
-        sc = oof_scores(table, folds, cfg.model, cfg.seed)
+        sc = oof_scores(table, folds, cfg.model, cfg.seed, cfg.per_family)
         ans, best = best_per_row(table, sc)
         correct = _row_correct(rows, ans)
         thr, f1 = tune_threshold(best, correct, table.has_truth)
         metrics.update(oof_f1=f1, oof_f1_no_abstain=f1_counts(correct, best >= 0, table.has_truth))
     else:
         thr = float(cfg.threshold if cfg.threshold is not None else 0.5)
-    model = _fit_model(table.X, table.y, cfg.model, cfg.seed)
+    model = _fit_model(table.X, table.y, cfg.model, cfg.seed, cfg.per_family)
     metrics["threshold"] = thr
     return Ranker(model, thr, priors, asdict(cfg), metrics)
 
@@ -666,7 +730,7 @@ class OcrBackend:
 
 def _saved_runtime(ranker: Ranker) -> dict[str, Any]:
     """The OCR settings the ranker was fitted with (so predict OCRs the same way unless overridden)."""
-    return {k: ranker.config[k] for k in ("max_side", "cache_dir") if k in ranker.config}
+    return {k: ranker.config[k] for k in ("max_side", "det_side", "cache_dir") if k in ranker.config}
 
 
 def load_ranker(artifact_dir: Path) -> Ranker:
