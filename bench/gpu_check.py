@@ -3,9 +3,10 @@
 (a) one 4-bit LoRA training step through the project's own ``utils.train.fit`` at the notebook's default batch
     size (``TrainConfig.train_batch_size``), in fp16 as on a T4, printing peak GPU memory (must be < 15 GiB so the
     fine-tune fits a 16 GB T4);
-(b) fp16 inference through ``utils.infer.generate_answers``: images/s at batch sizes 1, 16 (the notebook default) and 32 for prefill
-    alone and for greedy generation, and the fraction of the GPU's peak fp16 FLOP/s reached by prefill
-    (one image ≈ 5.2 TFLOP: ~1,030 tokens through the 2.5B Gemma decoder plus 1,024 patches through SigLIP-So400m).
+(b) fp16 inference through ``utils.infer.generate_answers``: images/s at batch sizes 1, 16 (the notebook default)
+    and 32 for prefill alone and for greedy generation (median of ``--repeats``, with peak memory), and the
+    fraction of the GPU's peak fp16 FLOP/s reached by prefill (one image ≈ 5.2 TFLOP: ~1,030 tokens through the
+    2.5B Gemma decoder plus 1,024 patches through SigLIP-So400m).
 
 The weights are random: the model is built in fp16 on the GPU from the config below (the values of
 ``google/paligemma-3b-ft-docvqa-448``'s config.json), saved to local disk, and loaded back through

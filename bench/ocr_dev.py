@@ -69,7 +69,8 @@ def speed(image_dir: Path, n: int, max_side: int, workers: int, det_side: int = 
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        for _ in ocr_many(files, Path(tmp), OcrSettings(max_side=max_side or None, det_side=det_side or None), workers):
+        settings = OcrSettings(max_side=max_side or None, det_side=det_side or None)
+        for _ in ocr_many(files, Path(tmp), settings, workers):
             pass
         return len(files) / (time.perf_counter() - t0)
 
@@ -91,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
 
     dev = pd.read_csv(a.data / "dev/labels.csv", dtype={"entity_value": str}).fillna({"entity_value": ""})
     dims = pd.read_csv(a.data / "dims_dev/labels.csv", dtype={"entity_value": str}).fillna({"entity_value": ""})
-    cfg = RankerConfig(cache_dir=a.cache_dir, max_side=a.max_side, det_side=a.det_side, model=a.model, folds=a.folds, workers=2,
-                       seed=a.seed)
+    cfg = RankerConfig(cache_dir=a.cache_dir, max_side=a.max_side, det_side=a.det_side, model=a.model,
+                       folds=a.folds, workers=2, seed=a.seed)
     t0 = time.perf_counter()
     ocr = ocr_lookup(list(dev["image_link"]), a.data / "dev/images", cfg)
     if a.dev_only:

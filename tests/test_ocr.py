@@ -115,3 +115,18 @@ def test_real_dev_images(amazon_dir: Path, tmp_path: Path, engine: OcrEngine) ->
     for url in labels["image_link"]:
         res = ocr_image_file(amazon_dir / "dev" / "images" / url.rsplit("/", 1)[-1], tmp_path, engine=engine)
         assert res is not None and len(res.boxes) > 0 and res.width > 0
+
+
+def test_ocr_many_hashes_each_image_once_and_never_caches_missing(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import utils.ocr
+
+    img = render(tmp_path / "a.jpg", [("12 V", 20, 60)], size=(320, 160))
+    missing = tmp_path / "gone.jpg"
+    hashed: list[Path] = []
+    real = utils.ocr.cache_file
+    monkeypatch.setattr(utils.ocr, "cache_file", lambda d, image, s: hashed.append(Path(image)) or real(d, image, s))
+    out = dict(ocr_many([img, missing, img], tmp_path / "cache", OcrSettings(), workers=1))
+    assert hashed == [img, missing]  # the cache check and the write after OCR share one hash
+    assert out[missing] is None and out[img] is not None and "12v" in out[img].text.replace(" ", "").lower()
+    assert [f.name.split(".")[0] for f in (tmp_path / "cache").rglob("*.json")] == ["a"]

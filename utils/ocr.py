@@ -47,10 +47,7 @@ class OcrSettings:
 
     def key(self) -> str:
         """A short stable hash of the settings (and the cache format version)."""
-        d = asdict(self)
-        if d["det_side"] is None:
-            del d["det_side"]  # keys written before det_side existed stay valid
-        raw = json.dumps({**d, "v": CACHE_VERSION}, sort_keys=True)
+        raw = json.dumps({**asdict(self), "v": CACHE_VERSION}, sort_keys=True)
         return hashlib.sha1(raw.encode()).hexdigest()[:10]
 
 
@@ -199,11 +196,14 @@ def cache_file(cache_dir: Path, image: Path, settings: OcrSettings) -> Path | No
     return Path(cache_dir) / settings.key() / f"{image.name}.{digest.hexdigest()[:12]}.json"
 
 
-def read_cache(cache_dir: Path | None, image: Path, settings: OcrSettings) -> tuple[bool, OcrResult | None]:
-    """(hit, result): a hit may hold None when the image was cached as undecodable."""
-    if cache_dir is None:
-        return False, None
-    f = cache_file(cache_dir, image, settings)
+def image_cache_file(cache_dir: Path | None, image: Path, settings: OcrSettings) -> Path | None:
+    """``cache_file`` when caching is on (``cache_dir`` given), else None: computed once per image by callers,
+    since it hashes the image's bytes."""
+    return None if cache_dir is None else cache_file(cache_dir, image, settings)
+
+
+def read_cache(f: Path | None) -> tuple[bool, OcrResult | None]:
+    """(hit, result) from cache file ``f`` (None: no cache); a hit may hold None for an undecodable image."""
     if f is None or not f.is_file():
         return False, None
     try:
@@ -213,11 +213,9 @@ def read_cache(cache_dir: Path | None, image: Path, settings: OcrSettings) -> tu
     return True, (OcrResult.from_json(data) if data.get("ok", True) else None)
 
 
-def write_cache(cache_dir: Path | None, image: Path, settings: OcrSettings, result: OcrResult | None) -> None:
-    """Store one result atomically (write + rename) so a killed run never leaves a torn file."""
-    if cache_dir is None:
-        return
-    f = cache_file(cache_dir, image, settings)
+def write_cache(f: Path | None, result: OcrResult | None) -> None:
+    """Store one result in cache file ``f`` (None: no cache) atomically (write + rename), so a killed run never
+    leaves a torn file."""
     if f is None:
         return
     f.parent.mkdir(parents=True, exist_ok=True)
@@ -236,15 +234,21 @@ def ocr_image_file(
 ) -> OcrResult | None:
     """OCR one image file through the cache; None for a missing/undecodable image."""
     settings = settings or (engine.settings if engine else OcrSettings())
-    hit, res = read_cache(cache_dir, path, settings)
+    f = image_cache_file(cache_dir, path, settings)
+    hit, res = read_cache(f)
     if hit:
         return res
     engine = engine or OcrEngine(settings)
     if engine.settings != settings:
         raise ValueError(f"engine settings {engine.settings} differ from requested {settings}")
+    return ocr_to_cache(path, f, engine)
+
+
+def ocr_to_cache(path: Path, f: Path | None, engine: OcrEngine) -> OcrResult | None:
+    """OCR one image (a known cache miss) and store the result in cache file ``f``. A missing image has no cache
+    file (``cache_file`` is None), so "missing" is never cached: the file may be downloaded later."""
     res = engine.run_path(path)
-    if Path(path).exists():  # don't cache "missing": the file may be downloaded later
-        write_cache(cache_dir, path, settings, res)
+    write_cache(f, res)
     return res
 
 
@@ -260,9 +264,10 @@ def _worker_init(settings: OcrSettings) -> None:
 
 
 def _worker_run(args: tuple[str, str | None]) -> tuple[str, dict[str, Any] | None]:
-    path, cache_dir = args
+    """OCR one cache miss in a worker: (image path, its cache file or None) -> (path, result as JSON)."""
+    path, f = args
     assert _WORKER is not None
-    res = ocr_image_file(Path(path), Path(cache_dir) if cache_dir else None, _WORKER.settings, _WORKER)
+    res = ocr_to_cache(Path(path), Path(f) if f else None, _WORKER)
     return path, (res.to_json() if res is not None else None)
 
 
@@ -280,28 +285,26 @@ def ocr_many(
     """OCR many images (cache first), yielding (path, result) in input order; uses ``workers`` processes."""
     settings = settings or OcrSettings()
     paths = [Path(p) for p in paths]
-    todo: list[Path] = []
+    todo: dict[Path, Path | None] = {}  # cache miss -> its cache file (hashed once, here)
     cached: dict[Path, OcrResult | None] = {}
-    for p in paths:
-        hit, res = read_cache(cache_dir, p, settings)
+    for p in dict.fromkeys(paths):
+        f = image_cache_file(cache_dir, p, settings)
+        hit, res = read_cache(f)
         if hit:
             cached[p] = res
-        elif p not in cached:
-            todo.append(p)
-    todo = list(dict.fromkeys(todo))
+        else:
+            todo[p] = f
     workers = default_workers() if workers is None else max(1, int(workers))
     computed: dict[Path, OcrResult | None] = {}
     if todo and (workers == 1 or len(todo) == 1):
         engine = get_engine(settings, threads=1 if workers == 1 else default_workers())
-        it: Iterator[tuple[Path, OcrResult | None]] = (
-            (p, ocr_image_file(p, cache_dir, settings, engine)) for p in todo
-        )
+        it: Iterator[tuple[Path, OcrResult | None]] = ((p, ocr_to_cache(p, f, engine)) for p, f in todo.items())
     elif todo:
         pool = get_pool(settings, workers)
-        cd = str(cache_dir) if cache_dir else None
+        jobs = [(str(p), str(f) if f else None) for p, f in todo.items()]
         it = (
             (Path(p), OcrResult.from_json(d) if d is not None else None)
-            for p, d in pool.map(_worker_run, [(str(p), cd) for p in todo], chunksize=1)
+            for p, d in pool.map(_worker_run, jobs, chunksize=1)
         )
     else:
         it = iter(())
