@@ -44,6 +44,16 @@ def test_number_and_unit_split_across_neighbouring_boxes() -> None:
     assert answers(below, "width") == ["75.0 centimetre"]
     far = OcrResult(800, 800, [box("75", 10, 10, 30), box("cm", 600, 600, 30)])
     assert answers(far, "width") == []
+    # stacked lines whose boxes overlap by a third of the smaller height (a real dev image: "440" over "Ibs")
+    stacked = OcrResult(400, 400, [box("440", 135, 809, 90, 44), box("Ibs", 143, 843, 58, 32)])
+    assert answers(stacked, "maximum_weight_recommendation") == ["440.0 pound"]
+
+
+def test_ounce_on_a_volume_row_is_a_fluid_ounce() -> None:
+    """The cleaning step's entity fit (utils.units.unit_for_entity) applies to candidates too."""
+    res = OcrResult(400, 400, [box("Makes 1 cup (10oz)", 10, 10, 200), box("with 8-12 oz of water", 10, 60, 200)])
+    assert answers(res, "item_volume") == ["1.0 cup", "10.0 fluid ounce", "8.0 fluid ounce", "12.0 fluid ounce"]
+    assert answers(res, "item_weight") == ["10.0 ounce", "8.0 ounce", "12.0 ounce"]
 
 
 def test_split_join_does_not_duplicate_whole_mentions() -> None:

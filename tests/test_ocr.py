@@ -102,6 +102,43 @@ def test_ocr_many_two_workers_keeps_order(tmp_path: Path) -> None:
     assert [r.text if r else None for _, r in again] == [r.text if r else None for _, r in out]
 
 
+@pytest.mark.parametrize("turn", [90, 180, 270])
+def test_unrotate_maps_turned_pixels_back(turn: int) -> None:
+    from utils.ocr import unrotate
+
+    upright = Image.new("L", (40, 20))
+    upright.putpixel((30, 5), 255)
+    turned = upright.rotate(turn, expand=True)
+    u, v = next((x, y) for x in range(turned.width) for y in range(turned.height) if turned.getpixel((x, y)))
+    centre = [u + 0.5, v + 0.5]
+    back = unrotate(OcrResult(turned.width, turned.height, [OcrBox("a", 1.0, [centre] * 4)]), 40, 20, turn)
+    assert (back.width, back.height) == (40, 20)
+    assert back.boxes[0].quad[0] == pytest.approx([30.5, 5.5])
+
+
+def test_turned_ocr_reads_vertical_print_in_upright_coordinates(tmp_path: Path) -> None:
+    flat = render(tmp_path / "flat.jpg", [("500 ml", 20, 20)], size=(240, 100))
+    Image.open(flat).rotate(90, expand=True).save(tmp_path / "vertical.jpg", quality=95)  # reads bottom to top
+    res = ocr_image_file(tmp_path / "vertical.jpg", tmp_path / "cache", OcrSettings(rotate=270))
+    assert res is not None and (res.width, res.height) == (100, 240)
+    b = [b for b in res.boxes if "500ml" in b.text.replace(" ", "").lower()][0]
+    assert b.y1 - b.y0 > 2 * (b.x1 - b.x0) and 0 <= b.x0 and b.x1 <= 100 and 0 <= b.y0 and b.y1 <= 240
+    assert abs(abs(b.angle) - 90) < 10  # the baseline runs vertically in the upright image
+
+
+def test_rotation_is_part_of_the_cache_key() -> None:
+    import hashlib
+    import json
+
+    from utils.ocr import CACHE_VERSION
+
+    before = {"max_side": 1280, "text_score": 0.5, "use_cls": True, "det_side": None, "v": CACHE_VERSION}
+    assert OcrSettings().key() == hashlib.sha1(json.dumps(before, sort_keys=True).encode()).hexdigest()[:10]
+    assert len({OcrSettings(rotate=r).key() for r in (0, 90, 180, 270)}) == 4
+    with pytest.raises(ValueError, match="rotate"):
+        OcrSettings(rotate=45)
+
+
 def test_result_json_round_trip() -> None:
     r = OcrResult(10, 20, [OcrBox("5 V", 0.9, [[0, 0], [4, 0], [4, 2], [0, 2]])], 0.1)
     back = OcrResult.from_json(r.to_json())

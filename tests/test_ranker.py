@@ -251,3 +251,99 @@ def test_per_family_setting_picks_the_model(synth: dict, tmp_path: Path) -> None
     fam = load_ranker(be.fit(synth["train"], None, synth["dir"], tmp_path / "f", **settings))
     assert not isinstance(plain.model, FamilyModel) and isinstance(fam.model, FamilyModel)
     assert RankerConfig().per_family
+
+
+def test_rows_without_candidates_get_a_turned_second_ocr(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only an image whose upright boxes give a row no candidate is OCR'd again, once per fallback rotation, and
+    its rows then read the boxes of every pass."""
+    import utils.ranker as ranker_mod
+
+    for name in ("flat", "vertical", "blank"):
+        Image.new("RGB", (60, 60), "white").save(tmp_path / f"{name}.jpg")
+    upright = {"flat": [_box("Net Wt 16 oz", 10)], "vertical": [_box("NET WT", 10)], "blank": []}
+    turned = {"vertical": [_box("12 oz", 40)], "blank": []}
+    calls: list[tuple[int, list[str]]] = []
+
+    def fake_ocr_many(paths, cache_dir, settings, workers):
+        names = [Path(p).stem for p in paths]
+        calls.append((settings.rotate, names))
+        src = turned if settings.rotate else upright
+        return [(p, OcrResult(60, 60, list(src[n])) if Path(p).is_file() else None) for p, n in zip(paths, names)]
+
+    monkeypatch.setattr(ranker_mod, "ocr_many", fake_ocr_many)
+    links = [URL.format(n) for n in ("flat", "vertical", "vertical", "blank", "missing")]
+    ents = ["item_weight", "item_weight", "voltage", "item_weight", "item_weight"]
+    cfg = RankerConfig(workers=1)
+    out = ranker_mod.ocr_lookup(links, tmp_path, cfg, ents)
+    assert calls[0] == (0, ["flat", "vertical", "blank", "missing"])
+    assert calls[1:] == [(r, ["vertical", "blank"]) for r in ranker_mod.FALLBACK_ROTATIONS]
+    assert [b.text for b in out[links[1]].boxes] == ["NET WT"] + ["12 oz"] * len(ranker_mod.FALLBACK_ROTATIONS)
+    assert [c.answer for c in extract_candidates(out[links[1]], "item_weight")][0] == "12.0 ounce"
+    assert [b.text for b in out[links[0]].boxes] == ["Net Wt 16 oz"] and out[links[4]] is None
+    calls.clear()
+    ranker_mod.ocr_lookup(links, tmp_path, RankerConfig(workers=1, rotate_fallback=False), ents)
+    ranker_mod.ocr_lookup(links, tmp_path, cfg)  # no entities: nothing to judge candidates by
+    assert [r for r, _ in calls] == [0, 0]
+    with pytest.raises(ValueError, match="entities"):
+        ranker_mod.ocr_lookup(links, tmp_path, cfg, ents[:2])
+
+
+def _pair_rows(n: int) -> tuple[pd.DataFrame, dict[str, list[OcrBox]]]:
+    """Weights labelled in their product group's habit whatever the print order; dimensions labelled with the
+    first printed unit whatever it is (the two conventions of the real labels)."""
+    rows, boxes = [], {}
+    for k in range(n):
+        g = 50 + 10 * k
+        oz = round(g / 28.3495, 2)
+        cm = 5 + 2 * k
+        inch = round(cm / 2.54, 1)
+        for name, ent, group, text, label in (
+            (f"oz_first{k}", "item_weight", "us", f"Net Wt {oz} oz ({g} g)", f"{oz} ounce"),
+            (f"g_first{k}", "item_weight", "us", f"Net Wt {g} g ({oz} oz)", f"{oz} ounce"),
+            (f"eu_g_first{k}", "item_weight", "eu", f"Net Wt {g} g ({oz} oz)", f"{g} gram"),
+            (f"eu_oz_first{k}", "item_weight", "eu", f"Net Wt {oz} oz ({g} g)", f"{g} gram"),
+            (f"cm_first{k}", "width", "us", f"Width {cm} cm / {inch} in", f"{cm} centimetre"),
+            (f"in_first{k}", "width", "eu", f"Width {inch} in / {cm} cm", f"{inch} inch"),
+        ):
+            boxes[name] = [_box(text, 10), _box("Made with care", 60)]
+            rows.append({"image_link": name, "entity_name": ent, "group_id": group, "entity_value": label})
+    return pd.DataFrame(rows), boxes
+
+
+def test_pair_model_learns_each_familys_unit_convention() -> None:
+    from utils.ranker import PairModel
+
+    rows, boxes = _pair_rows(8)
+    habits = pd.DataFrame({"group_id": ["us"] * 20 + ["eu"] * 20, "entity_name": "item_weight",
+                           "entity_value": ["8.0 ounce"] * 20 + ["250.0 gram"] * 20})
+    priors = Priors.from_labels(habits)
+    lookup = lambda k: OcrResult(400, 400, boxes[k])  # noqa: E731
+    table = build_table(rows, lookup, priors)
+    pm = PairModel().fit(table)
+    assert pm.n_pairs == len(rows) and pm.model is not None
+    test_rows, test_boxes = _pair_rows(3)
+    test_rows["image_link"] = "t_" + test_rows["image_link"]
+    boxes.update({"t_" + k: v for k, v in test_boxes.items()})
+    test = build_table(test_rows, lookup, priors)
+    truth = test_rows["entity_value"].tolist()
+    partner = [next(a for a in test.answers if a != t and a in {test.answers[k] for k in np.where(test.row == r)[0]})
+               for r, t in enumerate(truth)]
+    # whichever member the ranker picked, the pair model answers the labelled one
+    for picks in (truth, partner):
+        got = pm.resolve(test, np.ones(len(test.answers)), list(picks))
+        assert [same(a, t) for a, t in zip(got, truth)] == [True] * len(truth)
+    # an abstention stays one; a pick without a conversion partner stands
+    assert pm.resolve(test, np.ones(len(test.answers)), [""] * len(truth)) == [""] * len(truth)
+    lone = build_table(pd.DataFrame([{"image_link": "lone", "entity_name": "item_weight", "group_id": "eu",
+                                      "entity_value": ""}]),
+                       lambda k: OcrResult(400, 400, [_box("Net Wt 3 oz", 10), _box("Serving 28 g", 60)]), priors)
+    assert pm.resolve(lone, np.ones(len(lone.answers)), ["3.0 ounce"]) == ["3.0 ounce"]
+    # too few labelled pairs: no model, picks stand
+    few = PairModel().fit(build_table(rows.head(PairModel.MIN_PAIRS - 1), lookup, priors))
+    assert few.model is None and few.resolve(test, np.ones(len(test.answers)), partner) == partner
+
+
+def same(a: str, b: str) -> bool:
+    from utils.candidates import same_answer
+
+    return same_answer(a, b)

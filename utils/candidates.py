@@ -126,21 +126,23 @@ def _to_float(s: str) -> float | None:
         return None
 
 
-def _from_text(text: str, boxes: list[int], allowed: frozenset[str], split_at: int | None = None) -> list[Candidate]:
+def _from_text(text: str, boxes: list[int], entity: str, split_at: int | None = None) -> list[Candidate]:
     """Candidates in one string; with ``split_at`` only mentions crossing that offset (a joined pair of boxes)."""
     out: list[Candidate] = []
-    for q in _units().parse_quantities(fix_ocr_text(text)):
-        if q.unit not in allowed:
+    units = _units()
+    for q in units.parse_quantities(fix_ocr_text(text)):
+        unit = units.unit_for_entity(q.unit, entity)  # the cleaning step's fit: "oz" on item_volume is fl oz
+        if unit is None:
             continue
         if split_at is not None and not (q.start < split_at < q.end):
             continue
         split = split_at is not None
         if getattr(q, "is_range", False) and getattr(q, "low", None) is not None:
             for part, v in ((1, q.low), (2, q.high)):
-                out.append(Candidate(float(v), q.unit, text, boxes, q.start, q.end, True, part, split))
+                out.append(Candidate(float(v), unit, text, boxes, q.start, q.end, True, part, split))
             continue
         if hasattr(q, "dim_count"):  # utils.units reads "10 x 20 x 30 cm" as three quantities
-            out.append(Candidate(float(q.value), q.unit, text, boxes, q.start, q.end, False, 0, split,
+            out.append(Candidate(float(q.value), unit, text, boxes, q.start, q.end, False, 0, split,
                                  int(q.dim_count), int(q.dim_pos)))
             continue
         # adapter for a units module without dimension strings: leading numbers of "10 x 20 x 30 cm"
@@ -157,8 +159,8 @@ def _from_text(text: str, boxes: list[int], allowed: frozenset[str], split_at: i
             head = head[: m.start()]
         n = len(lead) + 1
         for i, v in enumerate(lead):
-            out.append(Candidate(v, q.unit, text, boxes, q.start, q.end, False, 0, split, n, i))
-        out.append(Candidate(float(q.value), q.unit, text, boxes, q.start, q.end, False, 0, split, n, n - 1))
+            out.append(Candidate(v, unit, text, boxes, q.start, q.end, False, 0, split, n, i))
+        out.append(Candidate(float(q.value), unit, text, boxes, q.start, q.end, False, 0, split, n, n - 1))
     return out
 
 
@@ -169,7 +171,7 @@ def _neighbours(a: OcrBox, b: OcrBox) -> bool:
     if v_overlap > 0.5 * min(a.y1 - a.y0, b.y1 - b.y0) and -0.5 * h <= b.x0 - a.x1 <= 2.0 * h:
         return True
     h_overlap = min(a.x1, b.x1) - max(a.x0, b.x0)
-    return h_overlap > 0 and -0.3 * h <= b.y0 - a.y1 <= 1.0 * h
+    return h_overlap > 0 and -0.5 * h <= b.y0 - a.y1 <= 1.0 * h
 
 
 def extract_candidates(ocr: OcrResult | None, entity: str) -> list[Candidate]:
@@ -179,11 +181,11 @@ def extract_candidates(ocr: OcrResult | None, entity: str) -> list[Candidate]:
         return []
     out: list[Candidate] = []
     for i, b in enumerate(ocr.boxes):
-        strict = _from_text(b.text, [i], allowed)
+        strict = _from_text(b.text, [i], entity)
         out.extend(strict)
         seen = {(c.value, c.unit) for c in strict}
         loose = loosen_text(fix_ocr_text(b.text))
-        for c in _from_text(loose, [i], allowed) if loose else []:
+        for c in _from_text(loose, [i], entity) if loose else []:
             if (c.value, c.unit) not in seen:
                 c.extra["loose"] = 1.0
                 out.append(c)
@@ -215,7 +217,7 @@ def extract_candidates(ocr: OcrResult | None, entity: str) -> list[Candidate]:
             if i == j or not b.text or b.text[0].isdigit() or not _neighbours(a, b):
                 continue
             joined = a.text.rstrip() + " " + b.text.lstrip()
-            out.extend(_from_text(joined, [i, j], allowed, split_at=len(a.text.rstrip()) + 1))
+            out.extend(_from_text(joined, [i, j], entity, split_at=len(a.text.rstrip()) + 1))
     return out
 
 

@@ -7,7 +7,9 @@ ranker's F1 unchanged vs full resolution, while the median OCR time per image fe
 machine). Both cores are used by a small process pool kept alive between calls, each worker with one onnxruntime
 thread and onnxruntime's memory arena on (rapidocr turns it off; on, the same output 1.34x faster on 2 workers).
 ``det_side`` lets only the text detector see a smaller image (960: 1.4x faster again, but the dev oracle fell from
-82.0% to 78.4%, so it is off by default).
+82.0% to 78.4%, so it is off by default). ``rotate`` OCRs the image turned by 90/180/270 degrees and maps the boxes
+back into the upright image (``utils.ranker.ocr_lookup`` uses it as a fallback for images whose upright OCR gives
+no candidate).
 
 CLI: ``python -m utils.ocr IMAGE_DIR CACHE_DIR [--max-side 1280] [--workers 2]`` OCRs every image in a folder.
 """
@@ -44,10 +46,19 @@ class OcrSettings:
     text_score: float = 0.5  # rapidocr's minimum recognition score to keep a box
     use_cls: bool = True  # rapidocr's 180-degree text classifier
     det_side: int | None = None  # longest side the text detector sees (recognition still reads max_side crops)
+    rotate: int = 0  # degrees (0, 90, 180, 270) the image is turned counter-clockwise before OCR; boxes come back
+    # in the upright image's pixels
+
+    def __post_init__(self) -> None:
+        if self.rotate not in (0, 90, 180, 270):
+            raise ValueError(f"rotate must be 0, 90, 180 or 270, not {self.rotate!r}")
 
     def key(self) -> str:
         """A short stable hash of the settings (and the cache format version)."""
-        raw = json.dumps({**asdict(self), "v": CACHE_VERSION}, sort_keys=True)
+        d = asdict(self)
+        if not d["rotate"]:  # upright OCR keeps the key it had before ``rotate`` existed
+            del d["rotate"]
+        raw = json.dumps({**d, "v": CACHE_VERSION}, sort_keys=True)
         return hashlib.sha1(raw.encode()).hexdigest()[:10]
 
 
@@ -165,11 +176,32 @@ class OcrEngine:
         return OcrResult(image.width, image.height, boxes, time.perf_counter() - t0)
 
     def run_path(self, path: Path) -> OcrResult | None:
-        """Load (with downscale) and OCR one image file; None when the image is missing or undecodable."""
+        """Load (with downscale) and OCR one image file, turned by ``settings.rotate``; None when the image is
+        missing or undecodable."""
         image = load_image(Path(path), max_side=self.settings.max_side)
         if image is None:
             return None
-        return self.run_image(image)
+        if not self.settings.rotate:
+            return self.run_image(image)
+        res = self.run_image(image.rotate(self.settings.rotate, expand=True))
+        return unrotate(res, image.width, image.height, self.settings.rotate)
+
+
+def unrotate(res: OcrResult, width: int, height: int, rotate: int) -> OcrResult:
+    """Map the boxes of an image turned ``rotate`` degrees counter-clockwise (PIL ``rotate(.., expand=True)``) back
+    into the upright ``width`` x ``height`` image. Each quad keeps its point order, so a line read along the turned
+    image's rows comes back with its true angle (+-90 for text printed vertically)."""
+    def back(u: float, v: float) -> list[float]:
+        if rotate == 90:
+            return [width - v, u]
+        if rotate == 180:
+            return [width - u, height - v]
+        if rotate == 270:
+            return [v, height - u]
+        return [u, v]
+
+    boxes = [OcrBox(b.text, b.score, [back(u, v) for u, v in b.quad]) for b in res.boxes]
+    return OcrResult(width, height, boxes, res.seconds)
 
 
 _ENGINES: dict[tuple[OcrSettings, int], OcrEngine] = {}
