@@ -4,7 +4,7 @@ Prints: F1 overall and per entity on dev (cross-validated by group_id); for dims
 whose hand label has a value (cross-validated by group_id within dims_dev, every training part also holding all dev
 rows); the OCR oracle (share of labelled rows whose answer is among the candidates); the plain rules for comparison
 (largest / first candidate); and images per second of OCR on 2 workers (uncached, on a sample, the turned second
-pass for rows without a candidate included).
+pass for images that read no quantity included).
 
 OCR results are cached (``--cache-dir``, default ``$OCR_CACHE_DIR`` or ``.cache/ocr`` in the repo, git-ignored): a
 rerun is cheap.
@@ -63,16 +63,13 @@ def oracle(rows: pd.DataFrame, lookup) -> float:
 
 
 def speed(rows: pd.DataFrame, image_dir: Path, n: int, cfg: RankerConfig) -> tuple[float, float]:
-    """(images/s, share of images OCR'd again turned) of uncached OCR for the rows of n images spread over the
-    folder (sorted by name, every k-th), as ``ocr_lookup`` runs it for those rows: the rotated fallback passes and
-    worker start-up (model loading) included."""
-    names = sorted({link.rsplit("/", 1)[-1] for link in rows["image_link"]})
-    names = set(names[:: max(1, len(names) // n)][:n])
-    sample = rows[rows["image_link"].map(lambda link: link.rsplit("/", 1)[-1] in names)]
+    """(images/s, share of images OCR'd again turned) of uncached OCR of n of the rows' images spread by name (every
+    k-th), as ``ocr_lookup`` runs it: the turned fallback passes and worker start-up (model loading) included."""
+    links = sorted(set(rows["image_link"]), key=lambda link: link.rsplit("/", 1)[-1])
+    links = links[:: max(1, len(links) // n)][:n]
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        ocr = ocr_lookup(list(sample["image_link"]), image_dir, replace(cfg, cache_dir=tmp),
-                         list(sample["entity_name"]))
+        ocr = ocr_lookup(links, image_dir, replace(cfg, cache_dir=tmp))
         sec = time.perf_counter() - t0
         upright = cfg.ocr_settings().key()
         turned = sum(1 for d in Path(tmp).iterdir() if d.name != upright for _ in d.iterdir())
@@ -91,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="fold assignment seed (CV varies about +-0.01 by seed)")
     ap.add_argument("--speed-sample", type=int, default=120, help="images timed uncached (0 = skip)")
     ap.add_argument("--no-rotate-fallback", action="store_true",
-                    help="no second OCR of turned images for rows the upright OCR gives no candidate")
+                    help="no second OCR, turned, of images whose upright OCR reads no quantity")
     ap.add_argument("--dev-only", action="store_true", help="skip dims_dev (e.g. to compare resolutions on dev)")
     ap.add_argument("--no-train-priors", action="store_true", help="priors only from the CV training labels")
     a = ap.parse_args(argv)
@@ -101,11 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     cfg = RankerConfig(cache_dir=a.cache_dir, max_side=a.max_side, det_side=a.det_side, model=a.model,
                        folds=a.folds, workers=2, seed=a.seed, rotate_fallback=not a.no_rotate_fallback)
     t0 = time.perf_counter()
-    ocr = ocr_lookup(list(dev["image_link"]), a.data / "dev/images", cfg, list(dev["entity_name"]))
+    ocr = ocr_lookup(list(dev["image_link"]), a.data / "dev/images", cfg)
     if a.dev_only:
         dims = dims.iloc[:0]
     else:
-        ocr.update(ocr_lookup(list(dims["image_link"]), a.data / "dims_dev/images", cfg, list(dims["entity_name"])))
+        ocr.update(ocr_lookup(list(dims["image_link"]), a.data / "dims_dev/images", cfg))
     print(f"OCR (cache {a.cache_dir}, max_side {a.max_side or 'full'}): {len(ocr)} images in "
           f"{time.perf_counter() - t0:.1f}s")
     lookup = ocr.get

@@ -126,6 +126,23 @@ def test_turned_ocr_reads_vertical_print_in_upright_coordinates(tmp_path: Path) 
     assert abs(abs(b.angle) - 90) < 10  # the baseline runs vertically in the upright image
 
 
+def test_one_worker_pool_serves_every_rotation(tmp_path: Path) -> None:
+    import utils.ocr
+
+    paths = []
+    for i in (1, 2):
+        flat = render(tmp_path / f"f{i}.jpg", [(f"{i}5 kg", 20, 20)], size=(200, 100))
+        Image.open(flat).rotate(90, expand=True).save(tmp_path / f"v{i}.jpg", quality=95)
+        paths.append(tmp_path / f"v{i}.jpg")
+    utils.ocr.shutdown_pools()
+    list(ocr_many(paths, tmp_path / "cache", OcrSettings(), workers=2))
+    turned = list(ocr_many(paths, tmp_path / "cache", OcrSettings(rotate=270), workers=2))
+    assert len(utils.ocr._POOLS) == 1  # no second set of workers (and models) for the turned pass
+    for i, (p, res) in zip((1, 2), turned):
+        assert p == paths[i - 1] and res is not None and (res.width, res.height) == (100, 200)
+        assert f"{i}5kg" in res.text.replace(" ", "").lower()
+
+
 def test_rotation_is_part_of_the_cache_key() -> None:
     import hashlib
     import json

@@ -253,14 +253,16 @@ def test_per_family_setting_picks_the_model(synth: dict, tmp_path: Path) -> None
     assert RankerConfig().per_family
 
 
-def test_rows_without_candidates_get_a_turned_second_ocr(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Only an image whose upright boxes give a row no candidate is OCR'd again, once per fallback rotation, and
-    its rows then read the boxes of every pass."""
+def test_images_that_read_no_quantity_get_a_turned_second_ocr(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                              ) -> None:
+    """Only an image whose upright boxes read no quantity for any entity is OCR'd again, once per fallback
+    rotation, and its rows then read the boxes of every pass."""
     import utils.ranker as ranker_mod
 
-    for name in ("flat", "vertical", "blank"):
+    for name in ("weight", "length", "vertical", "blank"):
         Image.new("RGB", (60, 60), "white").save(tmp_path / f"{name}.jpg")
-    upright = {"flat": [_box("Net Wt 16 oz", 10)], "vertical": [_box("NET WT", 10)], "blank": []}
+    upright = {"weight": [_box("Net Wt 16 oz", 10)], "length": [_box("30 cm", 10)], "vertical": [_box("NET WT", 10)],
+               "blank": []}
     turned = {"vertical": [_box("12 oz", 40)], "blank": []}
     calls: list[tuple[int, list[str]]] = []
 
@@ -271,21 +273,17 @@ def test_rows_without_candidates_get_a_turned_second_ocr(tmp_path: Path, monkeyp
         return [(p, OcrResult(60, 60, list(src[n])) if Path(p).is_file() else None) for p, n in zip(paths, names)]
 
     monkeypatch.setattr(ranker_mod, "ocr_many", fake_ocr_many)
-    links = [URL.format(n) for n in ("flat", "vertical", "vertical", "blank", "missing")]
-    ents = ["item_weight", "item_weight", "voltage", "item_weight", "item_weight"]
-    cfg = RankerConfig(workers=1)
-    out = ranker_mod.ocr_lookup(links, tmp_path, cfg, ents)
-    assert calls[0] == (0, ["flat", "vertical", "blank", "missing"])
+    links = [URL.format(n) for n in ("weight", "length", "vertical", "vertical", "blank", "missing")]
+    out = ranker_mod.ocr_lookup(links, tmp_path, RankerConfig(workers=1))
+    assert calls[0] == (0, ["weight", "length", "vertical", "blank", "missing"])
+    # "30 cm" is a quantity (for a dimension), so asking that image for a weight does not turn it
     assert calls[1:] == [(r, ["vertical", "blank"]) for r in ranker_mod.FALLBACK_ROTATIONS]
-    assert [b.text for b in out[links[1]].boxes] == ["NET WT"] + ["12 oz"] * len(ranker_mod.FALLBACK_ROTATIONS)
-    assert [c.answer for c in extract_candidates(out[links[1]], "item_weight")][0] == "12.0 ounce"
-    assert [b.text for b in out[links[0]].boxes] == ["Net Wt 16 oz"] and out[links[4]] is None
+    assert [b.text for b in out[links[2]].boxes] == ["NET WT"] + ["12 oz"] * len(ranker_mod.FALLBACK_ROTATIONS)
+    assert [c.answer for c in extract_candidates(out[links[2]], "item_weight")][0] == "12.0 ounce"
+    assert [b.text for b in out[links[0]].boxes] == ["Net Wt 16 oz"] and out[links[5]] is None
     calls.clear()
-    ranker_mod.ocr_lookup(links, tmp_path, RankerConfig(workers=1, rotate_fallback=False), ents)
-    ranker_mod.ocr_lookup(links, tmp_path, cfg)  # no entities: nothing to judge candidates by
-    assert [r for r, _ in calls] == [0, 0]
-    with pytest.raises(ValueError, match="entities"):
-        ranker_mod.ocr_lookup(links, tmp_path, cfg, ents[:2])
+    ranker_mod.ocr_lookup(links, tmp_path, RankerConfig(workers=1, rotate_fallback=False))
+    assert [r for r, _ in calls] == [0]
 
 
 def _pair_rows(n: int) -> tuple[pd.DataFrame, dict[str, list[OcrBox]]]:

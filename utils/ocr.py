@@ -8,8 +8,8 @@ machine). Both cores are used by a small process pool kept alive between calls, 
 thread and onnxruntime's memory arena on (rapidocr turns it off; on, the same output 1.34x faster on 2 workers).
 ``det_side`` lets only the text detector see a smaller image (960: 1.4x faster again, but the dev oracle fell from
 82.0% to 78.4%, so it is off by default). ``rotate`` OCRs the image turned by 90/180/270 degrees and maps the boxes
-back into the upright image (``utils.ranker.ocr_lookup`` uses it as a fallback for images whose upright OCR gives
-no candidate).
+back into the upright image (``utils.ranker.ocr_lookup`` uses it as a fallback for images whose upright OCR reads
+no quantity).
 
 CLI: ``python -m utils.ocr IMAGE_DIR CACHE_DIR [--max-side 1280] [--workers 2]`` OCRs every image in a folder.
 """
@@ -26,7 +26,7 @@ import sys
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -175,16 +175,18 @@ class OcrEngine:
                 boxes.append(OcrBox(str(txt), float(sc), [[float(x), float(y)] for x, y in quad]))
         return OcrResult(image.width, image.height, boxes, time.perf_counter() - t0)
 
-    def run_path(self, path: Path) -> OcrResult | None:
-        """Load (with downscale) and OCR one image file, turned by ``settings.rotate``; None when the image is
-        missing or undecodable."""
+    def run_path(self, path: Path, rotate: int | None = None) -> OcrResult | None:
+        """Load (with downscale) and OCR one image file, turned by ``rotate`` (default ``settings.rotate``: turning
+        needs no other model, so one engine serves every rotation); None when the image is missing or
+        undecodable."""
         image = load_image(Path(path), max_side=self.settings.max_side)
         if image is None:
             return None
-        if not self.settings.rotate:
+        rotate = self.settings.rotate if rotate is None else rotate
+        if not rotate:
             return self.run_image(image)
-        res = self.run_image(image.rotate(self.settings.rotate, expand=True))
-        return unrotate(res, image.width, image.height, self.settings.rotate)
+        res = self.run_image(image.rotate(rotate, expand=True))
+        return unrotate(res, image.width, image.height, rotate)
 
 
 def unrotate(res: OcrResult, width: int, height: int, rotate: int) -> OcrResult:
@@ -276,10 +278,11 @@ def ocr_image_file(
     return ocr_to_cache(path, f, engine)
 
 
-def ocr_to_cache(path: Path, f: Path | None, engine: OcrEngine) -> OcrResult | None:
-    """OCR one image (a known cache miss) and store the result in cache file ``f``. A missing image has no cache
-    file (``cache_file`` is None), so "missing" is never cached: the file may be downloaded later."""
-    res = engine.run_path(path)
+def ocr_to_cache(path: Path, f: Path | None, engine: OcrEngine, rotate: int | None = None) -> OcrResult | None:
+    """OCR one image (a known cache miss), turned by ``rotate`` (default the engine's), and store the result in
+    cache file ``f``. A missing image has no cache file (``cache_file`` is None), so "missing" is never cached: the
+    file may be downloaded later."""
+    res = engine.run_path(path, rotate)
     write_cache(f, res)
     return res
 
@@ -295,11 +298,11 @@ def _worker_init(settings: OcrSettings) -> None:
     _WORKER = OcrEngine(settings, threads=1)
 
 
-def _worker_run(args: tuple[str, str | None]) -> tuple[str, dict[str, Any] | None]:
-    """OCR one cache miss in a worker: (image path, its cache file or None) -> (path, result as JSON)."""
-    path, f = args
+def _worker_run(args: tuple[str, str | None, int]) -> tuple[str, dict[str, Any] | None]:
+    """OCR one cache miss in a worker: (image path, its cache file or None, rotation) -> (path, result as JSON)."""
+    path, f, rotate = args
     assert _WORKER is not None
-    res = ocr_to_cache(Path(path), Path(f) if f else None, _WORKER)
+    res = ocr_to_cache(Path(path), Path(f) if f else None, _WORKER, rotate)
     return path, (res.to_json() if res is not None else None)
 
 
@@ -328,12 +331,14 @@ def ocr_many(
             todo[p] = f
     workers = default_workers() if workers is None else max(1, int(workers))
     computed: dict[Path, OcrResult | None] = {}
+    upright = replace(settings, rotate=0)  # engines and pools serve every rotation
     if todo and (workers == 1 or len(todo) == 1):
-        engine = get_engine(settings, threads=1 if workers == 1 else default_workers())
-        it: Iterator[tuple[Path, OcrResult | None]] = ((p, ocr_to_cache(p, f, engine)) for p, f in todo.items())
+        engine = get_engine(upright, threads=1 if workers == 1 else default_workers())
+        it: Iterator[tuple[Path, OcrResult | None]] = (
+            (p, ocr_to_cache(p, f, engine, settings.rotate)) for p, f in todo.items())
     elif todo:
-        pool = get_pool(settings, workers)
-        jobs = [(str(p), str(f) if f else None) for p, f in todo.items()]
+        pool = get_pool(upright, workers)
+        jobs = [(str(p), str(f) if f else None, settings.rotate) for p, f in todo.items()]
         it = (
             (Path(p), OcrResult.from_json(d) if d is not None else None)
             for p, d in pool.map(_worker_run, jobs, chunksize=1)
