@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from utils.candidates import extract_candidates
+from utils.candidates import extract_candidates, same_answer
 from utils.ocr import DEFAULT_MAX_SIDE, OcrBox, OcrResult
 from utils.ranker import (
     ARTIFACT_JSON,
@@ -329,7 +329,7 @@ def test_pair_model_learns_each_familys_unit_convention() -> None:
     # whichever member the ranker picked, the pair model answers the labelled one
     for picks in (truth, partner):
         got = pm.resolve(test, np.ones(len(test.answers)), list(picks))
-        assert [same(a, t) for a, t in zip(got, truth)] == [True] * len(truth)
+        assert [same_answer(a, t) for a, t in zip(got, truth)] == [True] * len(truth)
     # an abstention stays one; a pick without a conversion partner stands
     assert pm.resolve(test, np.ones(len(test.answers)), [""] * len(truth)) == [""] * len(truth)
     lone = build_table(pd.DataFrame([{"image_link": "lone", "entity_name": "item_weight", "group_id": "eu",
@@ -339,9 +339,3 @@ def test_pair_model_learns_each_familys_unit_convention() -> None:
     # too few labelled pairs: no model, picks stand
     few = PairModel().fit(build_table(rows.head(PairModel.MIN_PAIRS - 1), lookup, priors))
     assert few.model is None and few.resolve(test, np.ones(len(test.answers)), partner) == partner
-
-
-def same(a: str, b: str) -> bool:
-    from utils.candidates import same_answer
-
-    return same_answer(a, b)

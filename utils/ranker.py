@@ -495,8 +495,6 @@ def apply_net_rule(table: CandidateTable, answers: list[str]) -> list[str]:
     """Per answered row: when exactly one distinct answer directly follows a net-quantity declaration ("NET WT.
     3 kg") and the ranker picked a different amount, answer the declared one. A pick that is the declared amount in
     another unit ("100 g" for "Net Wt 3.53 oz") is kept: which unit labels take is the ranker's call."""
-    from utils.units import parse_value, same_amount
-
     names = feature_names()
     first, rows_n = table.X[:, names.index("net_first")], table.X[:, names.index("net_rows")]
     out = list(answers)
@@ -505,15 +503,8 @@ def apply_net_rule(table: CandidateTable, answers: list[str]) -> list[str]:
         if not a:
             continue
         net = table.answers[int(np.where((table.row == r) & (first == 1))[0][0])]
-        pa, pn = parse_value(a), parse_value(net)
-        if net == a or pa is None or pn is None:
-            continue
-        try:
-            if same_amount(pa, pn, CONVERSION_TOL):
-                continue
-        except ValueError:
-            continue
-        out[r] = net
+        if net != a and _same_amount(a, net) is False:
+            out[r] = net
     return out
 
 
@@ -569,17 +560,26 @@ def oof_scores(table: CandidateTable, folds: np.ndarray, kind: str, seed: int, p
     return scores
 
 
-def _conversion(a: str, b: str) -> bool:
-    """Whether answers ``a`` and ``b`` are the same amount in two units (a printed conversion)."""
+def _same_amount(a: str, b: str) -> bool | None:
+    """Whether answers ``a`` and ``b`` are the same amount within ``CONVERSION_TOL`` (any units); None when one of
+    them does not parse or names a unit without a conversion."""
     from utils.units import parse_value, same_amount
 
     pa, pb = parse_value(a), parse_value(b)
-    if pa is None or pb is None or pa[1] == pb[1]:
-        return False
+    if pa is None or pb is None:
+        return None
     try:
         return same_amount(pa, pb, CONVERSION_TOL)
     except ValueError:
-        return False
+        return None
+
+
+def _conversion(a: str, b: str) -> bool:
+    """Whether answers ``a`` and ``b`` are the same amount in two units (a printed conversion)."""
+    from utils.units import parse_value
+
+    pa, pb = parse_value(a), parse_value(b)
+    return pa is not None and pb is not None and pa[1] != pb[1] and bool(_same_amount(a, b))
 
 
 class PairModel:
