@@ -34,8 +34,8 @@ def adapter_dir(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 def test_infer_config_defaults_and_validation() -> None:
     cfg = InferConfig()
-    assert cfg.max_new_tokens == 16 and cfg.merge_adapter
-    for bad in ({"max_new_tokens": 100}, {"max_new_tokens": 0}, {"batch_size": 0},
+    assert cfg.max_new_tokens == 0 and cfg.merge_adapter  # 0: the length saved with the adapter
+    for bad in ({"max_new_tokens": 500}, {"max_new_tokens": -1}, {"batch_size": 0},
                 {"infer_quantization": "fp8"}, {"max_side": 0}):
         with pytest.raises(ValueError):
             InferConfig(**bad)

@@ -25,18 +25,17 @@ from utils.model import (
 )
 from utils.tiny_model import render_text_image
 
+from . import fake_gpu as fake_gpu_module
+
 
 @pytest.fixture
 def fake_gpu(monkeypatch: pytest.MonkeyPatch):
-    """Pretend a CUDA GPU is present; the returned setter chooses whether it has bf16 (A100) or not (T4)."""
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Tesla T4")
+    """Pretend one CUDA GPU is present, at torch's own seam; the setter picks a T4 (7.5) or an A100 (8.0)."""
+    def choose(native_bf16: bool) -> None:
+        fake_gpu_module.install(monkeypatch.setattr, [fake_gpu_module.A100 if native_bf16 else fake_gpu_module.T4])
 
-    def set_bf16(ok: bool) -> None:
-        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: ok)
-
-    set_bf16(False)
-    return set_bf16
+    choose(False)
+    return choose
 
 
 def _batch(processor, n: int = 2):
@@ -94,10 +93,27 @@ def test_bnb_config_carries_the_compute_dtype_under_the_real_key(fake_gpu) -> No
 
 def test_lora_defaults_follow_the_reference() -> None:
     lc = lora_config(ModelConfig())
-    assert lc.r == 8
-    assert set(lc.target_modules) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
-    assert set(LORA_TARGETS) == set(lc.target_modules)
-    assert lc.task_type == "CAUSAL_LM"
+    assert lc.r == 8 and lc.task_type == "CAUSAL_LM"
+    assert set(LORA_TARGETS) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+
+
+@pytest.mark.parametrize(("lora_vision", "vision_expected"), [
+    ("qkv", {"q_proj", "k_proj", "v_proj"}),  # what the reference's name list matched in SigLIP
+    ("none", set()),
+    ("all", {"q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"}),
+])
+def test_lora_on_the_vision_tower_is_an_explicit_setting(tiny_dir: Path, lora_vision: str,
+                                                        vision_expected: set[str]) -> None:
+    cfg = ModelConfig(model_id=str(tiny_dir), quantization="none", lora_vision=lora_vision)
+    model = prepare_for_training(load_base_model(cfg), cfg)
+    adapted = {n.rsplit(".lora_A", 1)[0] for n, _ in model.named_parameters() if ".lora_A" in n}
+    vision = {n.rsplit(".", 1)[-1] for n in adapted if ".vision_tower." in n}
+    language = {n.rsplit(".", 1)[-1] for n in adapted if ".language_model." in n}
+    assert vision == vision_expected
+    assert language == set(LORA_TARGETS)
+    assert not any("multi_modal_projector" in n for n in adapted)
+    with pytest.raises(ValueError, match="lora_vision"):
+        ModelConfig(lora_vision="some")
 
 
 def test_split_settings_routes_names_and_rejects_unknown() -> None:

@@ -149,9 +149,8 @@ def test_train_checkpoint_die_resume_save_adapter_and_eval_f1(tiny_dir: Path, da
     steps = [h["step"] for h in summary["log_history"] if "loss" in h]
     assert steps[-2:] == [3, 4]  # only the steps after the checkpoint were run again
     assert [p.name for p in (out / "checkpoints").glob("checkpoint-*")] == ["checkpoint-4"]  # save_total_limit
-    assert 0.0 <= summary["metrics"]["eval_f1"] <= 1.0  # generated-answer F1 on val, logged
-    assert "eval_loss" in summary["metrics"]
-    assert any("eval_f1" in h for h in summary["log_history"])
+    assert 0.0 <= summary["metrics"]["final_f1_merged"] <= 1.0  # the merged model's F1 on the eval sample
+    assert summary["n_eval_sample"] == 3 and summary["complete"] is True
 
     assert adapter == out / "adapter" and is_adapter_dir(adapter)
     assert (adapter / "adapter_model.safetensors").is_file()
@@ -168,3 +167,163 @@ def test_training_lowers_the_answer_loss(tiny_dir: Path, data, tmp_path: Path) -
               if "loss" in h]
     assert len(losses) == 3
     assert losses[-1] < 0.75 * losses[0], losses
+
+
+# ------------------------------------------------------------------------------------------ real sessions
+
+
+def _log_steps(out: Path) -> list[int]:
+    summary = json.loads((out / "train_summary.json").read_text())
+    return [h["step"] for h in summary["log_history"] if "loss" in h]
+
+
+def test_a_refit_with_other_rows_starts_fresh_and_keeps_the_old_checkpoints_aside(tiny_dir: Path, data,
+                                                                                  tmp_path: Path) -> None:
+    rows, image_dir = data
+    out = tmp_path / "run"
+    settings = dict(model_id=str(tiny_dir), max_steps=2, save_steps=2, **FAST)
+    fit(rows.iloc[:8], None, image_dir, out, **settings)
+    assert last_checkpoint(out / "checkpoints").name == "checkpoint-2"
+
+    fit(rows.iloc[4:16], None, image_dir, out, **{**settings, "max_steps": 4})  # other rows, more steps
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["resumed_from"] is None and summary["global_step"] == 4
+    assert _log_steps(out) == [1, 2, 3, 4]  # every step trained on the new rows, none at LR 0
+    (stale,) = out.glob("checkpoints.stale-*")
+    assert (stale / "checkpoint-2").is_dir()  # kept, never deleted
+
+    fit(rows.iloc[4:16], None, image_dir, out, **{**settings, "max_steps": 4, "learning_rate": 5e-4})
+    assert len(list(out.glob("checkpoints.stale-*"))) == 2  # other settings: fresh again
+
+
+def test_the_same_seed_gives_the_same_adapter_and_another_seed_another(tiny_dir: Path, data, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    rows, image_dir = data
+    settings = dict(model_id=str(tiny_dir), max_steps=1, save_steps=10, **FAST)
+
+    def lora_a(seed: int, name: str) -> dict[str, torch.Tensor]:
+        adapter = fit(rows.head(4), None, image_dir, tmp_path / name, seed=seed, **settings)
+        return {k: v for k, v in load_file(adapter / "adapter_model.safetensors").items() if "lora_A" in k}
+
+    first, again, other = lora_a(0, "a"), lora_a(0, "b"), lora_a(1, "c")
+    torch.manual_seed(123)  # whatever the global RNG holds, the seed setting decides the LoRA init
+    assert first.keys() == again.keys() and all(torch.equal(first[k], again[k]) for k in first)
+    assert any(not torch.equal(first[k], other[k]) for k in first)
+
+
+def test_the_eval_sample_is_capped_shuffled_and_scored_with_the_merged_model(tiny_dir: Path, data,
+                                                                            tmp_path: Path) -> None:
+    from utils.infer import InferConfig, load_predictor
+    from utils.train import eval_sample, generated_f1
+
+    rows, image_dir = data
+    train, val = rows.iloc[:8], rows.iloc[8:]
+    sample = eval_sample(val, 5, seed=3)
+    assert len(sample) == 5 and set(sample["image_link"]) <= set(val["image_link"])
+    assert list(sample["image_link"]) != list(val["image_link"].head(5))  # drawn, not the first rows
+    adapter = fit(train, val, image_dir, tmp_path / "run", model_id=str(tiny_dir), max_steps=2, save_steps=10,
+                  eval_max_rows=5, seed=3, **FAST)
+    summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
+    assert summary["n_eval_sample"] == 5
+    cfg = InferConfig(max_new_tokens=summary["max_new_tokens"])
+    merged, processor = load_predictor(adapter, cfg)  # exactly what stage 03 loads
+    assert summary["metrics"]["final_f1_merged"] == generated_f1(merged, processor, sample, image_dir, cfg)
+    assert json.loads((adapter / "fit_status.json").read_text())["complete"] is True
+
+
+def test_max_new_tokens_is_derived_from_the_answers_saved_and_truncation_counted(tiny_dir: Path, data,
+                                                                                tmp_path: Path) -> None:
+    from utils.infer import PaliGemmaBackend
+    from utils.train import answer_token_budget
+
+    rows, image_dir = data
+    long_label = "[100.0, 240.0] volt"
+    train = rows.head(6).assign(entity_value=["1.0 gram"] * 5 + [long_label])
+    adapter = fit(train, None, image_dir, tmp_path / "run", model_id=str(tiny_dir), max_steps=1, save_steps=10,
+                  answer_margin_tokens=3, **FAST)
+    tok = load_processor(adapter).tokenizer
+    longest = len(tok(long_label, add_special_tokens=False).input_ids) + 1  # + <eos>
+    saved = json.loads((adapter / "generation.json").read_text())
+    assert saved == {"max_new_tokens": longest + 3, "longest_answer_tokens": longest}
+    assert answer_token_budget(tok, ["1 g", long_label], 3) == (longest, longest + 3)
+
+    backend = PaliGemmaBackend()
+    test_rows = rows.head(4).assign(index=range(4))
+    list(backend.predict(test_rows, image_dir, adapter, batch_size=2))
+    assert backend.stats.max_new_tokens == longest + 3 and backend.stats.rows == 4
+    cut = PaliGemmaBackend()
+    list(cut.predict(test_rows, image_dir, adapter, batch_size=2, max_new_tokens=1))
+    assert cut.stats.truncated == 4 and "max_new_tokens=1" in cut.stats.note()
+
+
+def test_a_killed_session_resumes_from_a_read_only_checkpoint_folder(tiny_dir: Path, data, tmp_path: Path) -> None:
+    import os
+    import shutil
+    import stat
+
+    from utils.checkpoints import CheckpointMismatch
+
+    rows, image_dir = data
+    train = rows.iloc[:12]
+    settings = dict(model_id=str(tiny_dir), max_steps=4, save_steps=2, save_total_limit=1, **FAST)
+    with pytest.raises(KeyboardInterrupt):
+        fit(train, None, image_dir, tmp_path / "session1", callbacks=[_Die(3)], **settings)
+    (tmp_path / "session1" / "checkpoints" / "wandb_run.json").write_text('{"id": "abc123", "project": "p"}')
+    kept = tmp_path / "kaggle_dataset"  # what the user saved from session 1, mounted read-only in session 2
+    shutil.copytree(tmp_path / "session1" / "checkpoints", kept)
+    for root, dirs, files in os.walk(kept):
+        for name in files:
+            os.chmod(os.path.join(root, name), stat.S_IRUSR)
+    for root, dirs, files in sorted(os.walk(kept), reverse=True):
+        os.chmod(root, stat.S_IRUSR | stat.S_IXUSR)
+    try:
+        with pytest.raises(CheckpointMismatch, match="learning_rate"):
+            fit(train, None, image_dir, tmp_path / "other", resume_from=str(kept),
+                **{**settings, "learning_rate": 5e-4})
+        adapter = fit(train, None, image_dir, tmp_path / "session2", resume_from=str(kept), **settings)
+    finally:
+        for root, dirs, files in os.walk(kept):
+            os.chmod(root, stat.S_IRWXU)
+    summary = json.loads((tmp_path / "session2" / "train_summary.json").read_text())
+    assert summary["resumed_from"] == "checkpoint-2" and summary["global_step"] == 4
+    assert _log_steps(tmp_path / "session2")[-2:] == [3, 4]
+    assert json.loads((tmp_path / "session2" / "checkpoints" / "wandb_run.json").read_text())["id"] == "abc123"
+    assert is_adapter_dir(adapter)
+
+
+def test_the_time_budget_plans_the_steps_and_stops_with_a_saved_adapter(tiny_dir: Path, data,
+                                                                        tmp_path: Path) -> None:
+    rows, image_dir = data
+    out = tmp_path / "run"
+    settings = dict(model_id=str(tiny_dir), max_steps=400, save_steps=1000, calibration_steps=2,
+                    save_margin_minutes=0, **{**FAST, "logging_steps": 2})
+    adapter = fit(rows.head(8), None, image_dir, out, time_budget_hours=6 / 3600, **settings)  # 6 seconds
+    status = json.loads((adapter / "fit_status.json").read_text())
+    plan = json.loads((out / "checkpoints" / "plan.json").read_text())
+    assert status["complete"] is False and status["stopped_by"] == "time budget"
+    assert status["global_step"] < 400 and plan["max_steps"] < 400 and plan["configured_steps"] == 400
+    assert (adapter / "adapter_model.safetensors").is_file()
+    assert last_checkpoint(out / "checkpoints").name == f"checkpoint-{status['global_step']}"  # saved at the stop
+    logged = [h for h in json.loads((out / "train_summary.json").read_text())["log_history"] if "loss" in h]
+    assert all("eta_minutes" in h and h["planned_steps"] == plan["max_steps"] for h in logged[1:])
+
+    # the next session: the same plan (and LR schedule), resumed, finished
+    fit(rows.head(8), None, image_dir, out, time_budget_hours=0, **settings)
+    done = json.loads((out / "adapter" / "fit_status.json").read_text())
+    assert done["complete"] is True and done["global_step"] == plan["max_steps"]
+
+
+def test_a_nan_loss_stops_training_with_the_remedy(tmp_path: Path, data) -> None:
+    from utils.infer import NonFiniteError
+    from utils.tiny_model import TinyConfig, build_tiny_paligemma
+
+    rows, image_dir = data
+    overflowing = build_tiny_paligemma(tmp_path / "inf", TinyConfig(output_gain=float("inf")))  # logits overflow
+    with pytest.raises(NonFiniteError, match="allow_emulated_bf16"):
+        fit(rows.head(4), None, image_dir, tmp_path / "run", model_id=str(overflowing), max_steps=2, **FAST)
+    from utils.infer import PaliGemmaBackend
+
+    with pytest.raises(NonFiniteError, match="first batch"):
+        list(PaliGemmaBackend().predict(rows.head(2).assign(index=[0, 1]), image_dir, overflowing,
+                                        max_new_tokens=2))

@@ -19,11 +19,13 @@ import pandas as pd
 import torch
 
 from utils.model import (
-    ModelConfig,
     QUANTIZATIONS,
+    ModelConfig,
+    describe_device,
     is_adapter_dir,
     load_for_inference,
     load_processor,
+    model_source,
     read_settings,
     split_settings,
 )
@@ -31,7 +33,19 @@ from utils.model import (
 log = logging.getLogger(__name__)
 
 IMAGE_TOKEN = "<image>"
-MAX_NEW_TOKENS_LIMIT = 64  # answers are ~5 tokens ("500.0 gram"); more only burns time on rambling
+MAX_NEW_TOKENS_LIMIT = 128  # a generous cap: real labels are up to ~30 tokens (ranges, long decimals)
+DEFAULT_MAX_NEW_TOKENS = 16  # for a model with no answer length saved beside it (zero-shot)
+GENERATION_FILE = "generation.json"  # saved beside an adapter by fit: {"max_new_tokens": N, ...}
+
+
+class NonFiniteError(FloatingPointError):
+    """Logits or the loss became NaN/inf (float16 overflow); the message names the remedies."""
+
+
+FP16_REMEDY = ("float16 overflowed (its range ends at 65,504; random or tiny models never show it). Remedies: "
+               "dtype='bfloat16' with allow_emulated_bf16=True (exact range, several times slower on a T4), or "
+               "dtype='float32' (twice the memory; inference only on a 16 GB T4), or a lower learning_rate if it "
+               "happened during training")
 
 
 @dataclass
@@ -39,7 +53,10 @@ class InferConfig:
     """Generation settings. Field names are ``**settings`` of ``predict`` (with ModelConfig's)."""
 
     batch_size: int = field(default=16, metadata={"help": "Rows per generate() call; halved on GPU OOM."})
-    max_new_tokens: int = field(default=16, metadata={"help": "Answer length cap; answers are ~5 tokens."})
+    max_new_tokens: int = field(
+        default=0, metadata={"help": "Answer length cap in tokens; 0 = the length saved with the adapter (the longest "
+                                     f"training answer + a margin), else {DEFAULT_MAX_NEW_TOKENS}. Generations that "
+                                     "hit it are counted and reported."})
     merge_adapter: bool = field(
         default=True, metadata={"help": "Merge LoRA into fp16 weights (fp32 on CPU): faster, fits a T4."}
     )
@@ -52,10 +69,10 @@ class InferConfig:
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
+        if not 0 <= self.max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
             raise ValueError(
-                f"max_new_tokens must be in [1, {MAX_NEW_TOKENS_LIMIT}], got {self.max_new_tokens} "
-                "(answers like '500.0 gram' are about 5 tokens)"
+                f"max_new_tokens must be in [0, {MAX_NEW_TOKENS_LIMIT}] (0 = saved with the adapter), got "
+                f"{self.max_new_tokens}"
             )
         if self.infer_quantization not in QUANTIZATIONS:
             raise ValueError(f"infer_quantization must be one of {QUANTIZATIONS}, got {self.infer_quantization!r}")
@@ -77,14 +94,32 @@ def _device(model: Any) -> torch.device:
     return dev if isinstance(dev, torch.device) else next(model.parameters()).device
 
 
+@dataclass
+class GenerationStats:
+    """What generation did so far: rows answered, generations cut at ``max_new_tokens`` (no end-of-sequence)."""
+
+    rows: int = 0
+    truncated: int = 0
+    max_new_tokens: int = 0
+
+    def note(self) -> str | None:
+        """A warning line when some answers may be cut, else None."""
+        if not self.truncated:
+            return None
+        return (f"{self.truncated} of {self.rows} generations hit max_new_tokens={self.max_new_tokens} without "
+                "ending: their answers may be cut (raise max_new_tokens)")
+
+
 @torch.inference_mode()
-def generate_answers(model: Any, processor: Any, images: list[Any], prompts: list[str], max_new_tokens: int = 16
-                     ) -> list[str]:
-    """Greedy answers (decoded, stripped, not yet cleaned) for one batch of images and prompts."""
+def generate(model: Any, processor: Any, images: list[Any], prompts: list[str], max_new_tokens: int = 16,
+             check_finite: bool = False) -> tuple[list[str], list[bool]]:
+    """Greedy answers (decoded, stripped, not yet cleaned) for one batch, and per row whether generation was cut at
+    ``max_new_tokens`` before its end-of-sequence token. ``check_finite`` also checks every logit for NaN/inf
+    (float16 overflow) and raises ``NonFiniteError`` instead of returning garbage."""
     if len(images) != len(prompts):
         raise ValueError(f"{len(images)} images for {len(prompts)} prompts")
     if not images:
-        return []
+        return [], []
     batch = processor(
         images=images, text=[IMAGE_TOKEN + p for p in prompts], return_tensors="pt", padding="longest"
     )
@@ -100,9 +135,21 @@ def generate_answers(model: Any, processor: Any, images: list[Any], prompts: lis
         use_cache=True,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
+        return_dict_in_generate=True,
+        output_logits=check_finite,
     )
-    new_tokens = out[:, inputs["input_ids"].shape[1] :]
-    return [s.strip() for s in tok.batch_decode(new_tokens, skip_special_tokens=True)]
+    if check_finite and not all(bool(torch.isfinite(step).all()) for step in out.logits):
+        raise NonFiniteError(f"the model's logits hold NaN/inf on the first batch: {FP16_REMEDY}")
+    new_tokens = out.sequences[:, inputs["input_ids"].shape[1]:]
+    truncated = [new_tokens.shape[1] >= max_new_tokens and tok.eos_token_id not in row.tolist()
+                 for row in new_tokens]
+    return [s.strip() for s in tok.batch_decode(new_tokens, skip_special_tokens=True)], truncated
+
+
+def generate_answers(model: Any, processor: Any, images: list[Any], prompts: list[str], max_new_tokens: int = 16
+                     ) -> list[str]:
+    """Greedy answers (decoded, stripped, not yet cleaned) for one batch of images and prompts."""
+    return generate(model, processor, images, prompts, max_new_tokens)[0]
 
 
 def _is_oom(err: BaseException) -> bool:
@@ -170,20 +217,43 @@ def iter_answers(
         bar.close()
 
 
-def predict_batches(model: Any, processor: Any, rows: pd.DataFrame, image_dir: str | Path, cfg: InferConfig
+def predict_batches(model: Any, processor: Any, rows: pd.DataFrame, image_dir: str | Path, cfg: InferConfig,
+                    stats: GenerationStats | None = None, check_finite: bool = False
                     ) -> Iterator[list[tuple[int, str]]]:
-    """Greedy generation over ``rows`` with ``model``, batch by batch (see ``iter_answers``)."""
+    """Greedy generation over ``rows`` with ``model``, batch by batch (see ``iter_answers``); ``stats`` counts rows
+    and generations cut at ``cfg.max_new_tokens``; ``check_finite`` checks the first batch's logits."""
+    stats = stats if stats is not None else GenerationStats()
+    max_new = cfg.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
+    stats.max_new_tokens = max_new
+    first = [check_finite]
+
     def answer_fn(images: list[Any], prompts: list[str]) -> list[str]:
-        return generate_answers(model, processor, images, prompts, cfg.max_new_tokens)
+        answers, cut = generate(model, processor, images, prompts, max_new, check_finite=first[0])
+        first[0] = False
+        stats.rows += len(answers)
+        stats.truncated += sum(cut)
+        return answers
 
     yield from iter_answers(rows, image_dir, answer_fn, cfg.batch_size, cfg.max_side, cfg.progress)
+
+
+def saved_max_new_tokens(artifact_dir: str | Path) -> int:
+    """The answer length ``fit`` saved beside an adapter (``GENERATION_FILE``), or 0 when there is none."""
+    import json
+
+    path = Path(artifact_dir) / GENERATION_FILE
+    try:
+        return int(json.loads(path.read_text())["max_new_tokens"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
 
 
 def load_predictor(artifact_dir: str | Path, infer_cfg: InferConfig, **model_settings: Any) -> tuple[Any, Any]:
     """(model, processor) from an adapter folder written by ``fit``, or from a plain PaliGemma model folder/id.
 
     For an adapter, the base model and LoRA settings saved beside it are used; device and dtype are chosen for
-    this machine unless given in ``model_settings``, which override anything saved.
+    this machine unless given in ``model_settings``, which override anything saved. Prints where the base weights
+    come from and how the model runs (device, dtype, merged or not).
     """
     artifact = Path(artifact_dir)
     if is_adapter_dir(artifact):
@@ -191,17 +261,23 @@ def load_predictor(artifact_dir: str | Path, infer_cfg: InferConfig, **model_set
         saved.pop("device", None)
         saved.pop("dtype", None)
         cfg = ModelConfig(**{**saved, **model_settings})
+        print(model_source(cfg))
         model = load_for_inference(cfg, artifact, merge=infer_cfg.merge_adapter,
                                    quantization=infer_cfg.infer_quantization)
-        processor_src = artifact if (artifact / "processor_config.json").is_file() else cfg.model_id
+        processor_src, revision = (artifact, None) if (artifact / "processor_config.json").is_file() \
+            else (cfg.model_id, cfg.hub_revision)
     else:  # zero-shot: the base (or an already merged) model itself
         model_id = str(artifact) if (artifact / "config.json").is_file() else model_settings.get("model_id")
         if not model_id:
             raise FileNotFoundError(f"{artifact} holds neither a peft adapter nor a model (config.json)")
         cfg = ModelConfig(**{**model_settings, "model_id": model_id})
+        print(model_source(cfg))
         model = load_for_inference(cfg, None, quantization=infer_cfg.infer_quantization)
-        processor_src = model_id
-    return model, load_processor(processor_src)
+        processor_src, revision = model_id, cfg.hub_revision
+    dtype = str(cfg.torch_dtype).removeprefix("torch.")
+    how = f" ({'merged into' if infer_cfg.merge_adapter else 'with'} the adapter)" if is_adapter_dir(artifact) else ""
+    print(f"inference on {describe_device(cfg.torch_device)} in {dtype}{how}")
+    return model, load_processor(processor_src, revision)
 
 
 class PaliGemmaBackend:
@@ -211,6 +287,7 @@ class PaliGemmaBackend:
 
     def __init__(self) -> None:
         self._loaded: tuple[Any, Any, Any] | None = None  # (key, model, processor): one load for all shards
+        self.stats = GenerationStats()
 
     def fit(self, train: pd.DataFrame, val: pd.DataFrame, image_dir: Path, out_dir: Path, **settings: Any) -> Path:
         """Fine-tune and return the adapter folder (see ``utils.train.fit``)."""
@@ -220,14 +297,25 @@ class PaliGemmaBackend:
 
     def predict(self, rows: pd.DataFrame, image_dir: Path, artifact_dir: Path, **settings: Any
                 ) -> Iterator[list[tuple[int, str]]]:
-        """Yield ``(index, raw answer)`` per batch; ``settings`` are ModelConfig and InferConfig field names."""
+        """Yield ``(index, raw answer)`` per batch; ``settings`` are ModelConfig and InferConfig field names.
+
+        ``max_new_tokens`` 0 (the default) takes the answer length saved with the adapter. The first batch after a
+        load is checked for NaN/inf logits (``NonFiniteError`` names the remedies); at the end a warning says how
+        many generations hit ``max_new_tokens`` (``self.stats``)."""
         model_kw, infer_kw = split_settings(settings, ModelConfig, InferConfig)
         cfg = InferConfig(**infer_kw)
+        if not cfg.max_new_tokens:
+            cfg.max_new_tokens = saved_max_new_tokens(artifact_dir) or DEFAULT_MAX_NEW_TOKENS
         key = (str(Path(artifact_dir).resolve()), cfg.merge_adapter, cfg.infer_quantization,
                tuple(sorted((k, repr(v)) for k, v in model_kw.items())))
-        if self._loaded is None or self._loaded[0] != key:
+        fresh = self._loaded is None or self._loaded[0] != key
+        if fresh:
             self._loaded = None  # free the previous model before loading another
             model, processor = load_predictor(artifact_dir, cfg, **model_kw)
             self._loaded = (key, model, processor)
         _, model, processor = self._loaded
-        yield from predict_batches(model, processor, rows, image_dir, cfg)
+        yield from predict_batches(model, processor, rows, image_dir, cfg, self.stats, check_finite=fresh)
+        note = self.stats.note()
+        if note:
+            log.warning(note)
+            print(f"warning: {note}")

@@ -15,6 +15,7 @@ One place decides how the model is built, so training and inference cannot drift
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -24,6 +25,12 @@ import torch
 
 DEFAULT_MODEL_ID = "google/paligemma-3b-ft-docvqa-448"
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+#: Vision-tower (SigLIP) modules that get LoRA adapters, per ``ModelConfig.lora_vision``.
+LORA_VISION: dict[str, tuple[str, ...]] = {
+    "none": (),
+    "qkv": ("q_proj", "k_proj", "v_proj"),
+    "all": ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"),
+}
 QUANTIZATIONS = ("4bit", "8bit", "none")
 DTYPES = ("auto", "float16", "bfloat16", "float32")
 SETTINGS_FILE = "paligemma_settings.json"  # the ModelConfig an adapter was trained with, saved beside it
@@ -44,11 +51,24 @@ def resolve_device(device: str = "auto") -> torch.device:
     return dev
 
 
+def describe_device(device: torch.device) -> str:
+    """``cuda:0 Tesla T4 (compute capability 7.5, 15.0 GiB)`` or ``cpu``."""
+    if device.type != "cuda":
+        return str(device)
+    from utils.gpu import gpu
+
+    return gpu(device.index or 0).describe()
+
+
 def bf16_supported(device: torch.device) -> bool:
-    """Whether ``device`` computes in bfloat16 natively (CPU: yes; CUDA: compute capability 8.0+, not a T4)."""
+    """Whether ``device`` computes in bfloat16 natively: the CPU yes; a CUDA GPU from compute capability 8.0 (A100,
+    L4, H100), not a T4 (7.5). Decided from the capability: ``torch.cuda.is_bf16_supported()`` also says True where
+    bf16 is only emulated, several times slower."""
     if device.type != "cuda":
         return True
-    return bool(torch.cuda.is_bf16_supported())
+    from utils.gpu import NATIVE_BF16
+
+    return tuple(torch.cuda.get_device_capability(device)) >= NATIVE_BF16
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -85,6 +105,23 @@ class ModelConfig:
         default=LORA_TARGETS,
         metadata={"help": "Module names that get LoRA adapters (attention and MLP projections)."},
     )
+    lora_vision: str = field(
+        default="qkv",
+        metadata={"help": "LoRA on the SigLIP vision tower too: 'qkv' (its attention q/k/v projections, which the "
+                          "reference's name list also matched), 'all' (q/k/v/out and the MLP) or 'none' (language "
+                          "model only). The projector and every non-LoRA weight stay frozen."},
+    )
+    revision: str = field(
+        default="auto",
+        metadata={"help": "Hub revision of the base weights: 'auto' (the 'float16'/'bfloat16' branch matching the "
+                          "compute dtype for google/paligemma*, half the download of float32 'main'), 'main', or "
+                          "any branch/commit. Ignored for a local folder."},
+    )
+    allow_emulated_bf16: bool = field(
+        default=False,
+        metadata={"help": "Accept dtype='bfloat16' on a GPU without native bf16 (a T4): emulated, several times "
+                          "slower; a remedy when float16 overflows."},
+    )
     gradient_checkpointing: bool = field(
         default=True, metadata={"help": "Recompute activations in the backward pass (needed to fit a T4)."}
     )
@@ -100,12 +137,16 @@ class ModelConfig:
             raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {self.quantization!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.lora_vision not in LORA_VISION:
+            raise ValueError(f"lora_vision must be one of {tuple(LORA_VISION)}, got {self.lora_vision!r}")
+        if not self.revision:
+            raise ValueError("revision must be 'auto', 'main' or a branch/commit name")
         device = resolve_device(self.device)
-        if self.dtype == "bfloat16" and not bf16_supported(device):
+        if self.dtype == "bfloat16" and not bf16_supported(device) and not self.allow_emulated_bf16:
             name = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
             raise ValueError(
                 f"dtype 'bfloat16' is not supported on {name} (bf16 needs compute capability 8.0+, a T4 has 7.5); "
-                "use dtype='auto' or 'float16'"
+                "use dtype='auto' or 'float16' (or allow_emulated_bf16=True to accept a slow emulation)"
             )
         if self.dtype == "float16" and device.type == "cpu":
             raise ValueError("dtype 'float16' is not usable for CPU compute; use dtype='auto' (float32 on CPU)")
@@ -127,6 +168,15 @@ class ModelConfig:
     def torch_dtype(self) -> torch.dtype:
         """The resolved compute dtype."""
         return resolve_dtype(self.dtype, self.torch_device)
+
+    @property
+    def hub_revision(self) -> str | None:
+        """The hub revision to load (None: main): see the ``revision`` setting."""
+        if self.revision == "auto":
+            from utils.hub import dtype_revision
+
+            return dtype_revision(self.model_id, str(self.torch_dtype).removeprefix("torch."))
+        return None if self.revision == "main" else self.revision
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able settings (for wandb and the saved artifact)."""
@@ -161,25 +211,64 @@ def bnb_config(cfg: ModelConfig):
     )
 
 
+def lora_target_pattern(cfg: ModelConfig) -> str:
+    """The peft ``target_modules`` regex (matched against full module names): ``cfg.lora_targets`` inside the
+    language model, plus the ``cfg.lora_vision`` modules inside the vision tower; nothing else."""
+    text = "|".join(re.escape(t) for t in cfg.lora_targets)
+    pattern = rf".*\blanguage_model\..*\.(?:{text})"
+    vision = LORA_VISION[cfg.lora_vision]
+    if vision:
+        pattern += rf"|.*\bvision_tower\..*\.(?:{'|'.join(re.escape(t) for t in vision)})"
+    return pattern
+
+
 def lora_config(cfg: ModelConfig):
-    """The peft ``LoraConfig`` (rank, alpha, dropout, targets) for a causal-LM adapter."""
+    """The peft ``LoraConfig`` (rank, alpha, dropout, targets per ``lora_target_pattern``) for a causal LM."""
     from peft import LoraConfig
 
     return LoraConfig(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,
-        target_modules=list(cfg.lora_targets),
+        target_modules=lora_target_pattern(cfg),
         task_type="CAUSAL_LM",
         bias="none",
     )
 
 
-def load_processor(model_id: str | Path):
+def from_source(loader: Any, model_id: str | Path, revision: str | None = None, fallback_to_main: bool = False,
+                **kwargs: Any):
+    """``loader.from_pretrained`` for ``model_id`` wherever it is (``utils.hub.resolve_model_source``: a local
+    folder, a Kaggle model input, the HF cache, or a download with the HF token), hub failures turned into one-line
+    ``ModelAccessError``s. ``fallback_to_main``: a missing ``revision`` branch falls back to main, with a note."""
+    from huggingface_hub.errors import RevisionNotFoundError
+
+    from utils.hub import explained, resolve_model_source
+
+    source = resolve_model_source(str(model_id), revision)
+    try:
+        with explained(str(model_id), revision):
+            return loader.from_pretrained(source.location, **source.load_kwargs(), **kwargs)
+    except Exception as exc:
+        missing = any(isinstance(e, RevisionNotFoundError) for e in (exc, exc.__cause__, exc.__context__))
+        if not (fallback_to_main and revision and missing):
+            raise
+    print(f"note: {model_id} has no '{revision}' branch; loading main (float32 weights, twice the download)")
+    return from_source(loader, model_id, None, **kwargs)
+
+
+def model_source(cfg: ModelConfig) -> str:
+    """One line saying where ``cfg``'s base weights come from (local folder, Kaggle input, cache or download)."""
+    from utils.hub import resolve_model_source
+
+    return resolve_model_source(str(cfg.model_id), cfg.hub_revision).describe()
+
+
+def load_processor(model_id: str | Path, revision: str | None = None):
     """The PaliGemma processor from a hub id or folder; left padding (answers end every row, as generation needs)."""
     from transformers import AutoProcessor
 
-    processor = AutoProcessor.from_pretrained(str(model_id))
+    processor = from_source(AutoProcessor, model_id, revision, fallback_to_main=True)
     if not hasattr(processor, "image_seq_length"):
         raise ValueError(f"{model_id} did not load a PaliGemma processor (got {type(processor).__name__})")
     processor.tokenizer.padding_side = "left"
@@ -187,7 +276,8 @@ def load_processor(model_id: str | Path):
 
 
 def load_base_model(cfg: ModelConfig, quantization: str | None = None):
-    """Load ``PaliGemmaForConditionalGeneration`` from ``cfg.model_id`` with the configured quantisation and dtype."""
+    """Load ``PaliGemmaForConditionalGeneration`` from ``cfg.model_id`` with the configured quantisation and dtype
+    (weights from the hub branch of that dtype where the repository has one: ``cfg.hub_revision``)."""
     from transformers import PaliGemmaForConditionalGeneration
 
     device = cfg.torch_device
@@ -201,7 +291,8 @@ def load_base_model(cfg: ModelConfig, quantization: str | None = None):
         kwargs["quantization_config"] = bnb_config(_with(cfg, quantization=quant))
     if quant != "none" or device.type == "cuda":  # load straight onto the GPU, never via a CPU copy
         kwargs["device_map"] = {"": device.index if device.type == "cuda" else "cpu"}
-    model = PaliGemmaForConditionalGeneration.from_pretrained(str(cfg.model_id), **kwargs)
+    model = from_source(PaliGemmaForConditionalGeneration, cfg.model_id, cfg.hub_revision,
+                        fallback_to_main=cfg.revision == "auto", **kwargs)
     if quant == "none":
         model = model.to(device)
     return model

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from utils.secrets import hf_token, wandb_key
+
 VALID_MODES = ("online", "offline", "disabled")
 
 
@@ -24,6 +26,8 @@ class NullRun:
         self.summary: dict[str, Any] = {}
         self.history: list[dict[str, Any]] = []
         self.url: str | None = None
+        self.id: str | None = None
+        self.name: str | None = None
 
     def log(self, data: dict[str, Any], step: int | None = None, commit: bool | None = None) -> None:
         """Keep the logged values in memory (handy in tests); nothing is sent or written."""
@@ -33,31 +37,9 @@ class NullRun:
         """Nothing to close."""
 
 
-def _key_from_kaggle() -> str | None:
-    """The ``WANDB_API_KEY`` Kaggle secret, when running on Kaggle with it attached."""
-    if not os.environ.get("KAGGLE_KERNEL_RUN_TYPE"):
-        return None
-    try:
-        from kaggle_secrets import UserSecretsClient  # type: ignore[import-not-found]
-
-        return UserSecretsClient().get_secret("WANDB_API_KEY") or None
-    except Exception:
-        return None
-
-
-def _key_from_colab() -> str | None:
-    """The ``WANDB_API_KEY`` Colab secret, when running on Colab with notebook access granted."""
-    try:
-        from google.colab import userdata  # type: ignore[import-not-found]
-
-        return userdata.get("WANDB_API_KEY") or None
-    except Exception:
-        return None
-
-
 def find_api_key() -> str | None:
     """The wandb key from the environment or the notebook host's secret store, or None."""
-    return os.environ.get("WANDB_API_KEY") or _key_from_kaggle() or _key_from_colab()
+    return wandb_key()
 
 
 def wandb_mode(requested: str | None = None) -> str:
@@ -77,6 +59,28 @@ def wandb_mode(requested: str | None = None) -> str:
     return "online" if find_api_key() else "offline"
 
 
+#: Config keys that are never sent to wandb (whatever their value): secrets belong in the environment.
+SECRET_KEY_WORDS = ("token", "api_key", "apikey", "secret", "password")
+
+
+def scrub(config: Any) -> Any:
+    """``config`` without secrets: keys naming one (``SECRET_KEY_WORDS``) are dropped, and any value equal to a
+    secret this process knows (the HF token, the wandb key) is replaced by ``"<secret>"``, at any depth."""
+    known = {s for s in (hf_token(), wandb_key()) if s}
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()
+                    if not any(word in str(k).lower() for word in SECRET_KEY_WORDS)}
+        if isinstance(value, (list, tuple)):
+            return type(value)(clean(v) for v in value)
+        if isinstance(value, str) and any(secret in value for secret in known):
+            return "<secret>"
+        return value
+
+    return clean(config)
+
+
 def init_run(
     project: str,
     config: dict[str, Any],
@@ -84,12 +88,20 @@ def init_run(
     mode: str | None = None,
     name: str | None = None,
     dir: str | os.PathLike[str] | None = None,
+    run_id: str | None = None,
 ) -> Any:
-    """Start a wandb run in a mode that cannot hang; returns the run (a ``NullRun`` when disabled)."""
+    """Start a wandb run in a mode that cannot hang; returns the run (a ``NullRun`` when disabled).
+
+    ``run_id`` continues that run (``resume="allow"``): a fine-tune that spans several notebook sessions logs into
+    one run. The config is passed through ``scrub`` first, so no secret ever reaches wandb.
+    """
     chosen = wandb_mode(mode)
     os.environ["WANDB_MODE"] = chosen  # the HF Trainer's wandb callback reads it too
+    config = scrub(config)
     if chosen == "disabled":
-        return NullRun(config)
+        run = NullRun(config)
+        run.id = run_id
+        return run
     import wandb
 
     key = find_api_key()
@@ -97,6 +109,7 @@ def init_run(
         os.environ["WANDB_API_KEY"] = key  # secret store -> this process only
     if dir is not None:
         os.makedirs(dir, exist_ok=True)
+    extra: dict[str, Any] = {"id": run_id, "resume": "allow"} if run_id else {}
     return wandb.init(
         project=project,
         config=config,
@@ -105,4 +118,5 @@ def init_run(
         name=name,
         dir=str(dir) if dir is not None else None,
         reinit="finish_previous",
+        **extra,
     )
