@@ -295,3 +295,9 @@ def test_cli_never_shows_a_traceback(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert main([str(tmp_path / "t.csv"), str(tmp_path / "p.csv")]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "INVALID: unexpected error (KeyError: 'boom')"
+
+
+def test_repeated_required_column_is_a_columns_problem_not_a_crash() -> None:
+    p = pd.DataFrame([[10, "12.5 centimetre", 10]], columns=["index", "prediction", "index"])
+    problems = check_submission(TEST, p)
+    assert kinds(problems) == [(None, "columns")] and "index is repeated" in problems[0].detail
