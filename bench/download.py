@@ -8,6 +8,9 @@ settings of ``utils.images.download_images``:
 - sequential: one-at-a-time (``workers=1``, same validation and fsync) on the first M URLs (default 100), images/s;
 - the ratio parallel / sequential, measured in the same run.
 
+The server is on the loopback interface, which the downloader refuses by default: every call here passes
+``allow_local=True``.
+
 Usage: ``nice python bench/download.py [--n 2000] [--sequential 100] [--latency 0.05] [--workers W]``
 """
 
@@ -31,7 +34,7 @@ DEFAULT_DATA = Path(os.environ.get("AMAZON_DATA_DIR", REPO.parent / "shared" / "
 
 def _run(urls: list[str], cache: Path, **kw: object) -> tuple[float, int]:
     t0 = time.perf_counter()
-    summary = download_images(urls, cache, progress=False, **kw)  # type: ignore[arg-type]
+    summary = download_images(urls, cache, progress=False, allow_local=True, **kw)  # type: ignore[arg-type]
     dt = time.perf_counter() - t0
     if summary.failed or summary.downloaded != len(urls):
         raise SystemExit(f"benchmark run not clean: {summary.line()}; first failures {summary.failures[:3]}")
@@ -64,7 +67,7 @@ def main() -> None:
             par_dt, nbytes = _run(urls, Path(tmp) / "par", **kw)
             cpu = time.process_time() - cpu0
             again_dt = time.perf_counter()
-            resume = download_images(urls, Path(tmp) / "par", progress=False, **kw)
+            resume = download_images(urls, Path(tmp) / "par", progress=False, allow_local=True, **kw)
             again_dt = time.perf_counter() - again_dt
     finally:
         server_cpu = stop()

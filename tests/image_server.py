@@ -1,14 +1,21 @@
 """A loopback HTTP image server with injectable faults, for the downloader's tests and benchmark.
 
-``ImageServer`` runs a ``ThreadingHTTPServer`` (HTTP/1.1 keep-alive, large backlog) on 127.0.0.1 and an
-ephemeral port in a background thread. Each path is a ``Route``: a body plus optional faults (an error status for
-the first N requests, a wrong Content-Length with the connection closed early, a hang before the headers, a body
-dribbled out in slow chunks). ``hits`` counts requests per path. ``serve_in_process`` runs one in a child process
+``ImageServer`` runs a ``ThreadingHTTPServer`` (HTTP/1.1 keep-alive, large backlog) on 127.0.0.1 (or another
+loopback address, ``host=``) and an ephemeral port in a background thread. Each path is a ``Route``: a body plus
+optional faults (an error status for the first N requests, a wrong Content-Length with the connection closed early,
+a hang before the headers, a body dribbled out in slow chunks). ``hits`` counts requests per path. ``serve_in_process`` runs one in a child process
 so a benchmark's server does not share the client's GIL.
+
+The downloader refuses loopback addresses unless told otherwise (``download_images(..., allow_local=True)``, CLI
+``--allow-local``). Tests that call it directly pass that. For code that calls the downloader without a way to pass
+it (``utils.stages.fetch_missing``), a running server also adds its own address to the environment variable
+``AMAZON_ALLOW_LOCAL_IMAGES`` (restored on ``stop()``); ``allow_in_env=False`` turns that off, as the downloader's
+own tests do so that they exercise the explicit switch and the refusal.
 """
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -118,16 +125,31 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
 
-class ImageServer:
-    """Serve ``routes`` on 127.0.0.1 (ephemeral port); ``latency`` seconds are added to every request."""
+ALLOW_LOCAL_ENV = "AMAZON_ALLOW_LOCAL_IMAGES"  # utils.images.ALLOW_LOCAL_ENV (not imported: keep this module light)
+_ENV_LOCK = threading.Lock()
 
-    def __init__(self, routes: dict[str, Route] | None = None, latency: float = 0.0) -> None:
+
+class ImageServer:
+    """Serve ``routes`` on ``host`` (default 127.0.0.1, ephemeral port); ``latency`` seconds are added to every
+    request. While running, ``host`` is added to ``AMAZON_ALLOW_LOCAL_IMAGES`` unless ``allow_in_env=False``."""
+
+    def __init__(
+        self,
+        routes: dict[str, Route] | None = None,
+        latency: float = 0.0,
+        host: str = "127.0.0.1",
+        allow_in_env: bool = True,
+    ) -> None:
         self.routes: dict[str, Route] = dict(routes or {})
         self.latency = latency
+        self.host = host
+        self.allow_in_env = allow_in_env
         self.hits: Counter[str] = Counter()
         self.lock = threading.Lock()
         self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
+        self._env_before: str | None = None
+        self._env_set = False
 
     def add(self, path: str, body: bytes, **fault: object) -> str:
         """Serve ``body`` at ``path`` (with ``Route`` fault settings); returns the full URL."""
@@ -140,11 +162,20 @@ class ImageServer:
         return self._httpd.server_address[1]
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}" if self._httpd else path
+        return f"http://{self.host}:{self.port}{path}" if self._httpd else path
 
     def start(self) -> ImageServer:
-        self._httpd = _Server(("127.0.0.1", 0), _Handler)
+        self._httpd = _Server((self.host, 0), _Handler)
         self._httpd.owner = self
+        if self.allow_in_env:
+            with _ENV_LOCK:
+                self._env_before = os.environ.get(ALLOW_LOCAL_ENV)
+                before = (self._env_before or "").strip()
+                if before.lower() in ("", "0", "false", "no", "none", "off"):
+                    os.environ[ALLOW_LOCAL_ENV] = self.host
+                elif before.lower() not in ("1", "true", "yes", "all", "on"):
+                    os.environ[ALLOW_LOCAL_ENV] = f"{before},{self.host}"
+                self._env_set = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
                                         name="image-server", daemon=True)
         self._thread.start()
@@ -155,6 +186,13 @@ class ImageServer:
             self._httpd.shutdown()
             self._httpd.server_close()
             self._httpd = None
+        if self._env_set:
+            with _ENV_LOCK:
+                if self._env_before is None:
+                    os.environ.pop(ALLOW_LOCAL_ENV, None)
+                else:
+                    os.environ[ALLOW_LOCAL_ENV] = self._env_before
+                self._env_set = False
 
     def __enter__(self) -> ImageServer:
         return self.start()
@@ -166,7 +204,7 @@ class ImageServer:
 def _serve_child(files: list[str], copies: int, latency: float, conn) -> None:  # type: ignore[no-untyped-def]
     """Child-process body of ``serve_in_process``: serve ``copies`` URLs cycling over ``files``."""
     bodies = [Path(f).read_bytes() for f in files]
-    srv = ImageServer(latency=latency)
+    srv = ImageServer(latency=latency, allow_in_env=False)  # the client is another process: it passes allow_local
     for i in range(copies):
         name = Path(files[i % len(files)]).name
         srv.routes[f"/images/I/{i:05d}-{name}"] = Route(bodies[i % len(bodies)])

@@ -30,7 +30,9 @@ from utils.images import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-FAST = dict(timeout=0.5, total_timeout=5.0, retries=2, backoff=0.01, backoff_cap=0.05, progress=False)
+# the test server is on the loopback interface, which the downloader refuses unless allowed explicitly
+FAST = dict(timeout=0.5, total_timeout=5.0, retries=2, backoff=0.01, backoff_cap=0.05, progress=False,
+            allow_local=True)
 
 
 def _jpeg(w: int = 64, h: int = 48, color: tuple[int, int, int] = (200, 30, 30), **save: object) -> bytes:
@@ -173,8 +175,11 @@ def test_backoff_grows_with_jitter_and_honours_retry_after() -> None:
 
 
 @pytest.fixture()
-def server():
-    with ImageServer() as srv:
+def server(monkeypatch: pytest.MonkeyPatch):
+    """A loopback server that does not put itself into AMAZON_ALLOW_LOCAL_IMAGES (unset here): every download
+    below must allow it explicitly, or is refused."""
+    monkeypatch.delenv(I.ALLOW_LOCAL_ENV, raising=False)
+    with ImageServer(allow_in_env=False) as srv:
         yield srv
 
 
@@ -334,7 +339,7 @@ def test_cli_summary_line(server: ImageServer, tmp_path: Path, capsys: pytest.Ca
     urls = [server.add(f"/c/{i}.jpg", _jpeg(30 + i, 30)) for i in range(3)] + [server.url("/c/404.jpg")]
     _write_csv(tmp_path / "t.csv", urls + urls[:1])
     rc = I.main(["download", str(tmp_path / "t.csv"), str(tmp_path / "cache"), "--workers", "2",
-                 "--no-progress", "--retries", "0", "--timeout", "1"])
+                 "--no-progress", "--retries", "0", "--timeout", "1", "--allow-local", "--max-failed-share", "0.5"])
     assert rc == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == "downloaded 3, cached 0, failed 1"
     assert I.main(["download", str(tmp_path / "missing.csv"), str(tmp_path / "c2")]) == 2
@@ -346,12 +351,12 @@ def test_cli_summary_line(server: ImageServer, tmp_path: Path, capsys: pytest.Ca
 @pytest.mark.slow
 def test_sigkill_mid_run_never_exposes_partial_files(tmp_path: Path) -> None:
     bodies = {f"k{i:02d}.jpg": _jpeg(200 + i, 150, (i * 5, 100, 200)) for i in range(40)}
-    with ImageServer(latency=0.1) as srv:
+    with ImageServer(latency=0.1, allow_in_env=False) as srv:
         urls = [srv.add(f"/k/{n}", b, chunks=4, chunk_delay=0.02) for n, b in bodies.items()]
         _write_csv(tmp_path / "t.csv", urls)
         cache = tmp_path / "cache"
         cmd = [sys.executable, "-m", "utils.images", "download", str(tmp_path / "t.csv"), str(cache),
-               "--workers", "4", "--no-progress"]
+               "--workers", "4", "--no-progress", "--allow-local"]
         bad_seen: list[str] = []
         stop = threading.Event()
 
@@ -400,3 +405,231 @@ def test_cached_image_is_none_for_links_naming_no_usable_file(tmp_path: Path) ->
     )
     for bad in ("", None, float("nan"), "ftp://x/a.jpg", "https://x/a/..", "https://x/%2e%2e", "https://x/a%2Fb.jpg", "https://x/"):
         assert I.cached_image(tmp_path, bad) is None, bad
+
+
+# ------------------------------------------------------------------------------------------------ issue point 12
+# local addresses are refused (direct, by name and after a redirect), the failure threshold, one row per URL in
+# failures.csv, and one pixel limit for the downloader and load_image
+
+
+@pytest.mark.parametrize(
+    ("address", "kind"),
+    [("127.0.0.1", "loopback"), ("127.8.9.10", "loopback"), ("::1", "loopback"), ("::ffff:127.0.0.1", "loopback"),
+     ("10.1.2.3", "private"), ("172.16.0.1", "private"), ("192.168.1.20", "private"), ("fc00::1", "private"),
+     ("169.254.169.254", "link-local"), ("fe80::1%eth0", "link-local"), ("0.0.0.0", "unspecified"),
+     ("224.0.0.1", "multicast"), ("100.64.0.1", "non-public"), ("8.8.8.8", None), ("151.101.1.69", None),
+     ("2606:4700::1111", None)],
+)
+def test_local_address_kind(address: str, kind: str | None) -> None:
+    assert I.local_address_kind(address) == kind
+
+
+def test_address_policy_from_argument_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(I.ALLOW_LOCAL_ENV, raising=False)
+    assert I.address_policy().refusal("127.0.0.1") == "127.0.0.1, a loopback address"
+    assert I.address_policy(True).refusal("10.0.0.7") is None
+    assert I.address_policy(False).refusal("8.8.8.8") is None  # public addresses are always fine
+    nets = I.address_policy(["10.0.0.0/8", "127.0.0.2"])
+    assert nets.refusal("10.9.9.9") is None and nets.refusal("127.0.0.2") is None
+    assert nets.refusal("127.0.0.1") and nets.refusal("192.168.0.1") and nets.refusal("::1")
+    for value, loopback_ok in [("1", True), ("yes", True), ("all", True), ("0", False), ("", False),
+                               ("127.0.0.0/8, 10.0.0.0/8", True), ("192.168.0.0/16", False)]:
+        monkeypatch.setenv(I.ALLOW_LOCAL_ENV, value)
+        assert (I.address_policy().refusal("127.0.0.1") is None) is loopback_ok, value
+        assert I.address_policy(False).refusal("127.0.0.1") is not None  # an explicit False wins over the env
+    monkeypatch.setenv(I.ALLOW_LOCAL_ENV, "my-mirror")
+    with pytest.raises(ValueError, match=f"environment variable {I.ALLOW_LOCAL_ENV}: 'my-mirror' is not an IP"):
+        I.address_policy()
+    with pytest.raises(ValueError, match="allow_local: '10.0.0.0/33'"):
+        I.address_policy(["10.0.0.0/33"])
+
+
+def test_loopback_is_refused_by_default_before_any_request(server: ImageServer, tmp_path: Path) -> None:
+    direct = server.add("/l/direct.jpg", _jpeg())
+    by_name = f"http://localhost:{server.port}/l/byname.jpg"  # resolved by DNS: the connected address decides
+    server.add("/l/byname.jpg", _jpeg())
+    kw = {**FAST, "allow_local": None}  # the default: refuse (the fixture unset the environment variable)
+    s = download_images([direct, by_name], tmp_path / "c", **kw)
+    assert (s.downloaded, s.failed) == (0, 2)
+    fails = _read_failures(tmp_path / "c")
+    for url in (direct, by_name):
+        reason, attempts = fails[url]
+        assert reason.startswith(f"refused: {url} connects to ") and "a loopback address" in reason, reason
+        assert "--allow-local" in reason and attempts == 1  # permanent: not retried
+    assert server.hits["/l/direct.jpg"] == 0 and server.hits["/l/byname.jpg"] == 0  # nothing was sent
+    assert not (tmp_path / "c" / "direct.jpg").exists()
+    # explicitly allowed: the same URLs download
+    s = download_images([direct, by_name], tmp_path / "c", **FAST)
+    assert (s.downloaded, s.failed) == (2, 0) and _read_failures(tmp_path / "c") == {}
+
+
+@pytest.fixture()
+def second_loopback(monkeypatch: pytest.MonkeyPatch):
+    """A second server on another loopback address (127.0.0.2), to tell two hops apart by address."""
+    monkeypatch.delenv(I.ALLOW_LOCAL_ENV, raising=False)
+    try:
+        srv = ImageServer(host="127.0.0.2", allow_in_env=False).start()
+    except OSError as exc:  # pragma: no cover - Linux routes all of 127/8 to lo; other systems may not
+        pytest.skip(f"cannot listen on 127.0.0.2: {exc}")
+    yield srv
+    srv.stop()
+
+
+def test_redirect_to_a_refused_address_is_checked_on_every_hop(
+    server: ImageServer, second_loopback: ImageServer, tmp_path: Path
+) -> None:
+    """The first hop (127.0.0.2) is allowed, the redirect target (127.0.0.1, or a name resolving to it) is not."""
+    body = _jpeg(40, 40)
+    target = server.add("/t/real.jpg", body)  # on 127.0.0.1
+    hop = second_loopback.add("/h/hop.jpg", b"", status=302, headers={"Location": target})
+    by_name = second_loopback.add("/h/byname.jpg", b"", status=301,
+                                  headers={"Location": f"http://localhost:{server.port}/t/real.jpg"})
+    two = second_loopback.add("/h/two.jpg", b"", status=302, headers={"Location": "/h/hop.jpg"})  # 2 hops
+    only_first = {**FAST, "allow_local": ["127.0.0.2"]}
+    s = download_images([hop, by_name, two], tmp_path / "c", **only_first)
+    assert (s.downloaded, s.failed) == (0, 3)
+    fails = _read_failures(tmp_path / "c")
+    assert fails[hop][0].startswith(f"refused: redirect 1 to {target} connects to 127.0.0.1, a loopback address")
+    assert fails[by_name][0].startswith("refused: redirect 1 to http://localhost:")
+    assert fails[two][0].startswith(f"refused: redirect 2 to {target} connects to 127.0.0.1")
+    assert second_loopback.hits["/h/hop.jpg"] == 2 and second_loopback.hits["/h/byname.jpg"] == 1
+    assert server.hits["/t/real.jpg"] == 0  # the refused target never saw a request
+    # control: the same redirects work when the target is allowed too, so the refusal above was the check's
+    s = download_images([hop, by_name, two], tmp_path / "ok", **{**FAST, "allow_local": ["127.0.0.0/8", "::1"]})
+    assert (s.downloaded, s.failed) == (3, 0) and (tmp_path / "ok" / "hop.jpg").read_bytes() == body
+    assert server.hits["/t/real.jpg"] == 3
+
+
+def test_environment_variable_allows_a_local_mirror(server: ImageServer, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    url = server.add("/e/a.jpg", _jpeg())
+    kw = {**FAST, "allow_local": None}
+    monkeypatch.setenv(I.ALLOW_LOCAL_ENV, "10.0.0.0/8")
+    assert download_images([url], tmp_path / "a", **kw).failed == 1
+    monkeypatch.setenv(I.ALLOW_LOCAL_ENV, "127.0.0.1")
+    assert download_images([url], tmp_path / "b", **kw).downloaded == 1
+    monkeypatch.setenv(I.ALLOW_LOCAL_ENV, "not-an-address")
+    with pytest.raises(ValueError, match=I.ALLOW_LOCAL_ENV):
+        download_images([url], tmp_path / "c", **kw)
+
+
+def test_image_server_puts_itself_into_the_environment_while_running(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What lets callers that cannot pass allow_local (utils.stages.fetch_missing) reach the test server."""
+    monkeypatch.delenv(I.ALLOW_LOCAL_ENV, raising=False)
+    with ImageServer():
+        assert os.environ[I.ALLOW_LOCAL_ENV] == "127.0.0.1"
+        assert I.address_policy().refusal("127.0.0.1") is None
+    assert I.ALLOW_LOCAL_ENV not in os.environ
+    monkeypatch.setenv(I.ALLOW_LOCAL_ENV, "10.0.0.0/8")
+    with ImageServer():
+        assert os.environ[I.ALLOW_LOCAL_ENV] == "10.0.0.0/8,127.0.0.1"
+    assert os.environ[I.ALLOW_LOCAL_ENV] == "10.0.0.0/8"
+
+
+def test_cli_refuses_loopback_without_allow_local(server: ImageServer, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    urls = [server.add(f"/cl/{i}.jpg", _jpeg(20 + i, 20)) for i in range(3)]
+    _write_csv(tmp_path / "t.csv", urls)
+    args = ["download", str(tmp_path / "t.csv"), str(tmp_path / "cache"), "--no-progress", "--retries", "0"]
+    assert I.main(args) == 1
+    captured = capsys.readouterr()
+    assert captured.out.strip().splitlines()[-1] == "downloaded 0, cached 0, failed 3"
+    assert "error: 3 of 3 images failed (100.0%)" in captured.err
+    assert all(r.startswith("refused:") for r, _ in _read_failures(tmp_path / "cache").values())
+    assert sum(server.hits.values()) == 0
+    assert I.main([*args, "--allow-local"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "downloaded 3, cached 0, failed 0"
+
+
+def test_cli_exits_nonzero_above_the_failure_threshold(server: ImageServer, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    ok = [server.add(f"/th/{i}.jpg", _jpeg(20 + i, 20)) for i in range(3)]
+    urls = ok + [server.url("/th/404.jpg")]  # 1 of 4 unique images fails: 25%
+    _write_csv(tmp_path / "t.csv", urls)
+
+    def run(*extra: str) -> int:
+        rc = I.main(["download", str(tmp_path / "t.csv"), str(tmp_path / "cache"), "--no-progress",
+                     "--retries", "0", "--allow-local", *extra])
+        capsys.readouterr()
+        return rc
+
+    assert run() == 1  # default: more than 1% failed
+    assert run("--max-failed-share", "0.25") == 0  # exactly the threshold is fine
+    assert run("--max-failed-share", "0.2") == 1
+    assert run("--max-failed-share", "1") == 0
+    with pytest.raises(SystemExit) as exc:
+        run("--max-failed-share", "25")
+    assert exc.value.code == 2
+    # the library reports the share and leaves the decision to its caller
+    s = download_images(urls, tmp_path / "lib", **FAST)
+    assert s.failed_share == 0.25 and (s.failed, s.total) == (1, 4)
+    assert DownloadSummary().failed_share == 0.0
+
+
+def test_failures_csv_has_one_row_per_url_across_runs(server: ImageServer, tmp_path: Path) -> None:
+    """How rows went wrong before: every run rewrote failures.csv with its own failures only, so a run over a
+    subset (a shard fetching its own rows' images into the shared folder) erased the rows of the others. Rows now
+    merge by URL: never repeated, replaced by the newest outcome, dropped once the image is cached."""
+    cache = tmp_path / "cache"
+    kw = {**FAST, "retries": 0}
+    a, b = server.url("/f/a.jpg"), server.url("/f/b.jpg")  # both 404 for now
+    ok = server.add("/f/ok.jpg", _jpeg())
+    bad = "ftp://example.com/x.jpg"
+    shard1 = [a, a, f" {a} ", ok, bad, bad, None, float("nan"), ""]  # duplicates inside one run
+    shard2 = [b, bad]
+    download_images(shard1, cache, **kw)
+    download_images(shard2, cache, **kw)
+    rows = list(csv.DictReader(open(cache / "failures.csv", newline="")))
+    assert sorted(r["url"] for r in rows) == sorted([a, b, bad, ""])  # shard 1's rows survived shard 2
+    for _ in range(3):  # reruns: same rows, not repeated
+        download_images(shard1 + shard2, cache, **kw)
+    rows = list(csv.DictReader(open(cache / "failures.csv", newline="")))
+    assert sorted(r["url"] for r in rows) == sorted([a, b, bad, ""])
+    # a URL that works now loses its row when retried; one fetched by a run for other rows loses it as well
+    server.add("/f/a.jpg", _jpeg(30, 30))
+    server.add("/f/b.jpg", _jpeg(31, 31))
+    download_images([a], cache, **kw)
+    assert sorted(_read_failures(cache)) == sorted([b, bad, ""])
+    (cache / "b.jpg").write_bytes(_jpeg(31, 31))  # e.g. another shard cached it
+    download_images([ok], cache, **kw)
+    assert sorted(_read_failures(cache)) == sorted([bad, ""])
+
+
+def test_concurrent_runs_keep_each_others_failure_rows(server: ImageServer, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    groups = [[server.url(f"/cc/{g}-{i}.jpg") for i in range(5)] for g in range(4)]
+    threads = [threading.Thread(target=download_images, args=(urls, cache), kwargs={**FAST, "retries": 0})
+               for urls in groups]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(_read_failures(cache)) == sorted(u for urls in groups for u in urls)
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_one_pixel_limit_for_the_downloader_and_load_image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pillow warns above Image.MAX_IMAGE_PIXELS but only refuses above twice that: load_image used to accept
+    images (limit, 2 x limit] that the downloader rejected as decompression bombs."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 6_000)  # Pillow's thresholds, scaled down: warn 6,000, error 12,000
+    monkeypatch.setattr(I, "MAX_PIXELS", 6_000, raising=False)
+    big = _png(100, 100)  # 10,000 pixels: between the two thresholds
+    with pytest.raises(InvalidImage, match="decompression bomb"):
+        validate_image_bytes(big)
+    (tmp_path / "big.png").write_bytes(big)
+    assert load_image(tmp_path / "big.png") is None
+    (tmp_path / "ok.png").write_bytes(_png(60, 100))  # exactly the limit is fine for both
+    assert validate_image_bytes((tmp_path / "ok.png").read_bytes()) == "PNG"
+    assert load_image(tmp_path / "ok.png").size == (60, 100)
+
+
+def test_cached_image_over_the_pixel_limit_is_not_kept(server: ImageServer, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(I, "MAX_PIXELS", 6_000)
+    url = server.add("/px/big.png", _png(100, 100), content_type="image/png")
+    cache = tmp_path / "c"
+    cache.mkdir()
+    (cache / "big.png").write_bytes(_png(100, 100))  # cached by an older version with a higher limit
+    s = download_images([url], cache, **FAST)
+    assert s.failed == 1 and "decompression bomb" in s.failures[0].reason
+    assert not (cache / "big.png").exists() and server.hits["/px/big.png"] == 1

@@ -138,7 +138,11 @@ def test_score_perfect_and_empty():
     preds, labels = _frames(CASES)
     perfect = preds.assign(prediction=labels["entity_value"])
     rep = score(perfect, labels)
-    assert rep.f1 == 1.0 and rep.f1_strict == 1.0
+    # the range label of row 20 is not a valid submission value: copied as a prediction it is an FP
+    assert rep.table.loc["ALL", ["tp", "fp", "fn"]].tolist() == [6, 1, 0] and rep.invalid == 1
+    keep = labels["index"] != 20
+    rep = score(perfect[keep], labels[keep])
+    assert rep.f1 == 1.0 and rep.f1_strict == 1.0 and rep.invalid == 0
     empty = preds.assign(prediction="")
     rep = score(empty, labels)
     assert rep.f1 == 0.0
@@ -224,15 +228,134 @@ def test_cli_errors_exit_nonzero(tmp_path):
     assert "missing column(s) prediction" in res.stderr
 
 
+# issue point 11: the metric and the sanity check agree on what a valid prediction is; every CLI failure is one line
+
+
+@pytest.mark.parametrize(
+    "entity,truth,prediction",
+    [
+        ("item_weight", "100000.0 gram", "1e5 gram"),  # an exponent: the sanity check's format error
+        ("item_weight", "100000.0 gram", "1E+5 gram"),
+        ("item_weight", "100000.0 gram", "100000.0 grams"),  # not the unit's full name
+        ("item_weight", "1000.0 gram", "1,000 gram"),
+        ("item_weight", "5.0 gram", "5.0\u00a0gram"),  # no-break space
+        ("voltage", "[100.0, 240.0] volt", "[100.0, 240.0] volt"),  # a range is not a submission value
+        ("voltage", "10 volt to 15 volt", "10 volt to 15 volt"),
+        ("item_volume", "8.0 ounce", "8.0 ounce"),  # a unit not allowed for the entity (a noisy label)
+        ("wattage", "5 horsepower", "5 horsepower"),
+    ],
+)
+def test_a_prediction_the_sanity_check_rejects_never_scores_tp(entity, truth, prediction):
+    from utils.sanity import check_submission
+    from utils.submission_format import prediction_problem
+
+    test = pd.DataFrame({"index": [1], "entity_name": [entity]})
+    sub = pd.DataFrame({"index": [1], "prediction": [prediction]})
+    assert [p.kind for p in check_submission(test, sub)] in (["format"], ["unit"])
+    assert prediction_problem(prediction, entity) in ("format", "unit")
+    rep = score(sub, pd.DataFrame({"index": [1], "entity_name": [entity], "entity_value": [truth]}))
+    row = rep.rows.iloc[0]
+    assert (row["outcome"], bool(row["valid"]), bool(row["correct"]), bool(row["correct_strict"])) == (
+        "FP", False, False, False
+    )
+    assert rep.table.loc["ALL", ["tp", "fp", "fn"]].tolist() == [0, 1, 0] and rep.invalid == 1
+
+
+def test_metric_and_sanity_agree_on_generated_predictions():
+    """One definition: for every prediction, 'the sanity check accepts it' == 'the metric may score it TP'."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from utils.sanity import check_submission
+
+    pieces = st.sampled_from(["5", "5.0", "-1.5", "1e5", ".5", "1,5", " ", "  ", "\t", "\u00a0", "gram", "grams",
+                              "kilogram", "fluid ounce", "fluid  ounce", "ounce", "volt", "cm", "[", "]", ",", "x"])
+    entities = st.sampled_from(["item_weight", "item_volume", "voltage", "width"])
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(pieces, max_size=5).map("".join), entities)
+    def agree(prediction, entity):
+        test = pd.DataFrame({"index": [1], "entity_name": [entity]})
+        sub = pd.DataFrame({"index": [1], "prediction": [prediction]})
+        accepted = check_submission(test, sub) == []
+        # the label is the prediction itself: the metric scores TP exactly when the prediction is valid
+        labels = pd.DataFrame({"index": [1], "entity_name": [entity], "entity_value": [prediction]})
+        row = score(sub, labels).rows.iloc[0]
+        assert bool(row["valid"]) == accepted, (prediction, entity)
+        if prediction.strip():
+            assert (row["outcome"] == "TP") == accepted, (prediction, entity)
+
+    agree()
+
+
+def _write(path: Path, data: bytes | str) -> Path:
+    path.write_bytes(data if isinstance(data, bytes) else data.encode())
+    return path
+
+
+LABELS_CSV = "index,entity_name,entity_value\n5,item_weight,100000.0 gram\n6,width,\n"
+
+
+@pytest.mark.parametrize(
+    "pred,message",
+    [
+        ("index,prediction\ninf,5 gram\n6,\n", "predictions: index 'inf' (row 1, CSV line 2) is not an integer"),
+        ("index,prediction\n5,5 gram\n99999999999999999999,\n",
+         "index '99999999999999999999' (row 2, CSV line 3) is out of range"),
+        ("index,prediction\n5,5 gram\n1e5,\n", "index '1e5' (row 2, CSV line 3) is not an integer"),
+        (b"index,prediction\n5,5 gram\n6,caf\xe9\n", "line 3, byte 6 of that line: not UTF-8"),
+        ("index,prediction\n5,5 gram,\n6,,\n", "every such line ends in a comma"),
+        ("index,prediction,\n5,5 gram,\n6,,\n", "every line ends in a comma"),
+        ("", "empty file"),
+        (None, "is a folder, not a CSV file"),
+    ],
+    ids=["inf", "20-digits", "exponent", "latin-1", "trailing-commas", "trailing-commas-header", "empty", "folder"],
+)
+def test_cli_bad_input_is_one_clear_line(tmp_path, pred, message):
+    labels = _write(tmp_path / "l.csv", LABELS_CSV)
+    bad = tmp_path / "p.csv"
+    if pred is None:
+        bad.mkdir()
+    else:
+        _write(bad, pred)
+    calls = [([str(bad), str(labels)], "predictions")]
+    if "index" not in message:  # a file-level problem: the same one line when the labels file has it
+        calls.append(([str(_write(tmp_path / "ok.csv", "index,prediction\n5,5 gram\n")), str(bad)], "labels"))
+    for args, role in calls:
+        res = _run_cli(*args)
+        assert res.returncode == 2, res.stdout + res.stderr
+        assert res.stdout == "" and "Traceback" not in res.stderr
+        err = res.stderr.strip()
+        assert len(err.splitlines()) == 1 and err.startswith(f"error: {role}") and message in err, err
+
+
+def test_cli_notes_invalid_predictions(tmp_path):
+    labels = _write(tmp_path / "l.csv", LABELS_CSV)
+    res = _run_cli(str(_write(tmp_path / "p.csv", "index,prediction\n5,1e5 gram\n6,\n")), str(labels))
+    assert res.returncode == 0, res.stderr
+    assert "note: 1 predictions are not valid submission values" in res.stdout and "'1e5 gram'" in res.stdout
+    assert res.stdout.strip().splitlines()[-1] == "F1 0.000000"
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # the real labels
 
 
 def test_real_dev_labels_score_themselves_perfectly(amazon_dir, tmp_path):
+    """Each dev label as its own prediction: TP exactly where the sanity check accepts the label as a submission
+    value; the rest (range labels, a unit not allowed for the entity) are FP, and F1 is 1 without them."""
+    from utils.submission_format import check_predictions
+
     labels = pd.read_csv(amazon_dir / "dev" / "labels.csv", dtype=str, keep_default_na=False)
     preds = labels[["index", "entity_value"]].rename(columns={"entity_value": "prediction"})
-    preds.to_csv(tmp_path / "p.csv", index=False)
-    res = _run_cli(str(tmp_path / "p.csv"), str(amazon_dir / "dev" / "labels.csv"))
+    valid = check_predictions(labels["entity_value"], labels["entity_name"]).valid
+    filled = (labels["entity_value"].str.strip() != "").to_numpy()
+    rep = score(preds, labels)
+    assert rep.table.loc["ALL", ["tp", "fp", "fn"]].tolist() == [int((valid & filled).sum()), int((~valid).sum()), 0]
+    assert 0 < (~valid).sum() < 20  # the 8 range labels and one 'ounce' for item_volume
+    preds[valid].to_csv(tmp_path / "p.csv", index=False)
+    labels[valid].to_csv(tmp_path / "l.csv", index=False)
+    res = _run_cli(str(tmp_path / "p.csv"), str(tmp_path / "l.csv"))
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip().splitlines()[-1] == "F1 1.000000"
 

@@ -197,3 +197,107 @@ def test_real_cli_rejects_each_kind(real: tuple[Path, pd.DataFrame, Path], tmp_p
     assert result.returncode == 1, result.stdout + result.stderr
     assert result.stdout.startswith("INVALID") and f"{kind}: 1" in result.stdout.splitlines()[0]
     assert expect in result.stdout, result.stdout
+
+
+# --- issue point 11: bad files and indices give one clear line, never a traceback ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("index", "reason"),
+    [("99999999999999999999", "out of range"), (str(2**64 + 3), "out of range"), (str(2**63), "out of range"),
+     ("inf", "not an integer"), ("1e5", "not an integer"), ("10.0", "not an integer"), ("", "not an integer")],
+)
+def test_index_that_does_not_fit_is_an_index_problem_never_wrapped(index: str, reason: str) -> None:
+    # 2**64 + 3 used to wrap around to a negative number (or, in int64 arithmetic, to another row's index)
+    values = GOOD + ["1.0 gram"]
+    p = preds(values, index=[str(i) for i in TEST["index"]] + [index])
+    problems = check_submission(TEST, p)
+    assert kinds(problems) == [(None, "index")]
+    assert f"line 7: index {index!r} {'is ' + reason if reason else ''}" in problems[0].detail
+    big = str(2**63 - 1)  # the largest index that fits is fine (not in the test set: an extra row)
+    assert kinds(check_submission(TEST, preds(values, index=list(TEST["index"]) + [big]))) == [(2**63 - 1, "extra")]
+
+
+def _bytes_cli(tmp_path: Path, test: bytes | None, pred: bytes | None) -> subprocess.CompletedProcess:
+    """Run the CLI on the given bytes (None: a folder at that path)."""
+    paths = []
+    for name, data in (("test.csv", test), ("pred.csv", pred)):
+        path = tmp_path / name
+        if data is None:
+            path.mkdir()
+        else:
+            path.write_bytes(data)
+        paths.append(path)
+    return _cli(*paths)
+
+
+def _test_bytes() -> bytes:
+    return TEST.to_csv(index=False).encode()
+
+
+def _pred_bytes(trailing: str = "") -> bytes:
+    lines = ["index,prediction"] + [f"{i},{v}" for i, v in zip(TEST["index"], GOOD)]
+    return "".join(line + trailing + "\n" for line in lines).encode()
+
+
+@pytest.mark.parametrize(
+    ("test", "pred", "message"),
+    [
+        (None, _pred_bytes(), "INVALID: test file {t}: is a folder, not a CSV file"),
+        (_test_bytes(), None, "INVALID: predictions file {p}: is a folder, not a CSV file"),
+        (_test_bytes(), _pred_bytes().replace(b"500.0 gram", b"500.0 gr\xe4mm"),
+         "INVALID: predictions file {p}: line 3, byte 11 of that line: not UTF-8 text (byte 0xe4 in "),
+        (_test_bytes().replace(b"item_weight", b"item_w\xe9ight"), _pred_bytes(),
+         "INVALID: test file {t}: line 3, byte "),
+        (_test_bytes(), b"\xef\xbb\xbf" + _pred_bytes().replace(b"60 watt", b"60 w\xffatt"),
+         "INVALID: predictions file {p}: line 6, byte 8 of that line"),  # after a BOM: still counted in the file
+        (_test_bytes(), _pred_bytes(trailing=","),
+         "INVALID: predictions file {p}: every line ends in a comma (the header's last column has no name)"),
+        (_test_bytes(), _pred_bytes().replace(b"\n", b",\n").replace(b"prediction,\n", b"prediction\n"),
+         "INVALID: predictions file {p}: line 2 has 3 cells but the header has 2 (index,prediction) (5 lines like "
+         "this); every such line ends in a comma: remove the trailing commas"),
+        (_test_bytes(), _pred_bytes().replace(b"\n42,\n", b"\n42,,\n"),
+         "INVALID: predictions file {p}: line 4 has 3 cells but the header has 2 (index,prediction); it ends in a "
+         "comma: remove it"),
+        (_test_bytes(), b"", "INVALID: predictions file {p}: empty file"),
+        (_test_bytes(), b"index,prediction\n10,12 gram\n3," + b"x" * 200_000 + b"\n",
+         "INVALID: predictions file {p}: line 3: not a readable CSV line (field larger than field limit"),
+    ],
+    ids=["test-folder", "pred-folder", "pred-latin1", "test-latin1", "pred-bom-then-bad-byte", "trailing-commas",
+         "trailing-commas-data-only", "one-trailing-comma", "empty", "huge-cell"],
+)
+def test_cli_unreadable_input_is_one_line(tmp_path: Path, test: bytes | None, pred: bytes | None, message: str) -> None:
+    result = _bytes_cli(tmp_path, test, pred)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stdout == "" and "Traceback" not in result.stderr
+    err = result.stderr.strip()
+    expected = message.format(t=tmp_path / "test.csv", p=tmp_path / "pred.csv")
+    assert len(err.splitlines()) == 1 and err.startswith(expected), err
+
+
+def test_cli_good_bytes_still_pass_and_a_bom_is_fine(tmp_path: Path) -> None:
+    result = _bytes_cli(tmp_path, _test_bytes(), b"\xef\xbb\xbf" + _pred_bytes())
+    assert result.returncode == 0 and result.stdout.startswith("OK"), result.stdout + result.stderr
+
+
+def test_cli_never_shows_a_traceback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """Even a bug inside the check is one line and exit 2."""
+    import utils.sanity as sanity
+
+    (tmp_path / "t.csv").write_bytes(_test_bytes())
+    (tmp_path / "p.csv").write_bytes(_pred_bytes())
+
+    def broken(*args: object) -> list[Problem]:
+        raise KeyError("boom")
+
+    monkeypatch.setattr(sanity, "check_submission", broken)
+    assert main([str(tmp_path / "t.csv"), str(tmp_path / "p.csv")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "INVALID: unexpected error (KeyError: 'boom')"
+
+
+def test_repeated_required_column_is_a_columns_problem_not_a_crash() -> None:
+    p = pd.DataFrame([[10, "12.5 centimetre", 10]], columns=["index", "prediction", "index"])
+    problems = check_submission(TEST, p)
+    assert kinds(problems) == [(None, "columns")] and "index is repeated" in problems[0].detail

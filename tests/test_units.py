@@ -7,7 +7,7 @@ import time
 
 import pandas as pd
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from utils import units
@@ -384,6 +384,56 @@ def test_parse_quantities_is_fast():
     assert elapsed < 10.0, f"10,000 OCR lines took {elapsed:.1f} s"  # ~0.2 s on an idle core
 
 
+# Long inputs (issue point 10): a dimension chain that ends in no length unit ("1 x 1 x ... x cm") used to be
+# walked again from every one of its numbers (quadratic: '1 x '*4000+'cm' took 4-5 s, 16 KB 20-50 s).
+_SLOW = 2.0  # seconds; the fixed code needs a few milliseconds, the old one 4 s and more: generous on a busy box
+
+
+def _timed(fn, *args):
+    t0 = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - t0
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["1 x " * 4000 + "cm", "1 x " * 4096 + "cm", "2 L x " * 2731 + "mm", "1 x " * 4096 + "1 cm"],
+    ids=["issue-16002-chars", "16KB-no-unit", "16KB-markers", "16KB-with-unit"],
+)
+def test_normalize_prediction_is_fast_on_long_dimension_strings(text):
+    out, dt = _timed(normalize_prediction, "width", text)
+    assert dt < _SLOW, f"{len(text)} chars took {dt:.2f} s"
+    assert_valid("width", out)
+
+
+def test_parse_quantities_is_linear_on_long_chains():
+    # no cap in parse_quantities (OCR lines are short, but it must not blow up either): 16 KB in well under 2 s
+    qs, dt = _timed(parse_quantities, "1 x " * 4000 + "cm")
+    assert qs == [] and dt < _SLOW, f"took {dt:.2f} s"
+    # a chain that does end in a length unit is still one quantity per number
+    qs, dt = _timed(parse_quantities, "1 x " * 4000 + "2 cm")
+    assert len(qs) == 4001 and {q.unit for q in qs} == {"centimetre"} and qs[-1].dim_count == 4001
+    assert dt < _SLOW
+    # a failed chain's numbers can still carry their own unit: "3 x 100 g" is 100 g, however long the chain
+    qs = parse_quantities("3 x " * 2000 + "100 g")
+    assert [(q.value, q.unit) for q in qs] == [(100.0, "gram")]
+    # many bracket ranges: each number is checked against the bracket spans by bisection, not by a scan
+    qs, dt = _timed(parse_quantities, "[1,2]cm 3 " * 16000)
+    assert len(qs) == 16000 and dt < 2 * _SLOW, f"took {dt:.2f} s"
+
+
+def test_normalize_prediction_reads_the_head_of_a_long_answer():
+    cap = units.MAX_ANSWER_CHARS
+    assert normalize_prediction("item_weight", "5 g " + "x" * 20000) == "5.0 gram"
+    assert normalize_prediction("item_weight", "word " * (cap // 5) + "7 kg") == ""  # beyond the head
+    # a word cut at the limit is dropped, never read as a shorter unit ("5 gallons" is not "5 g")
+    filler = "word " * ((cap - 5) // 5)
+    text = filler + " " * (cap - 5 - len(filler)) + "5 gallons"
+    assert text[cap - 3 : cap] == "gal" and normalize_prediction("item_weight", text) == ""
+    assert normalize_prediction("item_volume", text) == ""
+    assert normalize_prediction("item_weight", filler + "5 g " + "z" * 50) == "5.0 gram"
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # properties
 
@@ -418,6 +468,26 @@ def test_property_never_raises_always_valid_or_empty(entity, text, rule):
 def test_property_idempotent(entity, text, rule):
     once = normalize_prediction(entity, text, range_rule=rule)
     assert normalize_prediction(entity, once, range_rule=rule) == once
+
+
+_piece = st.one_of(_number, _sep, st.sampled_from(["x", " x ", "L", " W x ", "H", "cm", "[1,2]", "in", "'"]))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(
+    entity=st.sampled_from(ENTITIES),
+    unit=st.lists(st.one_of(st.sampled_from(ALIASES), _sep), max_size=3).map("".join),
+    pattern=st.lists(_piece, min_size=1, max_size=6).map("".join).filter(bool),
+    size=st.integers(1, 16 * 1024),
+)
+@example(entity="width", unit="cm", pattern="1 x ", size=16000)
+@example(entity="depth", unit="mm", pattern="2 L x ", size=16 * 1024)
+def test_property_normalize_prediction_time_is_bounded(entity, unit, pattern, size):
+    """Any repeated pattern up to 16 KB, then a unit: normalize_prediction answers in bounded time."""
+    text = (pattern * (size // len(pattern) + 1))[:size] + unit
+    out, dt = _timed(normalize_prediction, entity, text)
+    assert dt < _SLOW, f"{len(text)} chars of {pattern!r} took {dt:.2f} s"
+    assert_valid(entity, out)
 
 
 @PROPS

@@ -17,10 +17,22 @@ Downloading (``download_images`` / CLI ``python -m utils.images download CSV CAC
   leaves a partial file under an image name, and its leftover temp files are removed by the next run;
 - resume: files already in the cache that look complete are skipped (``cached``); a cached file that is corrupt
   (empty, unidentifiable, truncated) is deleted and downloaded again;
-- failures go to ``CACHE_DIR/failures.csv`` (``url,reason,attempts``), never to placeholder images.
+- only public addresses: a connection whose peer (the address actually connected to, after DNS resolution, on
+  the first request and on every redirect hop) is loopback, private, link-local or otherwise not globally
+  routable is closed before any request is sent and the URL fails with ``refused: ...``. ``allow_local=True``
+  (CLI ``--allow-local``) allows them all, ``allow_local=["10.0.0.0/8", ...]`` some; when ``allow_local`` is not
+  given, the environment variable ``AMAZON_ALLOW_LOCAL_IMAGES`` decides (``1``/``true``/``yes``/``all``, or a
+  comma-separated list of addresses/networks; unset or ``0``: refuse), for callers such as
+  ``utils.stages.fetch_missing`` that do not pass it;
+- failures go to ``CACHE_DIR/failures.csv`` (``url,reason,attempts``), never to placeholder images: one row per
+  URL, kept across runs (a run replaces the rows of the URLs it tried, drops rows whose image is now cached, and
+  keeps the others, so shard runs sharing one cache folder do not erase each other's rows);
+- ``DownloadSummary.failed_share`` is the share of this run's unique images that failed; the library leaves the
+  decision to the caller, the CLI exits 1 above ``--max-failed-share`` (default 1%).
 
 Loading (``load_image``): EXIF orientation, RGB (transparency over white), optional downscale keeping the aspect
-ratio; ``None`` for a missing or undecodable file so callers answer ``""`` instead of crashing.
+ratio; ``None`` for a missing or undecodable file, or one with more than ``MAX_PIXELS`` pixels (the same limit the
+downloader enforces), so callers answer ``""`` instead of crashing.
 """
 
 from __future__ import annotations
@@ -29,8 +41,10 @@ import argparse
 import csv
 import http.client
 import io
+import ipaddress
 import logging
 import os
+import socket
 import queue
 import random
 import re
@@ -60,6 +74,13 @@ DEFAULT_RETRIES = 3  # retries after the first attempt
 DEFAULT_BACKOFF = 1.0  # seconds before the first retry; doubles each time, with jitter
 DEFAULT_BACKOFF_CAP = 30.0
 DEFAULT_MAX_BYTES = 25 * 1024 * 1024
+DEFAULT_MAX_FAILED_SHARE = 0.01  # the CLI exits 1 when more than this share of the unique images failed
+#: The one pixel limit: the downloader rejects a larger image (decompression bomb) and ``load_image`` returns None
+#: for one. Pillow's own default warning threshold (``Image.MAX_IMAGE_PIXELS``); Pillow refuses to open anything
+#: above twice its threshold regardless, so raising this beyond that has no effect.
+MAX_PIXELS = 89_478_485
+#: Environment variable read when ``download_images`` is called without ``allow_local`` (see the module docstring).
+ALLOW_LOCAL_ENV = "AMAZON_ALLOW_LOCAL_IMAGES"
 FAILURES_FILE = "failures.csv"
 USER_AGENT = "amazon-ml-images/0.1 (python http.client)"
 
@@ -122,13 +143,18 @@ def cached_image(image_dir: str | os.PathLike[str], url: object) -> Path | None:
 def load_image(path: str | os.PathLike[str], max_side: int | None = None) -> Image.Image | None:
     """Open an image for a model: EXIF orientation applied, RGB, longest side at most ``max_side``.
 
-    Returns ``None`` (and logs why at debug level) when the file is missing or cannot be decoded; it never raises
-    for a bad file. Raises ``ValueError`` only for a bad ``max_side``.
+    Returns ``None`` (and logs why at debug level) when the file is missing, cannot be decoded or has more than
+    ``MAX_PIXELS`` pixels (what the downloader rejects); it never raises for a bad file. Raises ``ValueError`` only
+    for a bad ``max_side``.
     """
     if max_side is not None and (not isinstance(max_side, int) or max_side <= 0):
         raise ValueError(f"max_side must be a positive int or None, got {max_side!r}")
     try:
         with Image.open(path) as im:
+            w, h = im.size
+            if w * h > MAX_PIXELS:
+                log.debug("not loading image %s: %dx%d = %d pixels > MAX_PIXELS %d", path, w, h, w * h, MAX_PIXELS)
+                return None
             if max_side is not None and im.format == "JPEG":
                 w, h = im.size
                 scale = max_side / max(w, h)
@@ -174,7 +200,7 @@ def validate_image_bytes(data: bytes, max_pixels: int | None = None, full_decode
     """Check that ``data`` is one complete, decodable image; return its Pillow format (``"JPEG"``).
 
     Raises ``InvalidImage`` with a short reason: empty, HTML, unrecognised, too many pixels (decompression
-    bomb; ``max_pixels`` defaults to Pillow's ``Image.MAX_IMAGE_PIXELS``), truncated or corrupt.
+    bomb; ``max_pixels`` defaults to ``MAX_PIXELS``, the limit ``load_image`` applies too), truncated or corrupt.
     ``full_decode=False`` skips the pixel decode of JPEG and PNG files (about 1.5 ms per 200 KB JPEG): their
     headers are still parsed, a JPEG must end with its end marker and a PNG must pass ``verify()`` (every
     chunk's CRC through IEND), which still catches HTML, cut-off and most damaged bodies.
@@ -184,7 +210,7 @@ def validate_image_bytes(data: bytes, max_pixels: int | None = None, full_decode
     head = bytes(data[:256]).lstrip().lower()
     if head.startswith((b"<!doctype", b"<html", b"<head", b"<body", b"<?xml")) or b"<html" in head:
         raise InvalidImage("HTML page, not an image")
-    limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    limit = MAX_PIXELS if max_pixels is None else max_pixels
     try:
         with Image.open(io.BytesIO(data)) as im:
             fmt = im.format or "?"
@@ -236,6 +262,9 @@ def _looks_complete(path: Path, full: bool, max_pixels: int | None) -> bool:
             with Image.open(fh) as im:
                 fmt = im.format
                 scan_start = im.tile[0][2] if im.tile else 0
+                w, h = im.size
+            if w * h > (MAX_PIXELS if max_pixels is None else max_pixels):
+                return False  # load_image would refuse it: fetch it again (and fail with the reason)
             if fmt == "JPEG":
                 tail_start = max(0, size - _JPEG_EOI_WINDOW)
                 fh.seek(tail_start)
@@ -278,6 +307,12 @@ class DownloadSummary:
         """Unique images handled."""
         return self.downloaded + self.cached + self.failed
 
+    @property
+    def failed_share(self) -> float:
+        """The share of this run's unique images that failed (0.0 when there were none). The library does not act
+        on it: callers decide (the CLI exits 1 above ``--max-failed-share``)."""
+        return self.failed / self.total if self.total else 0.0
+
     def line(self) -> str:
         """The summary line the CLI ends with."""
         return f"downloaded {self.downloaded}, cached {self.cached}, failed {self.failed}"
@@ -298,6 +333,7 @@ class _Settings:
     verify_cached: bool
     full_decode: bool
     fsync: bool
+    policy: _AddressPolicy = field(default_factory=lambda: _AddressPolicy(False, ()))
 
 
 class _Retryable(Exception):
@@ -311,6 +347,113 @@ class _Permanent(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+# ----------------------------------------------------------------------------------------------- address policy
+
+_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+_TRUE_WORDS = frozenset({"1", "true", "yes", "all", "on"})
+_FALSE_WORDS = frozenset({"", "0", "false", "no", "none", "off"})
+
+
+def local_address_kind(address: str) -> str | None:
+    """What kind of non-public address ``address`` is ("loopback", "private", "link-local", ...), or None for a
+    public (globally routable) one. An IPv4-mapped IPv6 address is judged by its IPv4 address."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])  # drop an IPv6 zone ("fe80::1%eth0")
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_unspecified:
+        return "unspecified"
+    if ip.is_loopback:
+        return "loopback"
+    if ip.is_link_local:
+        return "link-local"
+    if ip.is_multicast:
+        return "multicast"
+    if ip.is_private:
+        return "private"
+    if ip.is_reserved:
+        return "reserved"
+    if not ip.is_global:
+        return "non-public"
+    return None
+
+
+@dataclass(frozen=True)
+class _AddressPolicy:
+    """Which non-public peers a download may connect to: all (``allow_all``), or those in ``networks``."""
+
+    allow_all: bool
+    networks: tuple[_Network, ...]
+
+    def refusal(self, peer: str) -> str | None:
+        """Why connecting to ``peer`` is refused, or None when it is allowed."""
+        kind = local_address_kind(peer)
+        if kind is None or self.allow_all:
+            return None
+        ip = ipaddress.ip_address(peer.split("%", 1)[0])
+        if any(ip.version == n.version and ip in n for n in self.networks):
+            return None
+        return f"{peer}, a {kind} address"
+
+
+def _parse_networks(items: Iterable[object], source: str) -> tuple[_Network, ...]:
+    out = []
+    for item in items:
+        text = str(item).strip()
+        if not text:
+            continue
+        try:
+            out.append(ipaddress.ip_network(text, strict=False))
+        except ValueError:
+            raise ValueError(f"{source}: {text!r} is not an IP address or network (e.g. 10.0.0.0/8)") from None
+    return tuple(out)
+
+
+def address_policy(allow_local: bool | str | Iterable[str] | None = None) -> _AddressPolicy:
+    """The policy for ``download_images(allow_local=...)``: True (every local address), False (none), a
+    comma-separated string or an iterable of addresses/networks, or None (read ``ALLOW_LOCAL_ENV``)."""
+    source = "allow_local"
+    if allow_local is None:
+        allow_local = os.environ.get(ALLOW_LOCAL_ENV, "")
+        source = f"environment variable {ALLOW_LOCAL_ENV}"
+    if isinstance(allow_local, bool):
+        return _AddressPolicy(allow_local, ())
+    if isinstance(allow_local, str):
+        word = allow_local.strip().lower()
+        if word in _TRUE_WORDS:
+            return _AddressPolicy(True, ())
+        if word in _FALSE_WORDS:
+            return _AddressPolicy(False, ())
+        return _AddressPolicy(False, _parse_networks(allow_local.split(","), source))
+    return _AddressPolicy(False, _parse_networks(allow_local, source))
+
+
+class _RefusedPeer(Exception):
+    """Raised from a connection attempt whose peer the address policy refuses (not an OSError: never retried)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _guarded_create_connection(policy: _AddressPolicy):  # type: ignore[no-untyped-def]
+    """``socket.create_connection`` that checks the address it actually connected to (after DNS resolution, so a
+    name resolving to a local address is caught) and closes the socket, before any byte is sent, when refused."""
+
+    def create(address, *args, **kwargs):  # type: ignore[no-untyped-def]
+        sock = socket.create_connection(address, *args, **kwargs)
+        try:
+            why = policy.refusal(sock.getpeername()[0])
+        except (OSError, ValueError) as exc:
+            sock.close()
+            why = f"cannot tell which address was connected to ({exc})"
+        if why is not None:
+            sock.close()
+            raise _RefusedPeer(why)
+        return sock
+
+    return create
 
 
 def _retry_after_seconds(value: str | None) -> float | None:
@@ -338,9 +481,10 @@ def _temp_name(dest: Path) -> Path:
 class _ConnectionPool:
     """One worker's keep-alive connections, one per (scheme, host, port); not shared between threads."""
 
-    def __init__(self, timeout: float, ssl_context: ssl.SSLContext) -> None:
+    def __init__(self, timeout: float, ssl_context: ssl.SSLContext, policy: _AddressPolicy) -> None:
         self.timeout = timeout
         self.ssl_context = ssl_context
+        self.create_connection = _guarded_create_connection(policy)
         self.conns: dict[tuple[str, str, int], http.client.HTTPConnection] = {}
         self.used: set[tuple[str, str, int]] = set()
 
@@ -353,6 +497,7 @@ class _ConnectionPool:
                 conn = http.client.HTTPSConnection(host, port, timeout=self.timeout, context=self.ssl_context)
             else:
                 conn = http.client.HTTPConnection(host, port, timeout=self.timeout)
+            conn._create_connection = self.create_connection  # type: ignore[attr-defined]  # the address check
             self.conns[key] = conn
         return conn, key in self.used and conn.sock is not None
 
@@ -393,6 +538,9 @@ def _request(pool: _ConnectionPool, url: str) -> tuple[tuple[str, str, int], htt
             resp = conn.getresponse()
             pool.used.add(key)
             return key, resp
+        except _RefusedPeer as exc:
+            pool.drop(key)
+            raise _Refused(exc.reason) from None
         except _STALE_ERRORS as exc:
             pool.drop(key)
             if reused and not fresh_try:
@@ -407,11 +555,22 @@ def _request(pool: _ConnectionPool, url: str) -> tuple[tuple[str, str, int], htt
     raise AssertionError("unreachable")
 
 
+class _Refused(_Permanent):
+    """The address policy refused a peer (a local address without ``allow_local``)."""
+
+
+_ALLOW_HINT = f"allow_local=True / --allow-local / {ALLOW_LOCAL_ENV}=1 allows it"
+
+
 def _fetch_body(pool: _ConnectionPool, url: str, s: _Settings) -> bytes:
     """One GET attempt (following up to 5 redirects); the body, or ``_Retryable`` / ``_Permanent``."""
     deadline = time.monotonic() + s.total_timeout
-    for _ in range(_MAX_REDIRECTS + 1):
-        key, resp = _request(pool, url)
+    for hop in range(_MAX_REDIRECTS + 1):
+        try:
+            key, resp = _request(pool, url)
+        except _Refused as exc:
+            where = f"redirect {hop} to {url}" if hop else url
+            raise _Permanent(f"refused: {where} connects to {exc.reason}; {_ALLOW_HINT}") from None
         try:
             code = resp.status
             if code in _REDIRECTS and resp.getheader("location"):
@@ -561,14 +720,81 @@ def _write_failures(path: Path, failures: list[Failure]) -> None:
     w.writerow(["url", "reason", "attempts"])
     for f in failures:
         w.writerow([f.url, f.reason, f.attempts])
-    atomic_write_bytes(path, buf.getvalue().encode("utf-8"), tmp=path.parent / f".{path.name}.part-{os.getpid()}-0")
+    tmp = path.parent / f".{path.name}.part-{os.getpid()}-{threading.get_ident()}"
+    atomic_write_bytes(path, buf.getvalue().encode("utf-8"), tmp=tmp)
 
 
-def _plan(urls: Iterable[object], cache_dir: Path) -> tuple[list[tuple[str, Path]], list[Failure]]:
-    """Deduplicate by cache file name (first URL wins) and reject bad URLs up front."""
+def read_failures(path: str | os.PathLike[str]) -> list[Failure]:
+    """The rows of a ``failures.csv`` (``[]`` when it is missing or unreadable)."""
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []
+    out = []
+    for r in rows:
+        try:
+            out.append(Failure(r["url"] or "", r["reason"] or "", int(r["attempts"] or 0)))
+        except (KeyError, TypeError, ValueError):
+            continue
+    return out
+
+
+def _update_failures(cache: Path, this_run: list[Failure], tried: set[str]) -> Path:
+    """Merge this run's failures into ``cache/failures.csv``: one row per URL. A row from an earlier run is
+    kept unless this run tried its URL (this run's outcome replaces it) or its image is in the cache now; the
+    read-merge-write is done under a lock so concurrent runs (shards) sharing the folder keep each other's rows."""
+    path = cache / FAILURES_FILE
+    with _locked(cache / f".{FAILURES_FILE}.lock"):
+        merged: dict[str, Failure] = {}
+        for f in read_failures(path):
+            if f.url in tried or f.url in merged:
+                continue
+            cached = cached_image(cache, f.url)
+            if cached is not None and cached.is_file():
+                continue
+            merged[f.url] = f
+        for f in this_run:
+            merged.pop(f.url, None)
+            merged[f.url] = f
+        _write_failures(path, list(merged.values()))
+    return path
+
+
+class _locked:
+    """An exclusive ``flock`` on ``path`` (created if needed) for the ``with`` block; a no-op where unsupported."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd: int | None = None
+
+    def __enter__(self) -> _locked:
+        try:
+            import fcntl
+
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        except (ImportError, OSError) as exc:
+            log.debug("no lock on %s (%s); merging failures.csv without it", self.path, exc)
+            if self.fd is not None:
+                os.close(self.fd)
+                self.fd = None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing releases the lock
+            self.fd = None
+
+
+def _plan(
+    urls: Iterable[object], cache_dir: Path, same_file: dict[str, set[str]] | None = None
+) -> tuple[list[tuple[str, Path]], list[Failure]]:
+    """Deduplicate by cache file name (first URL wins) and reject bad URLs up front. ``same_file`` (if given)
+    receives, per job URL, every URL given for that file (the job's outcome is theirs too)."""
     jobs: list[tuple[str, Path]] = []
     bad: list[Failure] = []
-    seen_names: set[str] = set()
+    first_url: dict[str, str] = {}
     seen_bad: set[str] = set()
     for raw in urls:
         url = "" if raw is None or (isinstance(raw, float) and raw != raw) else str(raw).strip()
@@ -579,9 +805,13 @@ def _plan(urls: Iterable[object], cache_dir: Path) -> tuple[list[tuple[str, Path
                 seen_bad.add(url)
                 bad.append(Failure(url, f"rejected: {exc}", 0))
             continue
-        if name in seen_names:
+        if name in first_url:
+            if same_file is not None:
+                same_file[first_url[name]].add(url)
             continue
-        seen_names.add(name)
+        first_url[name] = url
+        if same_file is not None:
+            same_file[url] = {url}
         jobs.append((url, cache_dir / name))
     return jobs, bad
 
@@ -602,13 +832,22 @@ def download_images(
     full_decode: bool = False,
     fsync: bool = True,
     progress: bool = True,
+    allow_local: bool | str | Iterable[str] | None = None,
 ) -> DownloadSummary:
     """Download every image in ``urls`` into ``cache_dir`` (named by ``image_filename``); resumable.
 
-    Returns per-unique-image counts and writes ``cache_dir/failures.csv`` (``url,reason,attempts``; header only
-    when nothing failed). ``full_decode=True`` decodes every downloaded JPEG/PNG, not only its structure (see
+    Returns per-unique-image counts (``summary.failed_share``: the share that failed; what to do about it is the
+    caller's decision) and updates ``cache_dir/failures.csv`` (``url,reason,attempts``, one row per URL: this run's
+    failures plus earlier runs' rows for URLs this run did not try whose image is still missing; header only when
+    there are none). ``full_decode=True`` decodes every downloaded JPEG/PNG, not only its structure (see
     ``validate_image_bytes``); ``verify_cached=True`` fully decodes cached files instead of the quick end-marker
-    check.
+    check. ``max_pixels`` defaults to ``MAX_PIXELS``.
+
+    ``allow_local``: connections to loopback, private, link-local and other non-public addresses (checked on the
+    address actually connected to, for every redirect hop) are refused unless this is True (all of them), or an
+    address/network (a comma-separated string or an iterable: ``["192.168.1.0/24"]``) that contains the peer.
+    None (the default) reads the environment variable ``AMAZON_ALLOW_LOCAL_IMAGES`` the same way (unset: refuse).
+    A refused URL fails with a reason starting ``refused:``; nothing is sent to the refused address.
     """
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive int, got {workers!r}")
@@ -616,15 +855,18 @@ def download_images(
         raise ValueError("retries, backoff must be >= 0 and timeout, total_timeout, max_bytes > 0")
     if isinstance(urls, (str, bytes)):
         raise ValueError("urls must be an iterable of URLs, not one string")
+    policy = address_policy(allow_local)
     cache = Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
     s = _Settings(timeout, total_timeout, retries, backoff, backoff_cap, max_bytes, max_pixels,
-                  verify_cached, full_decode, fsync)
+                  verify_cached, full_decode, fsync, policy)
     started = time.monotonic()
     removed = clean_temp_files(cache)
     if removed:
         log.info("removed %d temp files left by an interrupted run", removed)
-    jobs, failures = _plan(urls, cache)
+    same_file: dict[str, set[str]] = {}
+    jobs, failures = _plan(urls, cache, same_file)
+    tried = {f.url for f in failures}  # the URLs whose outcome this run knows: their failures.csv rows are replaced
     summary = DownloadSummary(failures=failures, failed=len(failures))
 
     ssl_context = ssl.create_default_context()
@@ -634,7 +876,7 @@ def download_images(
     job_lock = threading.Lock()
 
     def worker() -> None:
-        pool = _ConnectionPool(timeout, ssl_context)
+        pool = _ConnectionPool(timeout, ssl_context, policy)
         try:
             while not stop.is_set():
                 with job_lock:
@@ -664,6 +906,7 @@ def download_images(
                 except queue.Empty:
                     if not any(t.is_alive() for t in threads) and results.empty():
                         raise RuntimeError("download workers stopped early; see the log") from None
+            tried |= same_file.get(url, {url})
             if status == "downloaded":
                 summary.downloaded += 1
                 summary.bytes_downloaded += nbytes
@@ -684,8 +927,7 @@ def download_images(
         if s.fsync:
             fsync_dir(cache)
         summary.seconds = time.monotonic() - started
-        summary.manifest = cache / FAILURES_FILE
-        _write_failures(summary.manifest, summary.failures)
+        summary.manifest = _update_failures(cache, summary.failures, tried)
     return summary
 
 
@@ -719,8 +961,22 @@ def _progress_bar(total: int, enabled: bool):  # type: ignore[no-untyped-def]
 # ----------------------------------------------------------------------------------------------- CLI
 
 
+def _share(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a share between 0 and 1 (0.01 is 1%)")
+    return v
+
+
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point: ``python -m utils.images download CSV CACHE_DIR [--workers N]``."""
+    """CLI entry point: ``python -m utils.images download CSV CACHE_DIR [--workers N]``.
+
+    Exit status: 0 when at most ``--max-failed-share`` of the unique images failed, 1 when more did (one line on
+    stderr says how many and where the list is; a rerun retries only what is missing), 2 for bad arguments or input.
+    """
     parser = argparse.ArgumentParser(prog="python -m utils.images", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("download", help="download a CSV's image_link column into a cache folder (resumable)")
@@ -736,6 +992,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--full-decode", action="store_true", help="decode every downloaded image (more CPU)")
     p.add_argument("--verify-cached", action="store_true", help="fully decode cached files (slower)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--allow-local", action="store_true",
+                   help=f"allow loopback/private/link-local addresses (a local mirror); default: refuse, unless "
+                        f"the environment variable {ALLOW_LOCAL_ENV} allows them")
+    p.add_argument("--max-failed-share", type=_share, default=DEFAULT_MAX_FAILED_SHARE, metavar="SHARE",
+                   help="exit 1 when more than this share of the unique images failed (default %(default)s = 1%%;"
+                        " 1 never fails)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -744,6 +1006,7 @@ def main(argv: list[str] | None = None) -> int:
             urls, args.cache_dir, workers=args.workers, timeout=args.timeout, total_timeout=args.total_timeout,
             retries=args.retries, backoff=args.backoff, max_bytes=args.max_bytes,
             verify_cached=args.verify_cached, full_decode=args.full_decode, progress=not args.no_progress,
+            allow_local=True if args.allow_local else None,
         )
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -751,6 +1014,11 @@ def main(argv: list[str] | None = None) -> int:
     if summary.failed:
         print(f"failures listed in {summary.manifest}", file=sys.stderr)
     print(summary.line(), flush=True)
+    if summary.failed_share > args.max_failed_share:
+        print(f"error: {summary.failed} of {summary.total} images failed ({summary.failed_share:.1%}), more than "
+              f"--max-failed-share {args.max_failed_share:g}; reasons in {summary.manifest}; run the same command "
+              "again to retry only the missing ones", file=sys.stderr)
+        return 1
     return 0
 
 

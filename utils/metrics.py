@@ -22,10 +22,19 @@ range's unit and its value is either end (``"100.0 volt"`` and ``"240.0 volt"`` 
 unmatchable (a prediction for them is always an FP), as the strict column always does. A label that parses neither
 way is compared as a string.
 
+Valid predictions only: a non-empty prediction that the sanity check (``utils.sanity``) rejects, for its format or
+for its unit on that row's entity, is scored as a wrong answer (FP) whatever its value, in both columns: ``"1e5
+gram"`` against ``"100000.0 gram"``, ``"[100.0, 240.0] volt"`` (a range is not a submission value) or ``"8.0 ounce"``
+for item_volume are all FP. The rule is defined once, in ``utils.submission_format``, for both tools; ``rows``
+has a ``valid`` column. ``values_equal`` compares values only and does not apply it.
+
 CLI: ``python -m utils.metrics PREDICTIONS.csv LABELS.csv [--range-match endpoint|none]`` prints the table; its last
 line is ``F1 <value>``. ``PREDICTIONS.csv`` has ``index,prediction``; ``LABELS.csv`` has
 ``index,entity_name,entity_value`` (extra columns are ignored). A label index with no prediction counts as an empty
-prediction, predictions for indices not in the labels are ignored; both are counted and reported.
+prediction, predictions for indices not in the labels are ignored; both are counted and reported, as are invalid
+predictions. Indices follow the sanity check's rule (an integer that fits in 64 bits; ``inf``, ``1e5`` or a
+20-digit number is an error). Every failure (unreadable file, bad columns or index) is one line ``error: ...`` on
+stderr with exit status 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from utils.submission_format import check_predictions, parse_index
 from utils.units import parse_range, parse_value
 
 #: How a range label scores: "endpoint" (either end matches) or "none" (never matched).
@@ -84,9 +94,11 @@ def values_equal(prediction: str, truth: str, range_match: str | None = None) ->
 class F1Report:
     """The scores: ``table`` (one row per entity plus ``ALL``), ``f1`` overall, ``rows`` the joined per-row frame.
 
-    ``rows`` has ``index,entity_name,entity_value,prediction,correct,correct_strict,outcome`` (outcome is
-    TP/FP/FN/TN under parsed equality; ``correct`` is TP or TN, i.e. not a mistake). ``missing``: label indices
-    without a prediction (scored as empty); ``extra``: predictions whose index is not in the labels (ignored).
+    ``rows`` has ``index,entity_name,entity_value,prediction,valid,correct,correct_strict,outcome`` (outcome is
+    TP/FP/FN/TN under parsed equality; ``correct`` is TP or TN, i.e. not a mistake; ``valid`` is False for a
+    prediction the sanity check rejects, which is never correct). ``missing``: label indices without a prediction
+    (scored as empty); ``extra``: predictions whose index is not in the labels (ignored); ``invalid``: label rows
+    whose prediction is not a valid submission value (scored FP).
     """
 
     table: pd.DataFrame
@@ -94,6 +106,7 @@ class F1Report:
     rows: pd.DataFrame
     missing: int = 0
     extra: int = 0
+    invalid: int = 0
 
     @property
     def f1_strict(self) -> float:
@@ -109,24 +122,36 @@ def _f1(tp: int, fp: int, fn: int) -> tuple[float, float, float]:
 
 
 def _indexed(df: pd.DataFrame, columns: tuple[str, ...], what: str) -> pd.DataFrame:
-    """Check columns, coerce ``index`` to int and refuse duplicates, with messages naming ``what``."""
+    """Check columns, parse ``index`` (the sanity check's rule) and refuse duplicates, with messages naming ``what``.
+
+    Text columns are cleaned (``_clean``); ``prediction`` also keeps its stripped text as read in ``raw_prediction``
+    (validity is judged on it, as the sanity check does).
+    """
     if not isinstance(df, pd.DataFrame):
         raise TypeError(f"{what}: expected a pandas DataFrame, got {type(df).__name__}")
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise ValueError(f"{what}: missing column(s) {', '.join(missing)}; found {', '.join(map(str, df.columns))}")
-    out = df.loc[:, list(columns)].copy()
-    idx = pd.to_numeric(out["index"], errors="coerce")
-    bad = idx.isna() | (idx != idx.round())
-    if bad.any():
-        first = out["index"][bad].iloc[0]
-        raise ValueError(f"{what}: index {first!r} is not an integer ({int(bad.sum())} such rows)")
-    out["index"] = idx.astype("int64")
+    if any(list(df.columns).count(c) > 1 for c in columns):
+        raise ValueError(f"{what}: a column is repeated ({', '.join(map(str, df.columns))})")
+    out = df.loc[:, list(columns)].copy().reset_index(drop=True)
+    parsed = parse_index(out["index"])
+    if parsed.bad.any():
+        pos = int(parsed.bad.argmax())
+        raise ValueError(
+            f"{what}: index {parsed.text[pos]!r} (row {pos + 1}, CSV line {pos + 2}) {parsed.reason[pos]} "
+            f"({int(parsed.bad.sum())} such rows)"
+        )
+    out["index"] = parsed.values
     dup = out["index"].duplicated()
     if dup.any():
         raise ValueError(
             f"{what}: index {int(out['index'][dup].iloc[0])} appears more than once ({int(dup.sum())} duplicates)"
         )
+    if "prediction" in columns:
+        out["raw_prediction"] = [
+            "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v).strip() for v in out["prediction"]
+        ]
     for c in columns:
         if c != "index":
             out[c] = [_clean(v) for v in out[c]]
@@ -145,6 +170,8 @@ def score(predictions: pd.DataFrame, labels: pd.DataFrame, range_match: str | No
     extra = int((~pred["index"].isin(lab["index"])).sum())
     rows = rows.drop(columns="_merge")
     rows["prediction"] = rows["prediction"].fillna("").astype(str)
+    # the sanity check's verdict on each prediction, for that row's entity: an invalid one is never correct
+    rows["valid"] = check_predictions(rows.pop("raw_prediction").fillna(""), rows["entity_name"]).valid
 
     cache: dict[tuple[str, str], bool] = {}
     correct = []
@@ -156,8 +183,8 @@ def score(predictions: pd.DataFrame, labels: pd.DataFrame, range_match: str | No
     has_p = rows["prediction"] != ""
     has_t = rows["entity_value"] != ""
     both_empty = ~has_p & ~has_t
-    rows["correct"] = pd.Series(correct, index=rows.index, dtype=bool) | both_empty
-    rows["correct_strict"] = (rows["prediction"] == rows["entity_value"]) | both_empty
+    rows["correct"] = (pd.Series(correct, index=rows.index, dtype=bool) & rows["valid"]) | both_empty
+    rows["correct_strict"] = ((rows["prediction"] == rows["entity_value"]) & rows["valid"]) | both_empty
     rows["outcome"] = "TN"
     rows.loc[has_p & rows["correct"], "outcome"] = "TP"
     rows.loc[has_p & ~rows["correct"], "outcome"] = "FP"
@@ -180,21 +207,23 @@ def score(predictions: pd.DataFrame, labels: pd.DataFrame, range_match: str | No
     records["ALL"] = counts(pd.Series(True, index=rows.index))
     table = pd.DataFrame.from_dict(records, orient="index").loc[:, list(TABLE_COLUMNS)]
     table.index.name = "entity_name"
-    return F1Report(table=table, f1=float(table.loc["ALL", "f1"]), rows=rows, missing=missing, extra=extra)
+    invalid = int((~rows["valid"]).sum())
+    return F1Report(
+        table=table, f1=float(table.loc["ALL", "f1"]), rows=rows, missing=missing, extra=extra, invalid=invalid
+    )
 
 
 def _read_csv(path: str, what: str) -> pd.DataFrame:
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"{what} file not found: {p}")
-    try:
-        return pd.read_csv(p, dtype=str, keep_default_na=False, na_filter=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{p}: not a readable CSV: {exc}") from exc
+    from utils.csv_input import read_csv_text
+
+    return read_csv_text(path, f"{what} file")  # CsvInputError is a ValueError with a one-line message
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI: print the F1 table for a predictions CSV against a labels CSV; the last line is ``F1 <value>``."""
+    """CLI: print the F1 table for a predictions CSV against a labels CSV; the last line is ``F1 <value>``.
+
+    Exit 2 with one line ``error: ...`` on stderr for anything that stops the scoring (never a traceback).
+    """
     ap = argparse.ArgumentParser(prog="python -m utils.metrics", description=__doc__.split("\n\n")[0])
     ap.add_argument("predictions", help="CSV with index,prediction")
     ap.add_argument("labels", help="CSV with index,entity_name,entity_value")
@@ -207,12 +236,22 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # noqa: BLE001 - one line, whatever went wrong
+        print(f"error: unexpected {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(report.table.to_string(float_format=lambda x: f"{x:.4f}"))
     if report.missing:
         print(f"note: {report.missing} label rows have no prediction (scored as empty)")
     if report.extra:
         print(f"note: {report.extra} predictions are for indices not in the labels (ignored)")
+    if report.invalid:
+        first = report.rows[~report.rows["valid"]].iloc[0]
+        print(
+            f"note: {report.invalid} predictions are not valid submission values (python -m utils.sanity rejects "
+            f"them) and are scored as wrong (FP), e.g. index {first['index']}: {first['prediction']!r} "
+            f"for {first['entity_name']}"
+        )
     print(f"F1 {report.f1:.6f}")
     return 0
 

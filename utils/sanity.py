@@ -8,7 +8,7 @@ missing and extra indices. Here all of these are errors:
 kind           problem
 =============  ==============================================================================================
 ``columns``    the columns are not exactly ``index`` and ``prediction``
-``index``      an index that is not an integer
+``index``      an index that is not an integer (``-?[0-9]+``) or does not fit in a signed 64-bit integer
 ``duplicate``  an index given more than once (each repeat after the first)
 ``extra``      an index that is not in the test set
 ``missing``    a test index with no prediction row
@@ -19,11 +19,15 @@ kind           problem
 
 Stricter than the challenge in two small ways: the unit must be written exactly as in ``ENTITY_UNIT_MAP`` (no
 "centimeter" for "centimetre"), and digits and spaces are ASCII only (a no-break space is a format error).
+The ``index``/``format``/``unit`` rules live in ``utils.submission_format``, which the metric (``utils.metrics``)
+shares: a prediction rejected here can never score as correct there.
 Line numbers in the details assume the predictions were read from a CSV with a header (row 0 is line 2).
 Everything is vectorised: the full 131,187-row test set is checked in a fraction of a second.
 
 CLI: ``python -m utils.sanity TEST.csv PREDICTIONS.csv`` exits 0 with one summary line when valid; otherwise it
-exits 1 listing the first offending rows and the count per kind.
+exits 1 listing the first offending rows and the count per kind. A file that cannot be read as a table (missing,
+a folder, not UTF-8, lines with a wrong number of cells such as trailing commas; see ``utils.csv_input``) or an
+invalid test file exits 2 with one line ``INVALID: <file>: <problem>`` on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -36,14 +40,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
 
+from utils.submission_format import PREDICTION_PATTERN, cell_text, check_predictions, parse_index
 from utils.units import ENTITY_UNIT_MAP
 
-#: The challenge's own pattern for a non-empty prediction (applied to the stripped value).
-PREDICTION_PATTERN = r"-?\d+(\.\d+)?\s+[a-zA-Z\s]+"
-_NUMBER_PREFIX = r"^-?\d+(?:\.\d+)?\s+"
+__all__ = ["KINDS", "PREDICTION_PATTERN", "Problem", "check_submission", "main", "summarize"]
+
 REQUIRED_COLUMNS: tuple[str, ...] = ("index", "prediction")
 KINDS: tuple[str, ...] = ("columns", "index", "duplicate", "extra", "missing", "format", "unit")
 _SHOW = 20
@@ -62,16 +64,12 @@ class Problem:
         return f"{where}: {self.kind}: {self.detail}"
 
 
-def _as_text(col: pd.Series) -> pd.Series:
-    """A column as stripped text, NaN/None as ``""``."""
-    return col.astype(object).where(col.notna(), "").astype("str").str.strip().reset_index(drop=True)
-
-
 def check_submission(test: pd.DataFrame, predictions: pd.DataFrame) -> list[Problem]:
     """Every problem with ``predictions`` (``index,prediction``) against ``test`` (``index,entity_name``).
 
     Returns an empty list when the submission is valid. Problems come in this order: column problems, then per
-    prediction row (in file order), then missing test indices (in test order).
+    prediction row (in file order), then missing test indices (in test order). What a valid index and a valid
+    prediction are is defined once, in ``utils.submission_format`` (the metric uses the same definition).
     """
     problems: list[Problem] = []
     cols = [str(c) for c in predictions.columns]
@@ -83,49 +81,43 @@ def check_submission(test: pd.DataFrame, predictions: pd.DataFrame) -> list[Prob
             parts.append(f"missing {', '.join(missing)}")
         if extra:
             parts.append(f"unexpected {', '.join(map(repr, extra))}")
-        if not parts:
-            parts.append("a column is repeated")
+        repeated = [c for c in REQUIRED_COLUMNS if cols.count(c) > 1]
+        if not parts or repeated:
+            parts.append(f"{', '.join(repeated) or 'a column'} is repeated")
         problems.append(Problem(None, "columns", f"want exactly index,prediction; {'; '.join(parts)}"))
-        if missing:
+        if missing or repeated:
             return problems
 
     test_index = pd.to_numeric(test["index"], errors="raise").astype("int64")
     entity_of = pd.Series(test["entity_name"].astype(str).to_numpy(), index=test_index.to_numpy())
 
-    raw_index = _as_text(predictions["index"])
-    index_num = pd.to_numeric(raw_index.where(raw_index.str.fullmatch(r"-?\d+"), None), errors="coerce")
-    pred = _as_text(predictions["prediction"])
+    parsed = parse_index(predictions["index"])
     n = len(predictions)
     lines = np.arange(n) + 2
 
-    bad_index = index_num.isna().to_numpy()
-    idx = index_num.fillna(-1).astype("int64").to_numpy()
+    bad_index = parsed.bad
+    idx = np.where(bad_index, -1, parsed.values)
     dup = np.zeros(n, dtype=bool)
     dup[~bad_index] = pd.Series(idx[~bad_index]).duplicated(keep="first").to_numpy()
     known = np.zeros(n, dtype=bool)
     known[~bad_index] = pd.Series(idx[~bad_index]).isin(entity_of.index).to_numpy()
     extra = ~bad_index & ~known
 
-    nonempty = (pred != "").to_numpy()
-    # pyarrow's RE2 kernels: vectorised, no per-row Python (\d and \s are ASCII-only there: stricter than re)
-    text = pa.array(pred.to_numpy(dtype=object), type=pa.string())
-    well_formed = pc.match_substring_regex(text, f"^{PREDICTION_PATTERN}$").to_numpy(zero_copy_only=False)
-    bad_format = nonempty & ~well_formed
     entity = np.full(n, "", dtype=object)
     entity[known] = entity_of.reindex(idx[known]).to_numpy()
-    unit_arr = pc.utf8_trim_whitespace(pc.replace_substring_regex(text, _NUMBER_PREFIX, ""))
-    unit = unit_arr.to_numpy(zero_copy_only=False)
-    allowed_pairs = pa.array(sorted(f"{e}|{u}" for e, us in ENTITY_UNIT_MAP.items() for u in us), type=pa.string())
-    pair = pc.binary_join_element_wise(pa.array(entity, type=pa.string()), unit_arr, "|")
-    pair_ok = pc.is_in(pair, value_set=allowed_pairs).to_numpy(zero_copy_only=False)
-    bad_unit = nonempty & well_formed & known & ~pair_ok
+    check = check_predictions(predictions["prediction"], entity)
+    pred, unit = check.text, check.unit
+    bad_format = check.bad_format
+    bad_unit = check.bad_unit & known
 
     any_bad = bad_index | dup | extra | bad_format | bad_unit
     for pos in np.flatnonzero(any_bad):
         line = int(lines[pos])
         ident = None if bad_index[pos] else int(idx[pos])
         if bad_index[pos]:
-            problems.append(Problem(None, "index", f"line {line}: index {raw_index.iloc[pos]!r} is not an integer"))
+            problems.append(
+                Problem(None, "index", f"line {line}: index {parsed.text[pos]!r} {parsed.reason[pos]}")
+            )
             continue
         if dup[pos]:
             problems.append(Problem(ident, "duplicate", f"line {line}: index given more than once"))
@@ -133,7 +125,7 @@ def check_submission(test: pd.DataFrame, predictions: pd.DataFrame) -> list[Prob
             problems.append(Problem(ident, "extra", f"line {line}: index is not in the test set"))
         if bad_format[pos]:
             problems.append(
-                Problem(ident, "format", f"line {line}: {pred.iloc[pos]!r} is not '<number> <unit>' (or empty)")
+                Problem(ident, "format", f"line {line}: {pred[pos]!r} is not '<number> <unit>' (or empty)")
             )
         elif bad_unit[pos]:
             allowed = ", ".join(sorted(ENTITY_UNIT_MAP[entity[pos]]))
@@ -159,7 +151,11 @@ def summarize(problems: list[Problem]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point: exit 0 and one line when valid, 1 and the first problems otherwise, 2 on unreadable input."""
+    """CLI entry point: exit 0 and one line when valid, 1 and the first problems otherwise, 2 on unreadable input.
+
+    Unreadable input (a missing file, a folder, bytes that are not UTF-8, lines with the wrong number of cells, an
+    invalid test file) gives one line ``INVALID: <file>: <what is wrong>`` on stderr, never a traceback.
+    """
     parser = argparse.ArgumentParser(
         prog="python -m utils.sanity", description="Check a submission CSV against the test CSV."
     )
@@ -167,31 +163,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("predictions_csv", help="the submission to check (index,prediction)")
     parser.add_argument("--show", type=int, default=_SHOW, help="how many problems to list (default %(default)s)")
     args = parser.parse_args(argv)
+    try:
+        return _run(args.test_csv, args.predictions_csv, max(0, args.show))
+    except Exception as exc:  # noqa: BLE001 - a checker must answer in one line, whatever went wrong
+        print(f"INVALID: unexpected error ({type(exc).__name__}: {exc})", file=sys.stderr)
+        return 2
 
+
+def _run(test_csv: str, predictions_csv: str, show: int) -> int:
+    from utils.csv_input import CsvInputError, read_csv_text
     from utils.data import DataValidationError, load_test
 
     try:
-        test = load_test(args.test_csv)
-    except DataValidationError as exc:
-        print(f"INVALID test file: {exc}", file=sys.stderr)
+        read_csv_text(test_csv, "test file")  # the file-level problems, with a line number
+        test = load_test(test_csv)
+    except (CsvInputError, DataValidationError) as exc:
+        print(f"INVALID: {exc}", file=sys.stderr)
         return 2
-    path = Path(args.predictions_csv)
+    path = Path(predictions_csv)
     try:
-        preds = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
-    except FileNotFoundError:
-        print(f"INVALID: {path}: file not found", file=sys.stderr)
-        return 2
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        print(f"INVALID: {path}: not a readable CSV: {exc}", file=sys.stderr)
+        preds = read_csv_text(path, "predictions file")
+    except CsvInputError as exc:
+        print(f"INVALID: {exc}", file=sys.stderr)
         return 2
     problems = check_submission(test, preds)
     if not problems:
-        filled = int((preds["prediction"].str.strip() != "").sum())
+        filled = int((cell_text(preds["prediction"]) != "").sum())
         share = 100.0 * filled / max(len(preds), 1)
         print(f"OK {path}: {len(preds)} rows, every test index once, {filled} non-empty predictions ({share:.1f}%)")
         return 0
-    print(f"INVALID {path}: {len(problems)} problems ({summarize(problems)}); first {min(args.show, len(problems))}:")
-    for p in problems[: args.show]:
+    print(f"INVALID {path}: {len(problems)} problems ({summarize(problems)}); first {min(show, len(problems))}:")
+    for p in problems[:show]:
         print(f"  {p}")
     return 1
 

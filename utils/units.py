@@ -3,7 +3,8 @@
 * ``ENTITY_UNIT_MAP`` / ``ENTITIES``: the allowed (full-name) units per entity, as in the data README.
 * ``parse_quantities(text)``: every number+unit mention in free text (model answers, OCR lines), in order.
 * ``normalize_prediction(entity, text)``: any answer to ``"<float> <unit>"`` with an allowed unit, or ``""``.
-  It never raises.
+  It never raises, and reads at most ``MAX_ANSWER_CHARS`` (1,000) characters of ``text``, so it takes milliseconds
+  on any input; ``parse_quantities`` itself has no cap and is linear in the text length.
 * ``format_value`` / ``parse_value`` / ``parse_range``: the canonical spelling and its inverse.
 
 What the parser understands:
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 import math
 import re
+from bisect import bisect_right
 from dataclasses import dataclass
 from decimal import Decimal
 from fractions import Fraction
@@ -315,7 +317,10 @@ def parse_quantities(text: str, range_rule: str | None = None) -> list[Quantity]
             q = _range_quantity(lo, hi, u[0], m.start(), u[2], rule)
             if q is not None:
                 out.append(q)
-    taken = [(q.start, q.end) for q in out]
+    # bracket spans are sorted and disjoint: one bisect per number, not a scan of all of them
+    taken_starts = [q.start for q in out]
+    taken_ends = [q.end for q in out]
+    dead_chains: set[int] = set()  # see _after_number
     pos, n = 0, len(text)
     while pos < n:
         m = _NUM_RE.search(text, pos)
@@ -323,7 +328,8 @@ def parse_quantities(text: str, range_rule: str | None = None) -> list[Quantity]
             break
         start, end = m.span()
         pos = end
-        if any(a <= start < b for a, b in taken) or _glued_to_word(text, start):
+        k = bisect_right(taken_starts, start) - 1
+        if (k >= 0 and start < taken_ends[k]) or _glued_to_word(text, start):
             continue
         v1 = _num_value(m)
         if v1 is None:
@@ -334,7 +340,7 @@ def parse_quantities(text: str, range_rule: str | None = None) -> list[Quantity]
                     out.append(got)
                     pos = got.end
             continue
-        got_list = _after_number(text, m, v1, rule)
+        got_list = _after_number(text, m, v1, rule, dead_chains)
         if got_list:
             out.extend(got_list)
             pos = got_list[-1].end
@@ -360,8 +366,17 @@ def _slash_range(text: str, m: re.Match[str], rule: str) -> Quantity | None:
     return _range_quantity(a, b, u[0], m.start(), u[2], rule)
 
 
-def _after_number(text: str, m: re.Match[str], v1: Fraction, rule: str) -> list[Quantity]:
-    """What follows a number: a range, a dimension string, a plain unit, or nothing."""
+def _after_number(
+    text: str, m: re.Match[str], v1: Fraction, rule: str, dead_chains: set[int] | None = None
+) -> list[Quantity]:
+    """What follows a number: a range, a dimension string, a plain unit, or nothing.
+
+    ``dead_chains`` (shared by one ``parse_quantities`` call) holds the positions right after a number from which
+    a dimension chain was already followed to its end and found no length unit there. Where a chain goes from a
+    position depends on the text after it only, so a later number ending at such a position (the 2nd, 3rd, ...
+    number of ``1 x 1 x ... x cm``) cannot start a dimension string either, and its chain is not walked again:
+    that keeps the parse linear instead of quadratic in the chain length.
+    """
     start, end = m.span()
     u1 = _unit_at(text, end)
     # a range: "100-240V", "100V-240V", "10 to 15 kg"
@@ -380,7 +395,10 @@ def _after_number(text: str, m: re.Match[str], v1: Fraction, rule: str) -> list[
     if u1 is None:
         nums: list[tuple[Fraction, int, int]] = [(v1, start, end)]
         p = end
+        visited = [end]
         while True:
+            if dead_chains is not None and p in dead_chains:
+                return []  # this chain ends where an earlier one did: at no length unit
             s = _DIM_SEP_RE.match(text, p)
             if s is None:
                 break
@@ -390,9 +408,12 @@ def _after_number(text: str, m: re.Match[str], v1: Fraction, rule: str) -> list[
                 break
             nums.append((vn, mn.start(), mn.end()))
             p = mn.end()
+            visited.append(p)
         if len(nums) > 1:
             mk = _DIM_MARKER_RE.match(text, p)
             un = _unit_at(text, mk.end() if mk else p)
+            if (un is None or un[0] not in _LENGTH) and dead_chains is not None:
+                dead_chains.update(visited)
             if un is not None and un[0] in _LENGTH:
                 vals = [_finite(v) for v, _, _ in nums]
                 if all(x is not None for x in vals):
@@ -582,13 +603,30 @@ def quantity_for_entity(q: Quantity, entity_name: str, range_rule: str | None = 
 
 _EMPTY_ANSWERS = frozenset({"", "none", "n/a", "na", "nan", "null", "unknown", "-", "not available", "no"})
 
+#: ``normalize_prediction`` reads at most this many characters of an answer (its head; a word cut at the limit is
+#: dropped). Answers and labels are a few dozen characters; the cap bounds the time a runaway answer can cost.
+MAX_ANSWER_CHARS = 1000
+
+
+def _answer_head(s: str) -> str:
+    """The first ``MAX_ANSWER_CHARS`` characters of ``s``, without a word the limit cuts in two ("5 gal" must not
+    become "5 g")."""
+    if len(s) <= MAX_ANSWER_CHARS:
+        return s
+    head = s[:MAX_ANSWER_CHARS]
+    if not s[MAX_ANSWER_CHARS].isspace():
+        m = re.search(r"\s\S*\Z", head)
+        head = head[: m.start()] if m else ""
+    return head.rstrip()
+
 
 def normalize_prediction(entity_name: str, text: str, range_rule: str | None = None) -> str:
     """Turn any model/OCR answer into ``"<float> <unit>"`` with a unit allowed for ``entity_name``, or ``""``.
 
     The first mention in ``text`` whose unit fits the entity wins (a canonical value, ``"[a, b] unit"`` and
     ``"a unit to b unit"`` labels included). Never raises, on any input; an unknown entity or an unknown
-    ``range_rule`` gives ``""``.
+    ``range_rule`` gives ``""``. Only the first ``MAX_ANSWER_CHARS`` characters are read, so the time per call is
+    bounded whatever the input (a few milliseconds at most).
     """
     try:
         if not isinstance(text, str) or not isinstance(entity_name, str):
@@ -597,7 +635,7 @@ def normalize_prediction(entity_name: str, text: str, range_rule: str | None = N
         if entity not in ENTITY_UNIT_MAP:
             return ""
         rule = _rule(range_rule)
-        s = text.strip()
+        s = _answer_head(text.strip())
         if s.casefold().strip(" .") in _EMPTY_ANSWERS:
             return ""
         exact = parse_value(s)
