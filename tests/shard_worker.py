@@ -26,19 +26,19 @@ def fake_answer(index: int) -> tuple[str, str]:
 def run_worker(test: pd.DataFrame, out_dir: str, shard: int, num: int, batch: int = 500, sleep: float = 0.0) -> int:
     """Write the fake answers of one shard, skipping written indices; return how many rows this call wrote."""
     rows = shard_rows(test, shard, num)
-    writer = ShardWriter(out_dir, shard, num)
-    if writer.is_done:
-        print("already done", flush=True)
-        return 0
-    print(f"resumed {len(writer.done_indices)}", flush=True)
-    todo = [int(i) for i in rows["index"] if int(i) not in writer.done_indices]
-    written = 0
-    for start in range(0, len(todo), batch):
-        chunk = todo[start : start + batch]
-        written += writer.write_batch((i, *fake_answer(i)) for i in chunk)
-        if sleep:
-            time.sleep(sleep)
-    writer.mark_done(rows["index"])
+    with ShardWriter(out_dir, shard, num) as writer:
+        if writer.is_done:
+            print("already done", flush=True)
+            return 0
+        print(f"resumed {len(writer.done_indices)}", flush=True)
+        todo = [int(i) for i in rows["index"] if int(i) not in writer.done_indices]
+        written = 0
+        for start in range(0, len(todo), batch):
+            chunk = todo[start : start + batch]
+            written += writer.write_batch((i, *fake_answer(i)) for i in chunk)
+            if sleep:
+                time.sleep(sleep)
+        writer.mark_done(rows["index"])
     print(f"done {len(rows)}", flush=True)
     return written
 

@@ -158,7 +158,7 @@ def test_the_demo_end_to_end_and_a_failing_shard(tmp_path: Path) -> None:
     shard_path(shards, 2, 4).write_text("not,a,shard,header\n")
     failed = _run_all(*common, timeout=300)
     assert failed.returncode != 0
-    assert "shard 2 failed" in failed.stderr
+    assert "[03 shard 2/4] failed: ValueError" in failed.stderr and "expected header" in failed.stderr
     second = max(runs.iterdir())
     assert (second / "03_infer_shard_02_of_04.ipynb").is_file()
     refit_log = "".join(o.get("text", "") for c in _code_cells(second / "02_finetune_lora.ipynb") for o in c.outputs)

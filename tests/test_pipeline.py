@@ -14,9 +14,10 @@ import pytest
 
 import utils.backends as backends
 from utils.backends import Backend, available_backends, get_backend, register_backend
-from utils.pipeline import merge_and_check, run_shard
+from utils.pipeline import run_shard
 from utils.sanity import check_submission
 from utils.shards import MergeError, ShardWriter, done_marker_path, read_shard, shard_path, shard_rows
+from utils.stages import SubmissionError, build_submission
 from utils.units import normalize_prediction
 
 REPO = Path(__file__).resolve().parents[1]
@@ -107,7 +108,7 @@ def test_run_all_shards_then_merge(tmp_path: Path) -> None:
         cleaned = [normalize_prediction(entity[i], raw_answer(i, entity[i])) for i in shard["index"]]
         assert shard["prediction"].tolist() == cleaned
     sub_path = tmp_path / "submission.csv"
-    merged = merge_and_check(tmp_path / "out", 3, test, out_path=sub_path)
+    merged = build_submission(tmp_path / "out", 3, test, sub_path)
     assert merged["index"].tolist() == test["index"].tolist()
     assert check_submission(test, pd.read_csv(sub_path, dtype=str, keep_default_na=False)) == []
     filled = merged.set_index("index")["prediction"]
@@ -152,11 +153,11 @@ def test_unanswered_indices_block_the_done_marker(tmp_path: Path) -> None:
         _run(FakeBackend(skip=skipped), test, 0, 1, tmp_path)
     assert not done_marker_path(tmp_path / "out", 0, 1).exists()
     with pytest.raises(MergeError, match="not finished"):
-        merge_and_check(tmp_path / "out", 1, test)
+        build_submission(tmp_path / "out", 1, test)
     again = FakeBackend()
     _run(again, test, 0, 1, tmp_path)
     assert sorted(again.asked[0]) == sorted(skipped)
-    assert len(merge_and_check(tmp_path / "out", 1, test)) == 40
+    assert len(build_submission(tmp_path / "out", 1, test)) == 40
 
 
 def test_an_answer_for_an_index_not_asked_is_an_error(tmp_path: Path) -> None:
@@ -176,16 +177,30 @@ def test_a_repeated_answer_is_an_error(tmp_path: Path) -> None:
         _run(FakeBackend(), test.drop(columns="entity_name"), 0, 1, tmp_path)
 
 
-def test_merge_and_check_rejects_invalid_predictions(tmp_path: Path) -> None:
-    test = synthetic_test(10)
-    w = ShardWriter(tmp_path, 0, 1)
+def test_the_submission_is_cleaned_from_the_raw_answers_and_never_written_invalid(tmp_path: Path) -> None:
+    test = synthetic_test(10).assign(entity_name="voltage")
     rows = list(test["index"])
-    w.write_batch([(int(i), "5.0 volt" if k == 0 else "", "") for k, i in enumerate(rows)])
-    w.mark_done(rows)
-    entity = test["entity_name"].iloc[0]
-    with pytest.raises(ValueError, match=f"(?s)unit: 1.*not allowed for {entity}"):
-        merge_and_check(tmp_path, 1, test, out_path=tmp_path / "sub.csv")
-    assert not (tmp_path / "sub.csv").exists()
+    with ShardWriter(tmp_path, 0, 1) as w:  # the prediction column as an older cleaning step left it
+        w.write_batch([(int(i), "", "it says 12V" if k == 0 else "") for k, i in enumerate(rows)])
+        w.mark_done(rows)
+    submission = build_submission(tmp_path, 1, test, tmp_path / "sub.csv")
+    assert submission.set_index("index")["prediction"][rows[0]] == "12.0 volt"  # cleaned afresh from raw
+    assert pd.read_csv(tmp_path / "sub.csv", keep_default_na=False).equals(submission)
+
+    bad = test.assign(entity_name=["width"] + ["voltage"] * 9)  # the raw answer's unit does not fit width ...
+    with ShardWriter(tmp_path / "b", 0, 1) as w:
+        w.write_batch([(int(i), "", "") for i in rows])
+        w.mark_done(rows)
+    good = build_submission(tmp_path / "b", 1, bad)  # ... cleaning never gives an invalid value
+    assert (good["prediction"] == "").all()
+
+
+def test_an_invalid_merge_writes_nothing(tmp_path: Path) -> None:
+    test = synthetic_test(10)
+    (tmp_path / "sub.csv").write_text("index,prediction\nthe good one\n")
+    with pytest.raises(MergeError):
+        build_submission(tmp_path / "nothing", 1, test, tmp_path / "sub.csv")
+    assert (tmp_path / "sub.csv").read_text() == "index,prediction\nthe good one\n"
 
 
 def test_progress_bar_counts_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -285,3 +300,57 @@ def test_a_refit_model_repredicts_instead_of_resuming_old_answers(tmp_path: Path
     _run(second, test, 0, 2, tmp_path)
     assert sorted(second.asked[0]) == sorted(shard_rows(test, 0, 2)["index"])  # every row predicted again
     assert list((tmp_path / "out").glob("shard_00_of_02.csv.stale-*"))  # the old answers are kept aside
+
+
+def test_any_change_to_what_the_answers_depend_on_repredicts_the_shard(tmp_path: Path) -> None:
+    """The run record covers the model, the shard's rows, its images, the cleaning rules and the settings."""
+    import os
+
+    test = synthetic_test(20)
+    images = tmp_path / "img"
+    images.mkdir()
+    for link in test["image_link"]:
+        (images / link.rsplit("/", 1)[1]).write_bytes(b"pixels")
+    _run(FakeBackend(), test, 0, 1, tmp_path, batch_size=5)
+    _run(NoCallBackend(), test, 0, 1, tmp_path, batch_size=3)  # nothing changed (batch size is not an input)
+
+    def predicted_again(test_now: pd.DataFrame, **settings: Any) -> bool:
+        backend = FakeBackend()
+        _run(backend, test_now, 0, 1, tmp_path, **settings)
+        return bool(backend.asked) and sorted(backend.asked[0]) == sorted(test_now["index"])
+
+    other_links = test.assign(image_link=[u.replace(".jpg", ".png") for u in test["image_link"]])
+    assert predicted_again(other_links)  # same indices, other images: the reported stale-submission case
+    assert predicted_again(test)  # and back
+    first_image = images / test["image_link"].iloc[0].rsplit("/", 1)[1]
+    first_image.write_bytes(b"another photo")
+    assert predicted_again(test)  # an image replaced in the cache
+    os.utime(first_image, ns=(1, 1))
+    assert predicted_again(test)
+    assert predicted_again(test, temperature=0.5)  # other backend settings
+    assert predicted_again(test.assign(entity_name=["width"] * 20))  # other questions
+    assert predicted_again(test, temperature=0.5)  # back to the first questions
+    assert not predicted_again(test, temperature=0.5)  # unchanged: resumed, nothing asked
+    stale = sorted(p.name for p in (tmp_path / "out").glob("shard_00_of_01.csv.stale-*"))
+    assert len(stale) >= 5  # every earlier answer set is kept aside, never deleted
+
+
+def test_two_writers_never_write_one_shard(tmp_path: Path) -> None:
+    from utils.shards import ShardBusyError
+
+    first = ShardWriter(tmp_path, 0, 2)
+    with pytest.raises(ShardBusyError, match=rf"pid {__import__('os').getpid()}"):
+        ShardWriter(tmp_path, 0, 2)
+    ShardWriter(tmp_path, 1, 2).close()  # another shard is free
+    first.close()
+    with ShardWriter(tmp_path, 0, 2) as again:
+        assert again.done_indices == set()
+
+
+def test_a_killed_writer_releases_the_shard(tmp_path: Path) -> None:
+    code = ("import os, sys; sys.path.insert(0, sys.argv[2]); from utils.shards import ShardWriter; "
+            "w = ShardWriter(sys.argv[1], 0, 1); print('locked', flush=True); os.kill(os.getpid(), 9)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path), str(REPO)], capture_output=True, text=True,
+                         timeout=60)
+    assert out.stdout.strip() == "locked" and out.returncode == -9
+    ShardWriter(tmp_path, 0, 1).close()  # the lock died with its process

@@ -51,10 +51,10 @@ def expected_submission(test: pd.DataFrame) -> pd.DataFrame:
 
 def write_shard(out_dir: Path, shard: int, num: int, indices: list[int], done: bool = True) -> None:
     """Write a shard file with the given indices (right or wrong), optionally with its done marker."""
-    w = ShardWriter(out_dir, shard, num)
-    w.write_batch((i, *fake_answer(i)) for i in indices)
-    if done:
-        w.mark_done(indices)
+    with ShardWriter(out_dir, shard, num) as w:
+        w.write_batch((i, *fake_answer(i)) for i in indices)
+        if done:
+            w.mark_done(indices)
 
 
 # --- shard_rows / shard_path -------------------------------------------------------------------------------------
@@ -97,6 +97,7 @@ def test_writer_appends_and_reads_back(tmp_path: Path) -> None:
     assert w.done_indices == set() and not w.is_done
     assert w.write_batch([(5, "1.0 gram", 'a, "b"\nc'), (7, "", "")]) == 2
     assert w.write_batch([]) == 0
+    w.close()
     again = ShardWriter(tmp_path, 0, 1)
     assert again.done_indices == {5, 7} and not again.dropped_torn_line
     df = read_shard(w.path)
@@ -124,6 +125,7 @@ def test_torn_last_line_is_dropped_on_reopen(tmp_path: Path) -> None:
     complete = w.path.read_bytes()
     with open(w.path, "ab") as fh:  # what a SIGKILL in the middle of a write leaves behind
         fh.write(b'14,3.0 volt,"3 V unfinis')
+    w.close()  # the process died
     again = ShardWriter(tmp_path, 1, 2)
     assert again.dropped_torn_line
     assert again.done_indices == {10, 12}
@@ -160,6 +162,7 @@ def test_mark_done_checks_and_is_written_last(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
     with pytest.raises(RuntimeError, match="marked done"):
         w.write_batch([(3, "", "")])
+    w.close()
     assert ShardWriter(tmp_path, 0, 1).is_done
 
 
@@ -183,12 +186,10 @@ def _complete(tmp_path: Path, test: pd.DataFrame, num: int) -> None:
 def test_merge_gives_every_index_once_in_test_order(tmp_path: Path) -> None:
     test = synthetic_test(301)
     _complete(tmp_path, test, 3)
-    out = tmp_path / "sub" / "submission.csv"
-    merged = merge_shards(tmp_path, 3, test, out_path=out)
-    pd.testing.assert_frame_equal(merged, expected_submission(test))
-    back = pd.read_csv(out, dtype={"prediction": str}, keep_default_na=False)
-    assert list(back.columns) == ["index", "prediction"]
-    assert back["index"].tolist() == test["index"].tolist()
+    merged = merge_shards(tmp_path, 3, test)
+    assert list(merged.columns) == ["index", "prediction", "raw"]
+    pd.testing.assert_frame_equal(merged[["index", "prediction"]], expected_submission(test))
+    assert merged["raw"].tolist() == [fake_answer(int(i))[1].replace("\n", " ") for i in test["index"]]
 
 
 def test_merge_missing_shard(tmp_path: Path) -> None:
@@ -287,7 +288,8 @@ def kill_resume_merge(test_csv: Path, tmp_path: Path, batch: int) -> None:
     assert not done_marker_path(out_dir, victim, num).exists()
     with pytest.raises(MergeError, match=f"shard {victim} of {num} is not finished"):
         merge_shards(out_dir, num, test)
-    survived = len(ShardWriter(out_dir, victim, num).done_indices)
+    with ShardWriter(out_dir, victim, num) as w:
+        survived = len(w.done_indices)
     assert 3 * batch <= survived < shard_len
 
     resumed = _worker(test_csv, out_dir, victim, num, batch, sleep=0.0)
@@ -299,7 +301,7 @@ def kill_resume_merge(test_csv: Path, tmp_path: Path, batch: int) -> None:
     assert sorted(merged["index"].tolist()) == sorted(test["index"].tolist())
     assert merged["index"].is_unique
     pd.testing.assert_frame_equal(merged, reference)
-    pd.testing.assert_frame_equal(merged, expected_submission(test))
+    pd.testing.assert_frame_equal(merged[["index", "prediction"]], expected_submission(test))
     # a rerun of the finished shard in a new process does nothing
     again = _worker(test_csv, out_dir, victim, num, batch, sleep=0.0)
     assert again.communicate(timeout=120)[0].strip() == "already done"
@@ -321,30 +323,32 @@ def test_sigkill_mid_run_then_resume_real_test_set(amazon_dir: Path, tmp_path: P
 
 
 def test_a_shard_of_another_run_is_moved_aside_and_restarted(tmp_path: Path) -> None:
-    w = ShardWriter(tmp_path, 1, 4, run_id="model-a")
-    w.write_batch([(5, "1.0 gram", "1 g"), (9, "", "")])
-    w.mark_done([5, 9])
+    with ShardWriter(tmp_path, 1, 4, run="model-a") as w:
+        w.write_batch([(5, "1.0 gram", "1 g"), (9, "", "")])
+        w.mark_done([5, 9])
     assert json.loads(done_marker_path(tmp_path, 1, 4).read_text())["run_id"] == "model-a"
 
-    same = ShardWriter(tmp_path, 1, 4, run_id="model-a")  # same run: resume, nothing moved
-    assert same.moved_stale == [] and same.is_done and same.done_indices == {5, 9}
+    with ShardWriter(tmp_path, 1, 4, run="model-a") as same:  # same run: resume, nothing moved
+        assert same.moved_stale == [] and same.is_done and same.done_indices == {5, 9}
 
-    other = ShardWriter(tmp_path, 1, 4, run_id="model-b")
-    assert not other.is_done and other.done_indices == set()
-    assert sorted(p.name.split(".stale-")[0] for p in other.moved_stale) == [
-        "shard_01_of_04.csv", "shard_01_of_04.csv.done", "shard_01_of_04.csv.run"]
-    kept = next(p for p in other.moved_stale if p.name.startswith("shard_01_of_04.csv.stale-"))
-    assert "1.0 gram" in kept.read_text()  # nothing lost
-    other.write_batch([(5, "2.0 gram", "2 g")])
-    assert ShardWriter(tmp_path, 1, 4, run_id="model-b").done_indices == {5}
+    with ShardWriter(tmp_path, 1, 4, run={"id": "model-b", "model": "b"}) as other:
+        assert not other.is_done and other.done_indices == set()
+        assert sorted(p.name.split(".stale-")[0] for p in other.moved_stale) == [
+            "shard_01_of_04.csv", "shard_01_of_04.csv.done", "shard_01_of_04.csv.run"]
+        kept = next(p for p in other.moved_stale if p.name.startswith("shard_01_of_04.csv.stale-"))
+        assert "1.0 gram" in kept.read_text()  # nothing lost
+        other.write_batch([(5, "2.0 gram", "2 g")])
+    with ShardWriter(tmp_path, 1, 4, run={"id": "model-b", "model": "b"}) as resumed:
+        assert resumed.done_indices == {5}
 
 
-def test_merge_refuses_shards_of_different_runs(tmp_path: Path) -> None:
+def test_merge_refuses_shards_of_different_models(tmp_path: Path) -> None:
     test = pd.DataFrame({"index": [0, 1, 2, 3], "entity_name": ["width"] * 4})
-    for shard, run in ((0, "model-a"), (1, "model-b")):
-        w = ShardWriter(tmp_path, shard, 2, run_id=run)
-        idx = shard_rows(test, shard, 2)["index"].tolist()
-        w.write_batch((i, "", "") for i in idx)
-        w.mark_done(idx)
-    with pytest.raises(MergeError, match="different runs"):
+    for shard, model in ((0, "model-a"), (1, "model-b")):
+        run = {"id": f"{model}-{shard}", "model": model, "settings": "s", "cleaning": "c", "rows": str(shard)}
+        with ShardWriter(tmp_path, shard, 2, run=run) as w:
+            idx = shard_rows(test, shard, 2)["index"].tolist()
+            w.write_batch((i, "", "") for i in idx)
+            w.mark_done(idx)
+    with pytest.raises(MergeError, match=r"shards \[1\] were written with another model than shard 0"):
         merge_shards(tmp_path, 2, test)

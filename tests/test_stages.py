@@ -68,17 +68,32 @@ def test_prepare_the_demo(prepared: stages.Prepared) -> None:
     assert "train" in prepared.summary()
 
 
-def test_prepare_samples_and_reports_missing_images(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_wrong_image_folder_fails_before_any_fit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from utils.demo import make_demo_data
 
     made = make_demo_data(tmp_path / "data", 40, 6, seed=2)
-    result = stages.prepare(
-        train_csv=str(made.train_csv), test_csv=str(made.test_csv), image_dir=str(tmp_path / "empty_cache"),
-        work_dir=str(tmp_path / "work"), per_entity=2, download=False,
-    )
+    args = dict(train_csv=str(made.train_csv), test_csv=str(made.test_csv), image_dir=str(tmp_path / "imgaes"),
+                work_dir=str(tmp_path / "work"), per_entity=2, download=False)
+    with pytest.raises(stages.MissingImagesError, match=r"22 of 22 images .*\(100%\) are not in .*imgaes"):
+        stages.prepare(**args)
+    assert not (tmp_path / "work" / "prepared" / "manifest.json").exists()  # nothing handed to stage 02
+    result = stages.prepare(**args, max_missing_images=1.0)  # accepted knowingly
     assert result.manifest["rows"]["train"] + result.manifest["rows"]["val"] == 16  # 2 per entity x 8
-    assert result.manifest["labels_csv"] == ""
-    assert "22 images are not in" in capsys.readouterr().err  # 16 sampled + 6 test
+    assert result.manifest["labels_csv"] == "" and result.manifest["images"] == {"needed": 22, "missing": 22}
+    out = capsys.readouterr().out
+    assert "» [01] images for the sample and the test set: 22 needed, 22 missing (100.0%)" in out  # the console
+    ok = stages.prepare(**{**args, "image_dir": str(made.image_dir)})
+    assert ok.images.absent == 0
+
+
+def test_without_an_image_folder_the_cache_follows_the_work_folder(tmp_path: Path) -> None:
+    from utils.demo import make_demo_data
+
+    made = make_demo_data(tmp_path / "data", 16, 4, seed=3)
+    (made.image_dir).rename(tmp_path / "elsewhere")  # the data comes without an images/ folder
+    result = stages.prepare(train_csv=str(made.train_csv), test_csv=str(made.test_csv),
+                            work_dir=str(tmp_path / "my_work"), download=False, max_missing_images=1.0)
+    assert Path(result.manifest["image_dir"]) == tmp_path / "my_work" / "images"
 
 
 def test_prepare_needs_a_test_csv(tmp_path: Path) -> None:
@@ -91,7 +106,7 @@ def test_prepare_needs_a_test_csv(tmp_path: Path) -> None:
 
 def test_later_stages_need_stage_01(tmp_path: Path, fake_backend: str) -> None:
     with pytest.raises(stages.StageError, match="01_prepare_data"):
-        stages.finetune(fake_backend, work_dir=str(tmp_path / "nothing"))
+        stages.finetune(backend=fake_backend, work_dir=str(tmp_path / "nothing"))
 
 
 def test_fit_infer_postprocess(prepared: stages.Prepared, fake_backend: str, tmp_path: Path) -> None:
@@ -99,32 +114,34 @@ def test_fit_infer_postprocess(prepared: stages.Prepared, fake_backend: str, tmp
     def fitted_note() -> str:
         return json.loads((artifact / "fit.json").read_text())["note"]
 
-    artifact = stages.finetune(fake_backend, work_dir=work, note="a")
+    artifact = stages.finetune(backend=fake_backend, work_dir=work, settings={"note": "a"})
     (artifact / "fit.json").write_text(json.dumps({"note": "touched"}))
-    assert stages.finetune(fake_backend, work_dir=work, note="a") == artifact and fitted_note() == "touched"  # reused
-    stages.finetune(fake_backend, work_dir=work, note="b")  # other settings: fitted again
+    assert stages.finetune(backend=fake_backend, work_dir=work, settings={"note": "a"}) == artifact and fitted_note() == "touched"  # reused
+    stages.finetune(backend=fake_backend, work_dir=work, settings={"note": "b"})  # other settings: fitted again
     assert fitted_note() == "b"
     (artifact / "fit.json").write_text(json.dumps({"note": "touched"}))
-    stages.finetune(fake_backend, work_dir=work, refit=True, note="b")  # asked to: fitted again
+    stages.finetune(backend=fake_backend, work_dir=work, refit=True, settings={"note": "b"})  # asked to: fitted again
     assert fitted_note() == "b"
     (artifact / "fit.json").write_text(json.dumps({"note": "touched"}))
     pd.read_parquet(prepared.train_path).head(5).to_parquet(prepared.train_path)  # other data: fitted again
-    stages.finetune(fake_backend, work_dir=work, note="b")
+    stages.finetune(backend=fake_backend, work_dir=work, settings={"note": "b"})
     assert fitted_note() == "b" and json.loads((artifact / "fit.json").read_text())["train"] == 5
 
     labels_csv = prepared.manifest["labels_csv"]
     test = pd.read_parquet(prepared.test_path)
     wrong = [int(test["index"].iloc[0])]
     with pytest.raises(MergeError):
-        stages.postprocess(2, work_dir=work, out_dir=str(tmp_path / "out"))  # no shards yet
+        stages.postprocess(num_shards=2, work_dir=work, out_dir=str(tmp_path / "out"))  # no shards yet
     for shard in range(2):
-        path = stages.infer_shard(shard, 2, fake_backend, work_dir=work, answers_csv=labels_csv, wrong=wrong)
+        path = stages.infer_shard(shard_index=shard, num_shards=2, backend=fake_backend, work_dir=work,
+                                  settings={"answers_csv": labels_csv, "wrong": wrong})
         assert path == shard_path(prepared.work_dir / "shards", shard, 2)
     assert os.environ["OMP_NUM_THREADS"] == "1"
-    again = stages.infer_shard(0, 2, fake_backend, work_dir=work, answers_csv=labels_csv)  # done: skipped
+    again = stages.infer_shard(shard_index=0, num_shards=2, backend=fake_backend, work_dir=work,
+                               settings={"answers_csv": labels_csv, "wrong": wrong})  # done: skipped
     assert len(pd.read_csv(again)) == len(test[::2])
 
-    result = stages.postprocess(2, work_dir=work, out_dir=str(tmp_path / "out"), n_worst=4)
+    result = stages.postprocess(num_shards=2, work_dir=work, out_dir=str(tmp_path / "out"), n_worst=4)
     submission = pd.read_csv(result.submission_path, keep_default_na=False)
     assert list(submission.columns) == ["index", "prediction"]
     assert check_submission(test, submission) == []
@@ -145,7 +162,9 @@ def test_fit_infer_postprocess(prepared: stages.Prepared, fake_backend: str, tmp
 
 def test_infer_shard_checks_its_arguments(prepared: stages.Prepared, fake_backend: str) -> None:
     with pytest.raises(ValueError, match="shard_index"):
-        stages.infer_shard(2, 2, fake_backend, work_dir=str(prepared.work_dir))
+        stages.infer_shard(shard_index=2, num_shards=2, backend=fake_backend, work_dir=str(prepared.work_dir))
+    with pytest.raises(TypeError, match="num_shard"):
+        stages.infer_shard(shard_index=0, num_shard=2, backend=fake_backend, work_dir=str(prepared.work_dir))
 
 
 def test_postprocess_without_labels(tmp_path: Path, fake_backend: str) -> None:
@@ -155,9 +174,10 @@ def test_postprocess_without_labels(tmp_path: Path, fake_backend: str) -> None:
     work = str(tmp_path / "work")
     stages.prepare(train_csv=str(made.train_csv), test_csv=str(made.test_csv), image_dir=str(made.image_dir),
                    work_dir=work)
-    stages.finetune(fake_backend, work_dir=work)
-    stages.infer_shard(0, 1, fake_backend, work_dir=work, answers_csv=str(made.labels_csv))
-    result = stages.postprocess(1, work_dir=work, out_dir=str(tmp_path / "out"))
+    stages.finetune(backend=fake_backend, work_dir=work)
+    stages.infer_shard(shard_index=0, num_shards=1, backend=fake_backend, work_dir=work,
+                       settings={"answers_csv": str(made.labels_csv)})
+    result = stages.postprocess(num_shards=1, work_dir=work, out_dir=str(tmp_path / "out"))
     assert result.report is None and result.files is None
     assert "no labels" in result.notes[0]
     assert not (tmp_path / "out" / "report.md").exists()
@@ -200,28 +220,29 @@ def test_a_shard_downloads_its_missing_images(tmp_path: Path, fake_backend: str)
         test.to_csv(tmp_path / "test_served.csv", index=False)
         work = str(tmp_path / "work")
         stages.prepare(train_csv=str(made.train_csv), test_csv=str(tmp_path / "test_served.csv"),
-                       image_dir=str(cache), work_dir=work, download=False)
-        stages.finetune(fake_backend, work_dir=work)
+                       image_dir=str(cache), work_dir=work, download=False, max_missing_images=1.0)
+        stages.finetune(backend=fake_backend, work_dir=work)
         assert not cache.exists() or not any(cache.glob("*.jpg"))
-        stages.infer_shard(1, 2, fake_backend, work_dir=work, answers_csv=str(made.labels_csv))
+        stages.infer_shard(shard_index=1, num_shards=2, backend=fake_backend, work_dir=work,
+                           settings={"answers_csv": str(made.labels_csv)})
     mine = set(shard_rows(test, 1, 2)["image_link"].map(lambda link: link.rsplit("/", 1)[-1]))
     assert {p.name for p in cache.glob("*.jpg")} == mine and len(mine) == 3
 
 
-def test_an_invalid_submission_fails_loudly(
-    prepared: stages.Prepared, fake_backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_a_failed_postprocess_never_replaces_a_good_submission(
+    prepared: stages.Prepared, fake_backend: str, tmp_path: Path
 ) -> None:
-    work = str(prepared.work_dir)
-    stages.finetune(fake_backend, work_dir=work)
-    stages.infer_shard(0, 1, fake_backend, work_dir=work, answers_csv=prepared.manifest["labels_csv"])
-
-    def broken(predictions: pd.DataFrame, test: pd.DataFrame) -> pd.DataFrame:
-        return predictions.assign(prediction="12 grams")  # not "<float> <full unit>"
-
-    monkeypatch.setattr(stages, "clean_predictions", broken)
-    with pytest.raises(stages.SubmissionError, match="invalid"):
-        stages.postprocess(1, work_dir=work, out_dir=str(tmp_path / "out"))
-    assert not (tmp_path / "out" / "submission.csv").exists()
+    work, out = str(prepared.work_dir), tmp_path / "out"
+    stages.finetune(backend=fake_backend, work_dir=work)
+    stages.infer_shard(shard_index=0, num_shards=1, backend=fake_backend, work_dir=work,
+                       settings={"answers_csv": prepared.manifest["labels_csv"]})
+    good = stages.postprocess(num_shards=1, work_dir=work, out_dir=str(out)).submission_path.read_bytes()
+    with pytest.raises(stages.StageError, match="labels_csv .*does not exist"):  # before any work
+        stages.postprocess(num_shards=1, work_dir=work, out_dir=str(out), labels_csv=str(tmp_path / "typo.csv"))
+    with pytest.raises(MergeError):  # shard 1 of 2 was never run
+        stages.postprocess(num_shards=2, work_dir=work, out_dir=str(out))
+    assert (out / "submission.csv").read_bytes() == good
+    assert not [p for p in out.iterdir() if ".tmp" in p.name]  # the atomic write leaves no temporary file
 
 
 def test_missing_images_skips_links_naming_no_usable_file(tmp_path: Path) -> None:

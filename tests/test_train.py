@@ -292,26 +292,50 @@ def test_a_killed_session_resumes_from_a_read_only_checkpoint_folder(tiny_dir: P
     assert is_adapter_dir(adapter)
 
 
+class _SlowDown:
+    """A callback that makes every step after ``after`` take ``seconds`` longer (a GPU that throttles)."""
+
+    def __init__(self, after: int, seconds: float) -> None:
+        self.after, self.seconds = after, seconds
+
+    def __getattr__(self, name: str):
+        return lambda *a, **k: None
+
+    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
+        if state.global_step > self.after:
+            import time
+
+            time.sleep(self.seconds)
+
+
 def test_the_time_budget_plans_the_steps_and_stops_with_a_saved_adapter(tiny_dir: Path, data,
                                                                         tmp_path: Path) -> None:
     rows, image_dir = data
-    out = tmp_path / "run"
     settings = dict(model_id=str(tiny_dir), max_steps=400, save_steps=1000, calibration_steps=2,
                     save_margin_minutes=0, **{**FAST, "logging_steps": 2})
-    adapter = fit(rows.head(8), None, image_dir, out, time_budget_hours=6 / 3600, **settings)  # 6 seconds
-    status = json.loads((adapter / "fit_status.json").read_text())
+    out = tmp_path / "planned"
+    adapter = fit(rows.head(8), None, image_dir, out, time_budget_hours=8 / 3600, **settings)  # 8 seconds
     plan = json.loads((out / "checkpoints" / "plan.json").read_text())
+    status = json.loads((adapter / "fit_status.json").read_text())
+    assert plan["configured_steps"] == 400 and plan["max_steps"] < 400  # planned to fit the budget
+    assert status["planned_steps"] == plan["max_steps"] and status["global_step"] <= plan["max_steps"]
+    assert (adapter / "adapter_model.safetensors").is_file()
+    logged = [h for h in json.loads((out / "train_summary.json").read_text())["log_history"] if "loss" in h]
+    assert all("eta_minutes" in h and h["planned_steps"] == plan["max_steps"] for h in logged[2:])
+
+    # steps that slow down after the plan: the budget stops training, with a checkpoint and the adapter saved
+    out = tmp_path / "stopped"
+    adapter = fit(rows.head(8), None, image_dir, out, time_budget_hours=20 / 3600,
+                  callbacks=[_SlowDown(after=3, seconds=2.0)], **settings)
+    status = json.loads((adapter / "fit_status.json").read_text())
     assert status["complete"] is False and status["stopped_by"] == "time budget"
-    assert status["global_step"] < 400 and plan["max_steps"] < 400 and plan["configured_steps"] == 400
+    assert status["global_step"] < status["planned_steps"] < 400
     assert (adapter / "adapter_model.safetensors").is_file()
     assert last_checkpoint(out / "checkpoints").name == f"checkpoint-{status['global_step']}"  # saved at the stop
-    logged = [h for h in json.loads((out / "train_summary.json").read_text())["log_history"] if "loss" in h]
-    assert all("eta_minutes" in h and h["planned_steps"] == plan["max_steps"] for h in logged[1:])
-
     # the next session: the same plan (and LR schedule), resumed, finished
     fit(rows.head(8), None, image_dir, out, time_budget_hours=0, **settings)
     done = json.loads((out / "adapter" / "fit_status.json").read_text())
-    assert done["complete"] is True and done["global_step"] == plan["max_steps"]
+    assert done["complete"] is True and done["global_step"] == status["planned_steps"]
 
 
 def test_a_nan_loss_stops_training_with_the_remedy(tmp_path: Path, data) -> None:

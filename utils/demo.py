@@ -13,6 +13,7 @@ CLI: ``python -m utils.demo OUT_DIR [--n-train N] [--n-test N] [--seed S]``.
 from __future__ import annotations
 
 import argparse
+import io
 import math
 import random
 from collections.abc import Callable
@@ -22,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
+
+from utils.fileio import atomic_write_bytes
 
 DEMO_URL_PREFIX = "https://demo.invalid/images/"
 DEFAULT_N_TRAIN = 240  # measured: the whole default demo runs in about 3 minutes on 2 busy cores
@@ -256,6 +259,20 @@ def _entities(n: int, rng: random.Random) -> list[str]:
     return names
 
 
+def _jpeg(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def _write_if_changed(path: Path, data: bytes) -> None:
+    """Write ``data`` unless ``path`` already holds exactly it: rendering the same demo again leaves the files (and
+    their modification times) alone, so the shards predicted from them stay valid."""
+    if path.is_file() and path.read_bytes() == data:
+        return
+    atomic_write_bytes(path, data, fsync=False)
+
+
 def make_demo_data(
     out_dir: str | Path, n_train: int = DEFAULT_N_TRAIN, n_test: int = DEFAULT_N_TEST, seed: int = 0
 ) -> DemoData:
@@ -273,7 +290,7 @@ def make_demo_data(
         for number, entity in enumerate(_entities(count, rng), start=1):
             item = _make_item(entity, rng)
             name = f"{prefix}{number:04d}.jpg"
-            _render(item, rng, np_rng).save(image_dir / name, quality=90)
+            _write_if_changed(image_dir / name, _jpeg(_render(item, rng, np_rng)))
             rows.append(
                 {
                     "image_link": DEMO_URL_PREFIX + name,
@@ -289,9 +306,9 @@ def make_demo_data(
     # Non-contiguous, like the real test index: carry it through, never use row numbers.
     test_rows.insert(0, "index", sorted(rng.sample(range(3 * n_test + 10), n_test)))
     train_csv, test_csv, labels_csv = root / "train.csv", root / "test.csv", root / "test_labels.csv"
-    train.to_csv(train_csv, index=False)
-    test_rows[["index", "image_link", "group_id", "entity_name"]].to_csv(test_csv, index=False)
-    test_rows[["index", "entity_name", "entity_value"]].to_csv(labels_csv, index=False)
+    _write_if_changed(train_csv, train.to_csv(index=False).encode())
+    _write_if_changed(test_csv, test_rows[["index", "image_link", "group_id", "entity_name"]].to_csv(index=False).encode())
+    _write_if_changed(labels_csv, test_rows[["index", "entity_name", "entity_value"]].to_csv(index=False).encode())
     return DemoData(root, train_csv, test_csv, labels_csv, image_dir, n_train, n_test)
 
 

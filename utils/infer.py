@@ -284,6 +284,7 @@ class PaliGemmaBackend:
     """The ``paligemma`` backend of ``utils.backends``: LoRA fine-tuning and batched generation."""
 
     name = "paligemma"
+    uses_gpu = True  # run_all.sh gives each shard its own GPU
 
     def __init__(self) -> None:
         self._loaded: tuple[Any, Any, Any] | None = None  # (key, model, processor): one load for all shards

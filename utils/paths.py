@@ -141,5 +141,16 @@ def describe(paths: Paths | None = None) -> str:
         f"out       {chosen.out_dir}",
         f"images    {chosen.image_dir}",
     ]
+    lines.append(f"gpus      {gpu_line()}")
     lines += [f"{name:<13} {version}" for name, version in versions().items()]
     return "\n".join(lines)
+
+
+def gpu_line() -> str:
+    """The visible GPUs in one line (with ``CUDA_VISIBLE_DEVICES`` when set), or "none (CPU)"."""
+    mask = os.environ.get("CUDA_VISIBLE_DEVICES")
+    from utils.gpu import gpus
+
+    found = gpus()
+    text = "; ".join(g.describe() for g in found) or "none (CPU)"
+    return text + (f" [CUDA_VISIBLE_DEVICES={mask}]" if mask is not None else "")

@@ -8,7 +8,13 @@
   line (no final newline: the process died mid-write) is cut off the file and those rows are simply redone.
 * The done marker (the same path with ``.done`` appended, a small JSON) is written last, atomically (temporary
   file, fsync, rename); a shard with a marker is finished and a rerun does nothing.
-* :func:`merge_shards` needs all ``n`` finished shards and every test index exactly once; it fills nothing.
+* The run record (``.run``, JSON) says what the answers depend on: the model, the shard's rows, its images, the
+  cleaning rules and the backend settings (``utils.pipeline.run_record``). A rerun whose record differs in any of
+  them moves the old files aside (``*.stale-<time>``, kept) and predicts the shard afresh.
+* While a writer is open it holds an exclusive lock (``.lock``, ``flock``): a second process writing the same shard
+  fails at once with a message naming the first, instead of interleaving appends.
+* :func:`merge_shards` needs all ``n`` finished shards, every test index exactly once, and one model, settings and
+  cleaning across the shards; it fills nothing.
 """
 
 from __future__ import annotations
@@ -18,9 +24,11 @@ import io
 import json
 import numbers
 import os
+import socket
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -31,8 +39,16 @@ _HEADER = ",".join(SHARD_COLUMNS) + "\n"
 _SHOW = 5  # how many example indices an error message lists
 
 
+#: Run-record keys that must agree across the shards of one submission (the rest differ per shard by nature).
+SHARED_RUN_KEYS: tuple[str, ...] = ("model", "settings", "cleaning")
+
+
 class MergeError(RuntimeError):
     """The shard files cannot be merged into a complete submission (the message says which shard and why)."""
+
+
+class ShardBusyError(RuntimeError):
+    """Another process holds the shard's lock (it is writing the same shard right now)."""
 
 
 def _check_shard_args(shard_index: int, num_shards: int) -> None:
@@ -80,33 +96,85 @@ def _examples(values: Iterable[int]) -> str:
 
 
 class ShardWriter:
-    """Append-only writer of one shard's results, resumable after a crash (see the module docstring)."""
+    """Append-only writer of one shard's results, resumable after a crash (see the module docstring).
 
-    def __init__(self, out_dir: str | Path, shard_index: int, num_shards: int, run_id: str | None = None) -> None:
-        """Open (or resume) a shard. ``run_id`` names what produces the answers (e.g. the fitted artifact's
-        fingerprint): a shard file left by another run is moved aside (``*.stale-<time>``, kept, never deleted)
-        and the shard starts afresh, so answers of two different models are never mixed in one shard."""
+    Use it as a context manager (or call ``close``) so the shard's lock is released; a killed process releases it
+    too (the kernel drops ``flock`` locks with the process)."""
+
+    def __init__(self, out_dir: str | Path, shard_index: int, num_shards: int,
+                 run: dict[str, Any] | str | None = None) -> None:
+        """Open (or resume) a shard. ``run`` is the run record (a dict with an ``id``; a plain string is taken as
+        the id): a shard file left by another run is moved aside (``*.stale-<time>``, kept, never deleted) and
+        the shard starts afresh, so answers of two different inputs are never mixed in one shard."""
         _check_shard_args(shard_index, num_shards)
         self.out_dir = Path(out_dir)
         self.shard_index = int(shard_index)
         self.num_shards = int(num_shards)
-        self.run_id = run_id
+        self.run = {"id": run} if isinstance(run, str) else run
+        self.run_id = None if self.run is None else str(self.run["id"])
         self.path = shard_path(self.out_dir, shard_index, num_shards)
         self.done_path = done_marker_path(self.out_dir, shard_index, num_shards)
         self.run_path = self.path.with_name(self.path.name + ".run")
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.dropped_torn_line = False
-        self.moved_stale: list[Path] = self._move_aside_if_stale()
-        self.done_indices: set[int] = self._open()
+        self._lock_fd: int | None = None
+        self._lock()
+        try:
+            self.dropped_torn_line = False
+            self.changed: list[str] = []  # what differed from the previous run's record, when moved aside
+            self.moved_stale: list[Path] = self._move_aside_if_stale()
+            self.done_indices: set[int] = self._open()
+        except BaseException:
+            self.close()
+            raise
+
+    def _lock(self) -> None:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock (run one process per shard)
+            return
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise ShardBusyError(f"{self.path} is being written by {holder}: two processes must never write one "
+                                 "shard; wait for that one to finish or stop it, then run again") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since "
+                     f"{time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
+        self._lock_fd = fd
+
+    def close(self) -> None:
+        """Release the shard's lock."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _move_aside_if_stale(self) -> list[Path]:
         """Move this shard's files aside when they were written by another run; the new names."""
-        if self.run_id is None or not self.path.exists():
+        if self.run is None or not self.path.exists():
             return []
-        previous = read_run_id(self.path)
-        if previous == self.run_id:
+        previous = read_run(self.path)
+        if previous is not None and previous.get("id") == self.run_id:
             return []
+        if previous is None:
+            self.changed = ["no run record"]
+        else:
+            self.changed = [k for k in sorted(set(previous) | set(self.run))
+                            if k != "id" and previous.get(k) != self.run.get(k)] or ["run id"]
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        n = 1
+        while any(p.with_name(f"{p.name}.stale-{stamp}").exists() for p in (self.done_path, self.run_path, self.path)):
+            stamp = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{n}"  # never overwrite an older stale set
+            n += 1
         moved = []
         for old in (self.done_path, self.run_path, self.path):  # the done marker first: never a marker alone
             if old.exists():
@@ -158,11 +226,8 @@ class ShardWriter:
         return indices
 
     def _rewrite_header(self) -> None:
-        if self.run_id is not None:  # the run id first, so a shard file never exists without it
-            with open(self.run_path, "w", encoding="utf-8") as fh:
-                fh.write(self.run_id + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
+        if self.run is not None:  # the run record first, so a shard file never exists without it
+            atomic_write_bytes(self.run_path, (json.dumps(self.run, sort_keys=True) + "\n").encode("utf-8"))
         with open(self.path, "w", encoding="utf-8", newline="") as fh:
             fh.write(_HEADER)
             fh.flush()
@@ -214,6 +279,7 @@ class ShardWriter:
             "num_shards": self.num_shards,
             "rows": len(self.done_indices),
             "run_id": read_run_id(self.path),
+            "host": socket.gethostname(),
             "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         atomic_write_bytes(self.done_path, (json.dumps(info) + "\n").encode("utf-8"),
@@ -221,13 +287,27 @@ class ShardWriter:
         fsync_dir(self.out_dir)
 
 
-def read_run_id(path: str | Path) -> str | None:
-    """The run id recorded beside the shard file ``path`` (its ``.run`` file), or None when none was recorded."""
+def read_run(path: str | Path) -> dict[str, Any] | None:
+    """The run record beside the shard file ``path`` (its ``.run`` file), or None when none was recorded. A record
+    written by an older version (a bare id) comes back as ``{"id": ...}``."""
     run_path = Path(path).with_name(Path(path).name + ".run")
     try:
-        return run_path.read_text(encoding="utf-8").strip() or None
+        text = run_path.read_text(encoding="utf-8").strip()
     except OSError:
         return None
+    if not text:
+        return None
+    try:
+        record = json.loads(text)
+    except ValueError:
+        return {"id": text}
+    return record if isinstance(record, dict) and "id" in record else {"id": text}
+
+
+def read_run_id(path: str | Path) -> str | None:
+    """The id of the run record beside the shard file ``path``, or None."""
+    record = read_run(path)
+    return None if record is None else str(record["id"])
 
 
 def read_shard(path: str | Path) -> pd.DataFrame:
@@ -239,14 +319,13 @@ def read_shard(path: str | Path) -> pd.DataFrame:
     return df
 
 
-def merge_shards(
-    out_dir: str | Path, num_shards: int, test: pd.DataFrame, out_path: str | Path | None = None
-) -> pd.DataFrame:
-    """Merge all finished shards into ``index,prediction`` in the order of ``test``; optionally write ``out_path``.
+def merge_shards(out_dir: str | Path, num_shards: int, test: pd.DataFrame) -> pd.DataFrame:
+    """Merge all finished shards into ``index,prediction,raw`` in the order of ``test``.
 
     Raises :class:`MergeError` when a shard file or its done marker is missing, when a shard's rows disagree with
-    its marker, when the shards were written by different runs (different models), or when an index is missing,
-    duplicated, unknown to ``test`` or in the wrong shard.
+    its marker, when the shards were written with different models, settings or cleaning rules
+    (``SHARED_RUN_KEYS`` of their run records), or when an index is missing, duplicated, unknown to ``test`` or in
+    the wrong shard.
     """
     _check_shard_args(0, num_shards)
     test_index = test["index"].astype("int64")
@@ -255,7 +334,7 @@ def merge_shards(
         raise MergeError(f"the test frame itself has duplicated indices (e.g. {dups})")
     order = pd.Series(range(len(test_index)), index=test_index.sort_values(kind="stable").to_numpy())
     frames = []
-    run_ids: dict[int, str | None] = {}
+    runs: dict[int, dict[str, Any] | None] = {}
     for i in range(num_shards):
         path = shard_path(out_dir, i, num_shards)
         marker = done_marker_path(out_dir, i, num_shards)
@@ -272,13 +351,19 @@ def merge_shards(
             raise MergeError(
                 f"{path}: {len(df)} rows but its done marker says {rows} (file changed after it finished?)"
             )
-        run_ids[i] = read_run_id(path)
+        if rows:  # an empty shard (more shards than rows) holds no answers to disagree
+            runs[i] = read_run(path)
         df["_shard"] = i
         frames.append(df)
-    if len(set(run_ids.values())) > 1:
-        listed = "; ".join(f"shard {i}: {r or 'none recorded'}" for i, r in run_ids.items())
-        raise MergeError(f"the shards were written by different runs (models), which must not be mixed: {listed}. "
-                         "Rerun the odd shards with the current model.")
+    shared = {i: _shared_part(r) for i, r in runs.items()}
+    if len({json.dumps(v, sort_keys=True) for v in shared.values()}) > 1:
+        base = min(shared)
+        first = shared[base]
+        odd = [i for i, v in shared.items() if v != first]
+        keys = sorted({k for i in odd for k in set(shared[i]) | set(first) if shared[i].get(k) != first.get(k)})
+        raise MergeError(f"shards {odd} were written with another {', '.join(keys) or 'run'} than shard {base}, and "
+                         "answers of two models or settings must not be mixed: rerun those shards (they predict "
+                         "afresh with the current model and settings).")
     merged = pd.concat(frames, ignore_index=True)
     dup = merged["index"].duplicated(keep=False)
     if dup.any():
@@ -301,10 +386,16 @@ def merge_shards(
             f"{int(wrong.sum())} indices are in the wrong shard file (e.g. {_examples(merged.loc[wrong, 'index'])}); "
             f"were the shards run with another num_shards than {num_shards}?"
         )
-    by_index = merged.set_index("index")["prediction"]
-    out = pd.DataFrame({"index": test_index.to_numpy(), "prediction": by_index.loc[test_index.to_numpy()].to_numpy()})
-    if out_path is not None:
-        out_path = Path(out_path)
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        out.to_csv(out_path, index=False)
-    return out
+    by_index = merged.set_index("index")
+    order_ix = test_index.to_numpy()
+    return pd.DataFrame({"index": order_ix, "prediction": by_index["prediction"].loc[order_ix].to_numpy(),
+                         "raw": by_index["raw"].loc[order_ix].to_numpy()})
+
+
+def _shared_part(record: dict[str, Any] | None) -> dict[str, Any]:
+    """The part of a run record every shard must share; an old bare id stands for all of it."""
+    if record is None:
+        return {"id": None}
+    if not any(k in record for k in SHARED_RUN_KEYS):
+        return {"id": record.get("id")}
+    return {k: record.get(k) for k in SHARED_RUN_KEYS}

@@ -1,17 +1,10 @@
-"""One function per notebook stage, so each notebook is a few calls.
+"""One function per notebook stage, so each notebook is its parameters cell and a few calls.
 
-The stages hand over through one work folder (``work_dir``)::
-
-    work_dir/demo/                      the built-in demo data (when asked for, or when no data is found)
-    work_dir/prepared/train.parquet     sampled training rows   (01)
-    work_dir/prepared/val.parquet       validation rows, other groups than train (01)
-    work_dir/prepared/test.parquet      the test rows (01)
-    work_dir/prepared/manifest.json     where the CSVs, labels and images are (01)
-    work_dir/artifacts/<backend>/       the fitted artifact: LoRA adapter or ranker (02)
-    work_dir/shards/                    shard_{i:02d}_of_{n:02d}.csv + .done markers (03)
-    out_dir/submission.csv, report.md, *.png, gallery.html      (04)
-
-Every path parameter accepts ``""`` for "the default" (``utils.paths``, then the manifest written by 01).
+Each function takes its stage's parameters (``utils.params``: the same names as the notebook's parameters cell and
+``run_all.sh``'s options), validates them, does the work through the library, and returns what the notebook shows.
+The stages hand over through one work folder (``utils.workdir.WorkDir`` lists every path in it). Lines meant for the
+person watching (counts, missing images, progress) go through ``utils.console.say``, so ``run_all.sh`` shows them
+on its console while the notebook runs.
 """
 
 from __future__ import annotations
@@ -20,50 +13,69 @@ import hashlib
 import json
 import os
 import re
-import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from utils import paths as _paths
+from utils.console import say
+from utils.fileio import atomic_write_bytes
+from utils.params import FitParams, InferParams, PostprocessParams, PrepareParams, check_known
+from utils.workdir import StageError, WorkDir
 
-PREPARED = "prepared"
-MANIFEST = "manifest.json"
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 _UNIT = re.compile(r"^\s*\S+\s+(.+?)\s*$")
 
-
-class StageError(RuntimeError):
-    """A stage cannot run: missing input from an earlier stage, or an invalid result."""
+__all__ = ["StageError", "SubmissionError", "prepare", "finetune", "infer_shard", "postprocess"]
 
 
 class SubmissionError(StageError):
     """The merged predictions fail ``utils.sanity.check_submission``."""
 
 
+class MissingImagesError(StageError):
+    """Too many of the images a stage needs are not in the image folder (a wrong ``image_dir``?)."""
+
+
 @dataclass
 class Prepared:
     """What stage 01 wrote."""
 
-    work_dir: Path
-    train_path: Path
-    val_path: Path
-    test_path: Path
-    manifest_path: Path
+    work: WorkDir
     manifest: dict[str, Any]
     counts: pd.DataFrame  # per entity and unit: rows in train and val
     entity_counts: pd.DataFrame  # per entity: rows in train, val, test
+    images: ImageCensus | None = None
     download: Any = None  # utils.images.DownloadSummary when images were fetched
+
+    @property
+    def work_dir(self) -> Path:
+        return self.work.root
+
+    @property
+    def train_path(self) -> Path:
+        return self.work.table("train")
+
+    @property
+    def val_path(self) -> Path:
+        return self.work.table("val")
+
+    @property
+    def test_path(self) -> Path:
+        return self.work.table("test")
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.work.manifest_path
 
     def summary(self) -> str:
         """One line of counts."""
-        return (
-            f"train {len(pd.read_parquet(self.train_path))} rows, val {len(pd.read_parquet(self.val_path))} rows, "
-            f"test {len(pd.read_parquet(self.test_path))} rows -> {self.train_path.parent}"
-        )
+        rows = self.manifest["rows"]
+        return (f"train {rows['train']} rows, val {rows['val']} rows, test {rows['test']} rows -> "
+                f"{self.work.prepared}")
 
 
 @dataclass
@@ -88,35 +100,6 @@ class Postprocessed:
 
 
 # --------------------------------------------------------------------------------------------- helpers
-
-
-def work_dir_for(work_dir: str | os.PathLike[str] | None) -> Path:
-    """The work folder: the given one, else this machine's default (``utils.paths``)."""
-    chosen = _paths.resolve(work_dir, _paths.default_paths().work_dir)
-    assert chosen is not None
-    return chosen
-
-
-def read_manifest(work_dir: str | os.PathLike[str] | None) -> dict[str, Any]:
-    """The manifest stage 01 wrote; ``StageError`` naming the stage to run first when it is missing."""
-    path = work_dir_for(work_dir) / PREPARED / MANIFEST
-    if not path.is_file():
-        raise StageError(f"{path} not found: run notebooks/01_prepare_data.ipynb (stage 01) with this work_dir first")
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def _read_table(work_dir: Path, name: str) -> pd.DataFrame:
-    path = work_dir / PREPARED / f"{name}.parquet"
-    if not path.is_file():
-        raise StageError(f"{path} not found: run notebooks/01_prepare_data.ipynb (stage 01) with this work_dir first")
-    frame = pd.read_parquet(path)
-    if "entity_value" in frame.columns:
-        frame["entity_value"] = frame["entity_value"].fillna("").astype(str)
-    return frame
-
-
-def _path_or_none(value: Any) -> Path | None:
-    return Path(value) if value else None
 
 
 def limit_threads(num_threads: int) -> None:
@@ -157,213 +140,225 @@ def entity_count_table(train: pd.DataFrame, val: pd.DataFrame, test: pd.DataFram
     return pd.DataFrame(counts).fillna(0).astype(int).sort_index()
 
 
-def missing_images(links: pd.Series, image_dir: Path) -> list[str]:
-    """The unique links whose image is not in ``image_dir``."""
+@dataclass(frozen=True)
+class ImageCensus:
+    """Which of the distinct images some rows need are in the image folder."""
+
+    image_dir: Path
+    total: int  # distinct links
+    missing: list[str]  # links whose file is not there (downloadable)
+    unusable: list[str]  # links naming no usable file (not http(s), no file name): never an image
+
+    @property
+    def absent(self) -> int:
+        return len(self.missing) + len(self.unusable)
+
+    @property
+    def share_absent(self) -> float:
+        return self.absent / self.total if self.total else 0.0
+
+    def line(self, what: str) -> str:
+        """``images for train+test: 740 needed, 3 missing (0.4%) in /data/images``."""
+        return (f"images for {what}: {self.total} needed, {self.absent} missing ({100 * self.share_absent:.1f}%) "
+                f"in {self.image_dir}")
+
+
+def image_census(links: pd.Series, image_dir: Path) -> ImageCensus:
+    """Count the distinct ``links`` whose image is (not) in ``image_dir``."""
     from utils.images import cached_image
 
     unique = pd.Series(links.dropna().astype(str).unique())
-    missing = []
+    missing, unusable = [], []
     for link in unique:
         path = cached_image(image_dir, link)
-        if path is not None and not path.is_file():
+        if path is None:
+            unusable.append(link)
+        elif not path.is_file():
             missing.append(link)
-    return missing
+    return ImageCensus(Path(image_dir), len(unique), missing, unusable)
+
+
+def missing_images(links: pd.Series, image_dir: Path) -> list[str]:
+    """The distinct links whose image could be downloaded into ``image_dir`` but is not there."""
+    return image_census(links, image_dir).missing
+
+
+def check_images(census: ImageCensus, what: str, max_missing: float, tag: str) -> None:
+    """Say the count on the console; ``MissingImagesError`` when more than ``max_missing`` of them are absent."""
+    say(f"[{tag}] {census.line(what)}")
+    if census.total and census.share_absent > max_missing:
+        raise MissingImagesError(
+            f"{census.absent} of {census.total} images for {what} ({100 * census.share_absent:.0f}%) are not in "
+            f"{census.image_dir}: is the image folder right (image_dir, run_all.sh --images)? Download them with "
+            "`python -m utils.images download CSV FOLDER`, or accept the gap with max_missing_images=1 "
+            "(--max-missing-images 1): their rows are then answered with ''")
 
 
 def fetch_missing(links: pd.Series, image_dir: Path, download: bool = True, workers: int = 16) -> Any:
-    """Download the images of ``links`` missing from ``image_dir``; warn (never fail) about what stays missing.
-
-    Returns the ``utils.images.DownloadSummary``, or None when nothing was downloaded.
-    """
+    """Download the images of ``links`` missing from ``image_dir`` when allowed and possible; warn about what stays
+    missing. Returns the ``utils.images.DownloadSummary``, or None when nothing was downloaded."""
     missing = missing_images(links, image_dir)
     if missing and download and _paths.is_writable(image_dir):
         from utils.images import download_images
 
         summary = download_images(missing, image_dir, workers=workers)
         if summary.failed:
-            print(f"warning: {summary.failed} images could not be downloaded (see {image_dir / 'failures.csv'}); "
-                  "their rows are answered with ''", file=sys.stderr)
+            say(f"warning: {summary.failed} images could not be downloaded (see {image_dir / 'failures.csv'}); "
+                "their rows are answered with ''")
         return summary
     if missing:
-        print(f"warning: {len(missing)} images are not in {image_dir} and will be answered with '' "
-              f"({'download off' if not download else 'folder not writable'})", file=sys.stderr)
+        say(f"warning: {len(missing)} images are not in {image_dir} and will be answered with '' "
+            f"({'download off' if not download else 'folder not writable'})")
     return None
+
+
+def _stage_params(cls: type, fields: dict[str, Any]) -> Any:
+    check_known(cls, fields)
+    return cls(**fields)
 
 
 # --------------------------------------------------------------------------------------------- 01 prepare
 
 
-def prepare(
-    train_csv: str = "",
-    test_csv: str = "",
-    labels_csv: str = "",
-    image_dir: str = "",
-    work_dir: str = "",
-    per_entity: int = 0,
-    balance_units: bool = False,
-    val_fraction: float = 0.1,
-    seed: int = 0,
-    download: bool = True,
-    download_workers: int = 16,
-    demo_train: int = 0,
-    demo_test: int = 0,
-) -> Prepared:
-    """Stage 01: load and validate the CSVs, find or download the images, sample, split, write the tables.
+def prepare(**params: Any) -> Prepared:
+    """Stage 01 (``PrepareParams``): load and validate the CSVs, find or download the images, sample, split, write.
 
-    ``train_csv="demo"`` (or ``""`` where no data set is found) renders the built-in demo into
-    ``work_dir/demo`` (``demo_train``/``demo_test`` rows; 0 = the demo's defaults) and uses its files.
-    ``per_entity=0`` keeps every training row.
+    ``train_csv="demo"`` (or ``""`` where no data set is found) renders the built-in demo into ``work_dir/demo``.
+    Without ``image_dir`` the images are the data's own ``images/`` folder when it has one, else
+    ``work_dir/images``. More than ``max_missing_images`` of the needed images missing after the download attempt
+    fails here, before any fit (a wrong folder would otherwise give an all-empty submission).
     """
     from utils import data, demo
 
+    p: PrepareParams = _stage_params(PrepareParams, params)
     defaults = _paths.default_paths()
-    work = work_dir_for(work_dir)
-    train_path = _paths.resolve(train_csv, defaults.train_csv)
-    if train_csv.strip().lower() == _paths.DEMO or train_path is None:
-        made = demo.make_demo_data(
-            work / "demo", demo_train or demo.DEFAULT_N_TRAIN, demo_test or demo.DEFAULT_N_TEST, seed
-        )
+    work = WorkDir.of(p.work_dir)
+    train_path = _paths.resolve(p.train_csv, defaults.train_csv)
+    if p.train_csv.strip().lower() == _paths.DEMO or train_path is None:
+        made = demo.make_demo_data(work.demo, p.demo_train or demo.DEFAULT_N_TRAIN, p.demo_test or demo.DEFAULT_N_TEST,
+                                   p.seed)
         train_path, test_path = made.train_csv, made.test_csv
-        labels_path: Path | None = _paths.resolve(labels_csv, made.labels_csv)
-        images = _paths.resolve(image_dir, made.image_dir)
+        labels_path: Path | None = _paths.resolve(p.labels_csv, made.labels_csv)
+        images = _paths.resolve(p.image_dir, made.image_dir)
     else:
-        test_path = _paths.resolve(test_csv, defaults.test_csv)
+        test_path = _paths.resolve(p.test_csv, defaults.test_csv)
         if test_path is None:
             raise StageError("test_csv is empty and no test.csv was found for this machine: pass test_csv")
-        labels_path = _paths.resolve(labels_csv, None)
-        images = _paths.resolve(image_dir, defaults.image_dir)
+        labels_path = _paths.resolve(p.labels_csv, None)
+        data_images = train_path.parent / "images"
+        images = _paths.resolve(p.image_dir, data_images if data_images.is_dir() else work.images)
     assert images is not None
+    if labels_path is not None and not labels_path.is_file():
+        raise StageError(f"labels_csv {labels_path} does not exist")
     train = data.load_train(train_path)
     test = data.load_test(test_path)
     sample = train
-    if per_entity > 0:
-        sample = data.balanced_sample(train, per_entity, seed=seed, balance_units=balance_units)
-    train_rows, val_rows = data.group_split(sample, val_fraction=val_fraction, seed=seed)
+    if p.per_entity > 0:
+        sample = data.balanced_sample(train, p.per_entity, seed=p.seed, balance_units=p.balance_units)
+    train_rows, val_rows = data.group_split(sample, val_fraction=p.val_fraction, seed=p.seed)
+    say(f"[01] {len(train)} training rows loaded, {len(sample)} sampled "
+        f"({'all' if p.per_entity == 0 else f'up to {p.per_entity} per entity'}), {len(test)} test rows")
 
     wanted = pd.concat([sample["image_link"], test["image_link"]], ignore_index=True)
-    summary = fetch_missing(wanted, images, download=download, workers=download_workers)
+    summary = fetch_missing(wanted, images, download=p.download)
+    census = image_census(wanted, images)
+    check_images(census, "the sample and the test set", p.max_missing_images, "01")
 
-    out = work / PREPARED
-    out.mkdir(parents=True, exist_ok=True)
-    written = {}
+    work.prepared.mkdir(parents=True, exist_ok=True)
     for name, frame in (("train", train_rows), ("val", val_rows), ("test", test)):
-        written[name] = out / f"{name}.parquet"
-        frame.reset_index(drop=True).to_parquet(written[name], index=False)
+        frame.reset_index(drop=True).to_parquet(work.table(name), index=False)
     manifest = {
         "train_csv": str(train_path),
         "test_csv": str(test_path),
         "labels_csv": str(labels_path) if labels_path else "",
         "image_dir": str(images),
-        "per_entity": per_entity,
-        "val_fraction": val_fraction,
-        "seed": seed,
+        "per_entity": p.per_entity,
+        "val_fraction": p.val_fraction,
+        "seed": p.seed,
         "rows": {"train": len(train_rows), "val": len(val_rows), "test": len(test)},
+        "images": {"needed": census.total, "missing": census.absent},
         "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    manifest_path = out / MANIFEST
-    manifest_path.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-    return Prepared(
-        work, written["train"], written["val"], written["test"], manifest_path, manifest,
-        count_table(train_rows, val_rows), entity_count_table(train_rows, val_rows, test), summary,
-    )
+    atomic_write_bytes(work.manifest_path, json.dumps(manifest, indent=2).encode("utf-8"))
+    return Prepared(work, manifest, count_table(train_rows, val_rows),
+                    entity_count_table(train_rows, val_rows, test), census, summary)
 
 
 # --------------------------------------------------------------------------------------------- 02 fit
 
 
-def artifact_dir_for(work_dir: str | os.PathLike[str] | None, backend: str, artifact_dir: str = "") -> Path:
-    """Where a backend's artifact lives: the given folder, else ``work_dir/artifacts/<backend>``."""
-    chosen = _paths.resolve(artifact_dir, work_dir_for(work_dir) / "artifacts" / backend)
-    assert chosen is not None
-    return chosen
-
-
-def finetune(
-    backend: str = "ocr",
-    work_dir: str = "",
-    artifact_dir: str = "",
-    image_dir: str = "",
-    refit: bool = False,
-    **settings: Any,
-) -> Path:
-    """Stage 02: fit ``backend`` on the prepared train/val tables; returns the artifact folder.
-
-    A finished fit leaves ``<artifact_dir>.fitted`` beside the folder (the artifact path and a fingerprint of the
-    backend, its settings and the train/val tables); a rerun with ``refit=False`` reuses the artifact when the
-    fingerprint still matches.
-    ``settings`` go to the backend's ``fit`` (its config dataclass field names).
-    """
-    from utils.backends import get_backend
-
-    work = work_dir_for(work_dir)
-    manifest = read_manifest(work)
-    out = artifact_dir_for(work, backend, artifact_dir)
-    marker = out.with_name(out.name + ".fitted")
-    fingerprint = fit_fingerprint(work, backend, settings)
-    previous = read_fitted_marker(marker)
-    if previous and not refit and previous.get("fingerprint") == fingerprint and Path(previous["artifact"]).exists():
-        print(f"reusing the fitted artifact {previous['artifact']} (same data and settings; refit=True to fit again)")
-        return Path(previous["artifact"])
-    marker.unlink(missing_ok=True)
-    images = _paths.resolve(image_dir, Path(manifest["image_dir"]))
-    train, val = _read_table(work, "train"), _read_table(work, "val")
-    out.mkdir(parents=True, exist_ok=True)
-    fitted = Path(get_backend(backend).fit(train, val, images, out, **settings))
-    marker.write_text(json.dumps({"artifact": str(fitted), "fingerprint": fingerprint}), encoding="utf-8")
-    return fitted
-
-
-def fit_fingerprint(work_dir: Path, backend: str, settings: dict[str, Any]) -> str:
+def fit_fingerprint(work: WorkDir, backend: str, settings: dict[str, Any]) -> str:
     """A hash of what a fit depends on: backend name, settings, the prepared train and val tables."""
     digest = hashlib.sha256(json.dumps([backend, settings], sort_keys=True, default=str).encode())
     for name in ("train", "val"):
-        digest.update((work_dir / PREPARED / f"{name}.parquet").read_bytes())
+        digest.update(work.table(name).read_bytes())
     return digest.hexdigest()[:16]
 
 
-def read_fitted_marker(marker: Path) -> dict[str, Any] | None:
-    """The ``.fitted`` marker's content (``artifact``, ``fingerprint``), or None when absent or unreadable."""
+def read_fit_status(artifact: Path) -> dict[str, Any]:
+    """What a fit said about itself (``fit_status.json`` in its artifact: ``complete`` false when it stopped early,
+    e.g. at the time budget); ``{"complete": True}`` for a backend that writes none."""
     try:
-        content = json.loads(marker.read_text(encoding="utf-8"))
+        status = json.loads((artifact / "fit_status.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return None
-    return content if isinstance(content, dict) and "artifact" in content else None
+        return {"complete": True}
+    return status if isinstance(status, dict) else {"complete": True}
+
+
+def finetune(**params: Any) -> Path:
+    """Stage 02 (``FitParams``): fit ``backend`` on the prepared train/val tables; returns the artifact folder.
+
+    A fit leaves ``<artifact_dir>.fitted`` beside the folder (the artifact, a fingerprint of the backend, its
+    settings and the tables, and whether it completed). A rerun reuses a complete fit with the same fingerprint
+    (``refit`` forces a new one) and continues an incomplete one (a fine-tune stopped by its time budget).
+    """
+    from utils.backends import get_backend
+
+    p: FitParams = _stage_params(FitParams, params)
+    work = WorkDir.of(p.work_dir)
+    work.manifest()
+    out = work.artifact(p.backend, p.artifact_dir)
+    marker = work.fitted_marker(out)
+    fingerprint = fit_fingerprint(work, p.backend, p.settings)
+    previous = work.read_fitted(out)
+    if (previous and not p.refit and previous.get("fingerprint") == fingerprint and previous.get("complete", True)
+            and Path(previous["artifact"]).exists()):
+        say(f"[02] reusing the fitted artifact {previous['artifact']} (same data and settings; refit=True to fit "
+            "again)")
+        return Path(previous["artifact"])
+    if previous and previous.get("fingerprint") == fingerprint and not previous.get("complete", True):
+        say("[02] the last fit stopped before its end (time budget): continuing it")
+    marker.unlink(missing_ok=True)
+    images = work.image_dir(p.image_dir)
+    train, val = work.read_table("train"), work.read_table("val")
+    census = image_census(pd.concat([train["image_link"], val["image_link"]]), images)
+    say(f"[02] fitting backend '{p.backend}' on {len(train)} rows (validation {len(val)}); {census.line('them')}")
+    out.mkdir(parents=True, exist_ok=True)
+    fitted = Path(get_backend(p.backend).fit(train, val, images, out, **p.settings))
+    status = read_fit_status(fitted)
+    content = {"artifact": str(fitted), "fingerprint": fingerprint, "complete": bool(status.get("complete", True))}
+    atomic_write_bytes(marker, json.dumps(content).encode("utf-8"))
+    if not content["complete"]:
+        say(f"[02] the fit stopped early ({status.get('stopped_by') or 'incomplete'}, step "
+            f"{status.get('global_step')} of {status.get('planned_steps')}): the artifact is usable; run stage 02 "
+            "again to continue it")
+    return fitted
 
 
 # --------------------------------------------------------------------------------------------- 03 infer
 
 
-def shards_dir_for(work_dir: str | os.PathLike[str] | None, shards_dir: str = "") -> Path:
-    """The shard output folder: the given one, else ``work_dir/shards``."""
-    chosen = _paths.resolve(shards_dir, work_dir_for(work_dir) / "shards")
-    assert chosen is not None
-    return chosen
-
-
-def load_test_rows(work_dir: str | os.PathLike[str] | None, test_csv: str = "") -> pd.DataFrame:
+def load_test_rows(work: WorkDir, test_csv: str = "") -> pd.DataFrame:
     """The test rows: ``test_csv`` when given (a separate Kaggle session), else the table stage 01 wrote."""
     if test_csv:
         from utils.data import load_test
 
         return load_test(test_csv)
-    return _read_table(work_dir_for(work_dir), "test")
+    return work.read_table("test")
 
 
-def infer_shard(
-    shard_index: int,
-    num_shards: int,
-    backend: str = "ocr",
-    work_dir: str = "",
-    artifact_dir: str = "",
-    image_dir: str = "",
-    shards_dir: str = "",
-    test_csv: str = "",
-    num_threads: int = 1,
-    batch_size: int = 0,
-    download: bool = True,
-    **settings: Any,
-) -> Path:
-    """Stage 03: predict shard ``shard_index`` of ``num_shards`` (resumable); returns the shard file.
+def infer_shard(**params: Any) -> Path:
+    """Stage 03 (``InferParams``): predict shard ``shard_index`` of ``num_shards`` (resumable); the shard file.
 
     Without ``test_csv``/``image_dir`` the test table and image folder come from stage 01's work folder.
     ``download`` fetches this shard's missing images first (a separate session may start without them).
@@ -373,28 +368,27 @@ def infer_shard(
     from utils.pipeline import run_shard
     from utils.shards import shard_rows
 
-    if not 0 <= shard_index < num_shards:
-        raise ValueError(f"shard_index must be in [0, {num_shards}), got {shard_index} (num_shards={num_shards})")
-    limit_threads(num_threads)
-    if batch_size > 0:
-        settings["batch_size"] = batch_size
-    if backend == "ocr":
-        settings.setdefault("workers", num_threads)  # OCR processes, one onnxruntime thread each
-    work = work_dir_for(work_dir)
-    test = load_test_rows(work, test_csv)
-    if image_dir:
-        images = Path(image_dir)
-    else:
-        images = Path(read_manifest(work)["image_dir"])
-    if download:
-        fetch_missing(shard_rows(test, shard_index, num_shards)["image_link"], images)
-    artifact = artifact_dir_for(work, backend, artifact_dir)
-    fitted = read_fitted_marker(artifact.with_name(artifact.name + ".fitted"))
-    if not artifact_dir and fitted:
-        artifact = Path(fitted["artifact"])
-    out = shards_dir_for(work, shards_dir)
+    p: InferParams = _stage_params(InferParams, params)
+    limit_threads(p.num_threads)
+    settings = dict(p.settings)
+    if p.batch_size > 0:
+        settings["batch_size"] = p.batch_size
+    if p.backend == "ocr":
+        settings.setdefault("workers", p.num_threads)  # OCR processes, one onnxruntime thread each
+    work = WorkDir.of(p.work_dir)
+    test = load_test_rows(work, p.test_csv)
+    images = work.image_dir(p.image_dir)
+    tag = f"03 shard {p.shard_index}/{p.num_shards}"
+    links = shard_rows(test, p.shard_index, p.num_shards)["image_link"]
+    if len(links):
+        if p.download:
+            fetch_missing(links, images)
+        check_images(image_census(links, images), "this shard", p.max_missing_images, tag)
+    artifact = work.fitted_artifact(p.backend, p.artifact_dir)
+    out = work.shards(p.shards_dir)
     out.mkdir(parents=True, exist_ok=True)
-    return Path(run_shard(backend, test, shard_index, num_shards, images, artifact, out, **settings))
+    return Path(run_shard(p.backend, test, p.shard_index, p.num_shards, images, artifact, out, tag=tag,
+                          **settings))
 
 
 # --------------------------------------------------------------------------------------------- 04 postprocess
@@ -402,6 +396,8 @@ def infer_shard(
 
 def read_labels(path: str | os.PathLike[str]) -> pd.DataFrame:
     """A labels CSV (``index,entity_name,entity_value``; empty values stay ``""``)."""
+    if not Path(path).is_file():
+        raise StageError(f"labels_csv {path} does not exist")
     labels = pd.read_csv(path, dtype={"entity_value": str, "entity_name": str}, keep_default_na=False)
     missing = {"index", "entity_name", "entity_value"} - set(labels.columns)
     if missing:
@@ -410,61 +406,64 @@ def read_labels(path: str | os.PathLike[str]) -> pd.DataFrame:
     return labels
 
 
-def clean_predictions(predictions: pd.DataFrame, test: pd.DataFrame) -> pd.DataFrame:
-    """Normalize every prediction for its row's entity (idempotent on already clean answers), in test order."""
+def build_submission(shards_dir: Path, num_shards: int, test: pd.DataFrame, out_path: Path | None = None
+                     ) -> pd.DataFrame:
+    """The submission from the finished shards: merged (every test index exactly once, ``utils.shards``), each
+    answer cleaned afresh from the backend's ``raw`` text (so a better cleaning rule needs no new prediction),
+    checked (``SubmissionError`` listing the first problems), and written to ``out_path`` in one rename when given:
+    an invalid submission is never written, and a reader never sees half a file."""
+    from utils.sanity import check_submission, summarize
+    from utils.shards import merge_shards
     from utils.units import normalize_prediction
 
-    merged = test[["index", "entity_name"]].merge(predictions[["index", "prediction"]], on="index", how="left")
-    merged["prediction"] = [
-        normalize_prediction(entity, "" if pd.isna(text) else str(text))
-        for entity, text in zip(merged["entity_name"], merged["prediction"])
-    ]
-    return merged[["index", "prediction"]]
-
-
-def postprocess(
-    num_shards: int,
-    work_dir: str = "",
-    out_dir: str = "",
-    shards_dir: str = "",
-    test_csv: str = "",
-    labels_csv: str = "",
-    image_dir: str = "",
-    n_worst: int = 12,
-) -> Postprocessed:
-    """Stage 04: merge the shards, clean, sanity-check (raises ``SubmissionError``), write ``submission.csv``.
-
-    Where labels exist (``labels_csv``, else the demo's labels from the manifest), score it and write the report
-    (``utils.report.write_report``) beside the submission.
-    """
-    from utils.sanity import check_submission
-    from utils.shards import merge_shards
-
-    work = work_dir_for(work_dir)
-    manifest = read_manifest(work) if (work / PREPARED / MANIFEST).is_file() else {}
-    out = _paths.resolve(out_dir, _paths.default_paths().out_dir)
-    assert out is not None
-    test = load_test_rows(work, test_csv)
-    merged = merge_shards(shards_dir_for(work, shards_dir), num_shards, test)
-    submission = clean_predictions(merged, test)
+    merged = merge_shards(shards_dir, num_shards, test)
+    entity = dict(zip(test["index"].astype("int64"), test["entity_name"].astype(str)))
+    submission = pd.DataFrame({
+        "index": merged["index"].to_numpy(),
+        "prediction": [normalize_prediction(entity[int(i)], str(raw)) for i, raw in zip(merged["index"],
+                                                                                         merged["raw"])],
+    })
     problems = check_submission(test, submission)
     if problems:
         shown = "\n  ".join(str(p) for p in problems[:10])
-        raise SubmissionError(f"the submission is invalid ({len(problems)} problems), first ones:\n  {shown}")
-    out.mkdir(parents=True, exist_ok=True)
-    submission_path = out / "submission.csv"
-    submission.to_csv(submission_path, index=False)
-    images = _paths.resolve(image_dir, _path_or_none(manifest.get("image_dir")))
-    result = Postprocessed(submission_path, submission, test, images)
-    labels_path = _paths.resolve(labels_csv, _path_or_none(manifest.get("labels_csv")))
-    if labels_path is None:
-        result.notes.append("no labels: no F1 report (pass labels_csv to score)")
-        return result
-    from utils.metrics import score
-    from utils.report import write_report
+        raise SubmissionError(f"the submission is invalid ({summarize(problems)}), first ones:\n  {shown}")
+    if out_path is not None:
+        write_csv_atomically(submission, Path(out_path))
+    return submission
 
-    result.report = score(submission, read_labels(labels_path))
-    result.files = write_report(out, result.report, test, images, n_worst=n_worst)
+
+def write_csv_atomically(frame: pd.DataFrame, path: Path) -> Path:
+    """Write ``frame`` as CSV to ``path`` in one rename: readers see the old file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, frame.to_csv(index=False).encode("utf-8"))
+    return path
+
+
+def postprocess(**params: Any) -> Postprocessed:
+    """Stage 04 (``PostprocessParams``): check the labels path first, ``build_submission`` (merge, clean from raw,
+    check, write ``submission.csv`` atomically), then score and report where labels exist."""
+    p: PostprocessParams = _stage_params(PostprocessParams, params)
+    work = WorkDir.of(p.work_dir)
+    manifest = work.manifest() if work.manifest_path.is_file() else {}
+    out = _paths.resolve(p.out_dir, _paths.default_paths().out_dir)
+    assert out is not None
+    labels_path = _paths.resolve(p.labels_csv, Path(manifest["labels_csv"]) if manifest.get("labels_csv") else None)
+    labels = read_labels(labels_path) if labels_path is not None else None  # a bad path fails before anything
+    test = load_test_rows(work, p.test_csv)
+    submission = build_submission(work.shards(p.shards_dir), p.num_shards, test, out / "submission.csv")
+    images = _paths.resolve(p.image_dir, Path(manifest["image_dir"]) if manifest.get("image_dir") else None)
+    result = Postprocessed(out / "submission.csv", submission, test, images)
+    if images is not None:
+        say(f"[04] {image_census(test['image_link'], images).line('the test set')}")
+    if labels is None:
+        result.notes.append("no labels: no F1 report (pass labels_csv to score)")
+    else:
+        from utils.metrics import score
+        from utils.report import write_report
+
+        result.report = score(submission, labels)
+        result.files = write_report(out, result.report, test, images, n_worst=p.n_worst)
+    say(f"[04] {result.summary()}")
     return result
 
 
@@ -500,3 +499,8 @@ def show_postprocessed(result: Postprocessed, interactive: bool = False) -> Any:
     print(f"report: {result.files.report_md}")
     rows = report_module.normalize_rows(result.report.rows, result.test)
     return report_module.browser(rows, result.image_dir, interactive=interactive)
+
+
+def params_dict(obj: Any) -> dict[str, Any]:
+    """A stage's parameters as a plain dict (for printing and logging)."""
+    return asdict(obj)

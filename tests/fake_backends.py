@@ -1,0 +1,54 @@
+"""Backends for tests of the runner: fast, answering from a labels CSV, optionally slow and recording when they run.
+
+They reach the notebook kernels that ``run_all.sh`` starts through ``PRODUCT_VALUES_BACKENDS`` (``utils.backends``),
+the product's own plug-in seam, so the runner, papermill and the stages run for real around them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+PLUGIN = "answers=tests.fake_backends:AnswerBackend,gpu_answers=tests.fake_backends:GpuAnswerBackend"
+
+
+class AnswerBackend:
+    """Fit writes a small artifact; predict answers each row from ``answers_csv`` in batches of two, sleeping
+    ``sleep`` seconds per batch, and records its process and time span in ``record_dir`` (one JSON per process)."""
+
+    name = "answers"
+
+    def fit(self, train: pd.DataFrame, val: pd.DataFrame, image_dir: Path, out_dir: Path, **settings: Any) -> Path:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(out_dir) / "fit.json").write_text(json.dumps({"train": len(train), **settings}))
+        return Path(out_dir)
+
+    def predict(self, rows: pd.DataFrame, image_dir: Path, artifact_dir: Path, answers_csv: str = "",
+                sleep: float = 0.0, record_dir: str = "", **settings: Any) -> Iterator[list[tuple[int, str]]]:
+        labels = pd.read_csv(answers_csv, keep_default_na=False).set_index("index")["entity_value"] \
+            if answers_csv else pd.Series(dtype=str)
+        record = Path(record_dir) / f"predict-{os.getpid()}.json" if record_dir else None
+        start = time.time()
+        if record is not None:
+            record.parent.mkdir(parents=True, exist_ok=True)
+            record.write_text(json.dumps({"pid": os.getpid(), "start": start, "end": None,
+                                          "gpus": os.environ.get("CUDA_VISIBLE_DEVICES")}))
+        for s in range(0, len(rows), 2):
+            time.sleep(sleep)
+            yield [(int(i), str(labels.get(int(i), ""))) for i in rows["index"].iloc[s:s + 2]]
+        if record is not None:
+            record.write_text(json.dumps({"pid": os.getpid(), "start": start, "end": time.time(),
+                                          "gpus": os.environ.get("CUDA_VISIBLE_DEVICES")}))
+
+
+class GpuAnswerBackend(AnswerBackend):
+    """The same, declared as a GPU backend: the runner gives each shard its own GPU."""
+
+    name = "gpu_answers"
+    uses_gpu = True

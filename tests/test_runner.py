@@ -1,0 +1,184 @@
+"""run_all.sh (utils.runner) as a careless user meets it: bad options, parallel starts, kills, kernel races, caps.
+
+The stages run for real through papermill; a fast fake backend (``tests.fake_backends``, plugged in through the
+product's ``PRODUCT_VALUES_BACKENDS`` seam) answers from the demo's labels so that each run takes seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from .fake_backends import PLUGIN
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "PRODUCT_VALUES_BACKENDS": PLUGIN}
+    env.update(extra)
+    return env
+
+
+def _args(root: Path, *more: str, backend: str = "answers", sleep: float = 0.0, shards: int = 2,
+          demo_test: int = 8) -> list[str]:
+    work = root / "work"
+    settings = {"answers_csv": str(work / "demo" / "test_labels.csv"), "sleep": sleep,
+                "record_dir": str(root / "records")}
+    return ["--demo-train", "16", "--demo-test", str(demo_test), "--shards", str(shards), "--backend", backend,
+            "--work", str(work), "--out", str(root / "out"), "--runs", str(root / "runs"),
+            "--infer-settings", json.dumps(settings), *more]
+
+
+def _run_all(args: list[str], timeout: int = 300, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["bash", str(REPO / "run_all.sh"), *args], capture_output=True, text=True, env=_env(**env),
+                          timeout=timeout, cwd=REPO)
+
+
+def _records(root: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((root / "records").glob("predict-*.json"))]
+
+
+def _max_overlap(records: list[dict]) -> int:
+    events = sorted([(r["start"], 1) for r in records] + [(r["end"], -1) for r in records])
+    now = peak = 0
+    for _, step in events:
+        now += step
+        peak = max(peak, now)
+    return peak
+
+
+def test_every_option_is_checked_before_stage_01(tmp_path: Path) -> None:
+    (tmp_path / "a_file").write_text("x")
+    cases = [
+        (["--labels-csv", str(tmp_path / "typo.csv")], "--labels-csv .*typo.csv does not exist"),
+        (["--train-csv", str(tmp_path), "--test-csv", str(tmp_path / "a_file")], "--train-csv .* is a folder"),
+        (["--images", str(tmp_path / "imgs")], "--images .*imgs does not exist"),
+        (["--out", str(tmp_path / "a_file")], "--out .*a_file is a file, not a folder"),
+        (["--work", str(tmp_path / "a_file")], "--work .*a_file is a file, not a folder"),
+        (["--backend", "nonsense"], r"backend \(--backend\) must be one of .*ocr.*paligemma"),
+        (["--backend", "nonsense", "--prepare-only"], r"backend \(--backend\) must be one of"),
+        (["--per-entity", "-3"], r"per_entity \(--per-entity\) must be a whole number >= 0"),
+        (["--max-missing-images", "2"], r"--max-missing-images\) must be a share between 0 and 1"),
+        (["--shards", "0"], r"--shards\) must be a whole number >= 1"),
+        (["--fit-settings", "[1]"], "--fit-settings: must be a JSON object"),
+    ]
+    for args, message in cases:
+        started = time.monotonic()
+        result = subprocess.run(["bash", str(REPO / "run_all.sh"), "--runs", str(tmp_path / "runs"), *args],
+                                capture_output=True, text=True, env=_env(), timeout=120, cwd=REPO)
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        assert result.stderr.startswith("run_all.sh") or "run_all.sh: error" in result.stderr, result.stderr
+        assert __import__("re").search(message, result.stderr), (args, result.stderr)
+        assert "Traceback" not in result.stderr
+        assert time.monotonic() - started < 60
+    assert not (tmp_path / "runs").exists()  # nothing ran
+
+
+def test_shards_are_capped_and_queued_and_empty_shards_run_no_kernel(tmp_path: Path) -> None:
+    result = _run_all(_args(tmp_path, "--parallel", "2", sleep=0.4, shards=6, demo_test=4))
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "[03] 2 of 6 shards have no rows (4 test rows): finished without a kernel" in out
+    assert "[03] 4 shards, 2 at a time" in out and "queued: 2, 3" in out
+    assert "[03 shard 0/6] 1 of 1 rows to predict" in out  # the notebooks' progress lines reach the console
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert len(list(run_dir.glob("03_infer_shard_*.ipynb"))) == 4  # no kernel for the empty shards
+    records = _records(tmp_path)
+    assert len(records) == 4 and _max_overlap(records) <= 2
+    submission = pd.read_csv(tmp_path / "out" / "submission.csv", keep_default_na=False)
+    assert len(submission) == 4
+
+
+def test_shards_get_one_gpu_each_and_wait_for_a_free_one(tmp_path: Path) -> None:
+    site = str(REPO / "tests" / "fake_gpu_site")
+    result = _run_all(_args(tmp_path, backend="gpu_answers", sleep=0.4, shards=4), FAKE_GPUS="T4,T4",
+                      PYTHONPATH=site + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 at a time on 2 GPU(s), 1 per GPU (cuda:0 Tesla T4 (compute capability 7.5, 15.0 GiB)" in result.stdout
+    assert "shard 0 -> GPU 0, shard 1 -> GPU 1; queued: 2, 3" in result.stdout
+    records = _records(tmp_path)
+    assert sorted(r["gpus"] for r in records) == ["0", "0", "1", "1"]
+    for gpu in ("0", "1"):  # never two shards on one GPU at once
+        assert _max_overlap([r for r in records if r["gpus"] == gpu]) == 1
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    log = (run_dir / "03_infer_shard_01_of_04.log").read_text()
+    assert "Tesla T4" in log and "[CUDA_VISIBLE_DEVICES=" in log  # the shard saw its one GPU
+
+
+def test_a_kernel_that_fails_to_start_is_retried(tmp_path: Path) -> None:
+    kernels = tmp_path / "jupyter" / "kernels" / "flaky"
+    kernels.mkdir(parents=True)
+    counter = tmp_path / "failures_left"
+    counter.write_text("2")
+    script = tmp_path / "flaky_kernel.sh"
+    script.write_text(f"""#!/bin/sh
+# dies before replying to kernel_info, as a kernel that lost jupyter's port race does, while failures are left
+n=$(cat {counter})
+if [ "$n" -gt 0 ]; then echo $((n - 1)) > {counter}; exit 1; fi
+exec {sys.executable} -m ipykernel_launcher -f "$1"
+""")
+    (kernels / "kernel.json").write_text(json.dumps(
+        {"argv": ["/bin/sh", str(script), "{connection_file}"], "display_name": "flaky", "language": "python"}))
+    result = _run_all(_args(tmp_path, "--kernel", "flaky"), JUPYTER_PATH=str(tmp_path / "jupyter"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("the kernel failed to start (jupyter port race); retry") == 2
+    assert counter.read_text().strip() == "0"
+
+    counter.write_text("99")  # a kernel that never starts: the run fails after the retries, saying so
+    failed = _run_all(_args(tmp_path, "--kernel", "flaky", "--start-retries", "1"),
+                      JUPYTER_PATH=str(tmp_path / "jupyter"))
+    assert failed.returncode == 1 and "Kernel died before replying to kernel_info" in failed.stderr
+
+
+def _descendants(pid: int) -> list[int]:
+    import psutil
+
+    return [p.pid for p in psutil.Process(pid).children(recursive=True)]
+
+
+def test_one_run_per_work_folder_and_a_kill_stops_everything_it_started(tmp_path: Path) -> None:
+    import psutil
+
+    args = _args(tmp_path, sleep=3.0)
+    first = subprocess.Popen(["bash", str(REPO / "run_all.sh"), *args], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=_env(), cwd=REPO)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and len(_records(tmp_path)) < 2:  # both shards are predicting
+            assert first.poll() is None, first.communicate()
+            time.sleep(0.5)
+        assert len(_records(tmp_path)) == 2
+
+        second = _run_all(args, timeout=120)  # a second start on the same work folder
+        assert second.returncode == 3
+        assert f"is in use by pid {first.pid}" in second.stderr and "--wait" in second.stderr
+
+        tree = _descendants(first.pid)
+        assert len(tree) >= 4  # papermill and its kernel, for each shard
+        first.send_signal(signal.SIGTERM)  # kill <pid>, as a user would
+        out, err = first.communicate(timeout=60)
+        assert first.returncode == 128 + signal.SIGTERM, err
+        assert "stopped by SIGTERM" in err
+        gone_by = time.monotonic() + 30
+        while time.monotonic() < gone_by and any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"
+                                                 for p in tree):
+            time.sleep(0.5)
+        alive = [p for p in tree if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+        assert alive == [], f"orphans left running: {alive}"
+    finally:
+        if first.poll() is None:
+            first.kill()
+
+    again = _run_all(_args(tmp_path))  # an immediate rerun resumes instead of failing on a half-written shard
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert len(pd.read_csv(tmp_path / "out" / "submission.csv")) == 8
