@@ -1,12 +1,14 @@
 """GPU check at full size: PaliGemma-3B-448's architecture with random weights (no download).
 
-(a) one 4-bit LoRA training step through the project's own ``utils.train.fit`` at the notebook's default batch
-    size (``TrainConfig.train_batch_size``), in fp16 as on a T4, printing peak GPU memory (must be < 15 GiB so the
-    fine-tune fits a 16 GB T4);
-(b) fp16 inference through ``utils.infer.generate_answers``: images/s at batch sizes 1, 16 (the notebook default)
-    and 32 for prefill alone and for greedy generation (median of ``--repeats``, with peak memory), and the
-    fraction of the GPU's peak fp16 FLOP/s reached by prefill (one image ≈ 5.2 TFLOP: ~1,030 tokens through the
-    2.5B Gemma decoder plus 1,024 patches through SigLIP-So400m).
+(a) a few 4-bit LoRA optimizer steps through the project's own ``utils.train.fit`` at the notebook's default batch
+    size (``TrainConfig.train_batch_size``), with ``dtype="auto"`` and ``device="auto"`` exactly as the notebooks
+    run it (fp16 on a T4, bf16 where it is native), printing peak GPU memory (must be < 15 GiB so the fine-tune fits
+    a 16 GB T4), the measured optimizer-step time, and how many steps (and rows) a 9-hour time budget plans at the
+    notebook's defaults (13,600 rows, 2 epochs, 16 rows per step);
+(b) inference through ``utils.infer.generate_answers`` in the ``dtype="auto"`` dtype (``--dtype float16`` forces a
+    T4's): images/s at batch sizes 1, 16 (the notebook default) and 32 for prefill alone and for greedy generation
+    (median of ``--repeats``, with peak memory), and the fraction of the GPU's peak FLOP/s reached by prefill (one
+    image ≈ 5.2 TFLOP: ~1,030 tokens through the 2.5B Gemma decoder plus 1,024 patches through SigLIP-So400m).
 
 The weights are random: the model is built in fp16 on the GPU from the config below (the values of
 ``google/paligemma-3b-ft-docvqa-448``'s config.json), saved to local disk, and loaded back through
@@ -106,36 +108,60 @@ def build_checkpoint(work: Path, dry_run: bool) -> Path:
     return out
 
 
-def train_step(model_dir: Path, work: Path, batch_size: int, dry_run: bool) -> dict[str, Any]:
-    """(a) one 4-bit LoRA optimizer step through ``utils.train.fit``; returns the measurements."""
+def train_step(model_dir: Path, work: Path, batch_size: int, dry_run: bool, steps: int) -> dict[str, Any]:
+    """(a) ``steps`` 4-bit LoRA optimizer steps through ``utils.train.fit`` (dtype and device "auto", as the
+    notebooks); returns the measurements, the step time from the fit's own time-budget plan."""
+    import json
+
     import torch
 
     from utils.tiny_model import make_synthetic_set
     from utils.train import fit
 
     rows = make_synthetic_set(work / "data", size=448 if not dry_run else 64)
-    rows = rows.head(batch_size) if batch_size <= len(rows) else rows.sample(batch_size, replace=True, random_state=0)
+    n = batch_size * steps
+    rows = rows.sample(n, replace=n > len(rows), random_state=0).reset_index(drop=True)
     cuda = torch.cuda.is_available() and not dry_run
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     t = time.perf_counter()
     fit(
         rows, None, work / "data" / "images", work / "train",
-        model_id=str(model_dir), quantization="4bit", dtype="float16" if cuda else "auto",
-        device="cuda" if cuda else "cpu", max_steps=1, train_batch_size=batch_size, grad_accum=1,
-        save_steps=1000, logging_steps=1, resume=False,
+        model_id=str(model_dir), quantization="4bit", dtype="auto", device="auto" if cuda else "cpu",
+        max_steps=steps, train_batch_size=batch_size, grad_accum=1, save_steps=1000, logging_steps=1, resume=False,
+        calibration_steps=max(1, steps - 2), time_budget_hours=0,
     )
     seconds = time.perf_counter() - t
-    result = {"batch_size": batch_size, "seconds_load_and_step": seconds}
+    plan = json.loads((work / "train" / "checkpoints" / "plan.json").read_text()) \
+        if (work / "train" / "checkpoints" / "plan.json").is_file() else {}
+    result = {"batch_size": batch_size, "steps": steps, "seconds_load_and_steps": seconds,
+              "step_seconds": plan.get("step_seconds")}
     if cuda:
         result["peak_gib"] = torch.cuda.max_memory_allocated() / GiB
         result["peak_reserved_gib"] = torch.cuda.max_memory_reserved() / GiB
+        from utils.model import ModelConfig
+
+        result["dtype"] = str(ModelConfig(device="auto").torch_dtype).removeprefix("torch.")
     return result
 
 
+def budget_plan(step_seconds: float, rows_per_step: int, hours: float = 9.0, margin_minutes: float = 20.0,
+                rows: int = 13600, epochs: float = 2.0, val_fraction: float = 0.1) -> str:
+    """What a ``hours`` time budget plans at the notebook defaults, for a measured step time (one row per sample;
+    the bench's step is ``rows_per_step`` rows, the notebook's 4 x 4 = 16)."""
+    per_row = step_seconds / rows_per_step
+    step = per_row * 16
+    configured = int(epochs * rows * (1 - val_fraction) // 16)
+    fits = int((hours * 3600 - margin_minutes * 60) // step)
+    planned = min(configured, fits)
+    return (f"a {hours:g}-hour budget plans {planned} of {configured} configured steps "
+            f"({planned * 16:,} rows seen of {int(epochs * rows * (1 - val_fraction)):,}; {step:.1f} s per 16-row "
+            f"step)")
+
+
 def inference(model_dir: Path, work: Path, batch_sizes: list[int], new_tokens: int, dry_run: bool,
-              repeats: int) -> list[dict[str, Any]]:
-    """(b) fp16 prefill and generation throughput through ``generate_answers``."""
+              repeats: int, dtype: str = "auto") -> list[dict[str, Any]]:
+    """(b) prefill and generation throughput through ``generate_answers`` in ``dtype`` ("auto": as the notebooks)."""
     import torch
 
     from utils.data import make_prompt
@@ -144,7 +170,7 @@ def inference(model_dir: Path, work: Path, batch_sizes: list[int], new_tokens: i
     from utils.model import ModelConfig, load_base_model, load_processor
 
     cuda = torch.cuda.is_available() and not dry_run
-    cfg = ModelConfig(model_id=str(model_dir), quantization="none", dtype="float16" if cuda else "auto",
+    cfg = ModelConfig(model_id=str(model_dir), quantization="none", dtype=dtype if cuda else "auto",
                       device="cuda" if cuda else "cpu")
     model = load_base_model(cfg).eval()
     processor = load_processor(model_dir)
@@ -212,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="tiny model on CPU: checks the script only")
     parser.add_argument("--train-batch-size", type=int, default=TrainConfig().train_batch_size,
                         help="rows in the training step (default: the notebook's, TrainConfig.train_batch_size)")
+    parser.add_argument("--train-steps", type=int, default=6, help="optimizer steps timed in (a)")
+    parser.add_argument("--dtype", default="auto", choices=("auto", "float16", "bfloat16"),
+                        help="inference dtype; auto: as the notebooks (fp16 on a T4, bf16 where native)")
     parser.add_argument("--batch-sizes", default="1,16,32", help="inference batch sizes, comma separated")
     parser.add_argument("--new-tokens", type=int, default=8, help="tokens generated per answer when timing")
     parser.add_argument("--repeats", type=int, default=3, help="timed prefill and generate passes per batch size")
@@ -237,8 +266,12 @@ def main(argv: list[str] | None = None) -> int:
         work = args.work or Path(tmp)
         model_dir = build_checkpoint(work, args.dry_run)
         if not args.skip_train:
-            r = train_step(model_dir, work, args.train_batch_size, args.dry_run)
-            line = f"(a) 4-bit LoRA step, batch {r['batch_size']}: load+step {r['seconds_load_and_step']:.0f} s"
+            r = train_step(model_dir, work, args.train_batch_size, args.dry_run, args.train_steps)
+            line = (f"(a) 4-bit LoRA, dtype auto ({r.get('dtype', 'cpu')}), batch {r['batch_size']}: "
+                    f"load + {r['steps']} steps {r['seconds_load_and_steps']:.0f} s")
+            if r["step_seconds"]:
+                line += (f"; {r['step_seconds']:.2f} s per optimizer step; "
+                         + budget_plan(r["step_seconds"], r["batch_size"]))
             if "peak_gib" in r:
                 fits = r["peak_gib"] < MEMORY_LIMIT_GIB
                 ok &= fits
@@ -247,10 +280,11 @@ def main(argv: list[str] | None = None) -> int:
             print(line, flush=True)
         if not args.skip_infer:
             peak = peak_tflops(name, args.peak_tflops) if not args.dry_run else None
-            for r in inference(model_dir, work, batch_sizes, args.new_tokens, args.dry_run, args.repeats):
+            for r in inference(model_dir, work, batch_sizes, args.new_tokens, args.dry_run, args.repeats,
+                               args.dtype):
                 frac = (f"{r['prefill_img_s'] * TFLOP_PER_IMAGE / (peak * 1e12):.1%} of {peak:.0f} TFLOP/s"
                         if peak else "peak unknown")
-                print(f"(b) {'fp16' if not args.dry_run else 'fp32'} batch {r['batch_size']:>3}: prefill {r['prefill_img_s']:7.2f} img/s ({frac}); "
+                print(f"(b) {args.dtype if not args.dry_run else 'fp32'} batch {r['batch_size']:>3}: prefill {r['prefill_img_s']:7.2f} img/s ({frac}); "
                       f"generate {args.new_tokens} tokens {r['generate_img_s']:7.2f} img/s "
                       f"(median of {args.repeats}, spread {r['generate_spread']:.0%}"
                       + (f", peak {r['generate_peak_gib']:.1f} GiB" if "generate_peak_gib" in r else "")

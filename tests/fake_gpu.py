@@ -24,6 +24,8 @@ class Spec:
     memory_gib: float
 
 
+#: Modules that are told there is no GPU (see ``install``).
+BLIND = ("bitsandbytes", "peft")
 T4 = Spec("Tesla T4", (7, 5), 15.0)
 A100 = Spec("NVIDIA A100-SXM4-40GB", (8, 0), 40.0)
 KNOWN = {"T4": T4, "A100": A100}
@@ -77,9 +79,10 @@ def install(setattr: Callable[[Any, str, Any], None], specs: list[Spec]) -> list
         return _Props(s.name, s.capability[0], s.capability[1], int(s.memory_gib * GiB))
 
     def is_available() -> bool:
-        # bitsandbytes loads its CUDA kernels at import when it sees a GPU; it cannot use a fake one, so it sees none
+        # Libraries that would put tensors on the GPU by themselves cannot use a fake one, so they see none:
+        # bitsandbytes (loads CUDA kernels at import) and peft (loads adapter weights onto "cuda" when it sees one).
         caller = sys._getframe(1).f_globals.get("__name__", "")
-        return bool(shown) and not caller.startswith("bitsandbytes")
+        return bool(shown) and not caller.startswith(BLIND)
 
     setattr(torch.cuda, "is_available", is_available)
     setattr(torch.cuda, "device_count", lambda: len(shown))
@@ -92,6 +95,13 @@ def install(setattr: Callable[[Any, str, Any], None], specs: list[Spec]) -> list
     setattr(torch.cuda, "is_bf16_supported",
             lambda including_emulation=True: bool(shown) and (props(0).major >= 8 or including_emulation))
     setattr(torch.cuda, "mem_get_info", lambda device=None: (props(device).total_memory,) * 2)
+    # the Trainer saves and restores every device's RNG state with its checkpoints
+    states = lambda: [torch.get_rng_state() for _ in shown]  # noqa: E731
+    for module in (torch.cuda, torch.cuda.random):
+        setattr(module, "get_rng_state_all", states)
+        setattr(module, "set_rng_state_all", lambda new_states: None)
+        setattr(module, "get_rng_state", lambda device="cuda": torch.get_rng_state())
+        setattr(module, "set_rng_state", lambda new_state, device="cuda": None)
     return shown
 
 

@@ -292,20 +292,20 @@ def test_a_killed_session_resumes_from_a_read_only_checkpoint_folder(tiny_dir: P
     assert is_adapter_dir(adapter)
 
 
-class _SlowDown:
-    """A callback that makes every step after ``after`` take ``seconds`` longer (a GPU that throttles)."""
+class _StepTime:
+    """A callback that makes each step take ``seconds`` longer, ``later`` seconds after step ``after`` (a big model
+    on a GPU that then throttles): step times that do not depend on how fast this machine is."""
 
-    def __init__(self, after: int, seconds: float) -> None:
-        self.after, self.seconds = after, seconds
+    def __init__(self, seconds: float, after: int = 10**9, later: float = 0.0) -> None:
+        self.seconds, self.after, self.later = seconds, after, later
 
     def __getattr__(self, name: str):
         return lambda *a, **k: None
 
     def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
-        if state.global_step > self.after:
-            import time
+        import time
 
-            time.sleep(self.seconds)
+        time.sleep(self.later if state.global_step > self.after else self.seconds)
 
 
 def test_the_time_budget_plans_the_steps_and_stops_with_a_saved_adapter(tiny_dir: Path, data,
@@ -314,10 +314,11 @@ def test_the_time_budget_plans_the_steps_and_stops_with_a_saved_adapter(tiny_dir
     settings = dict(model_id=str(tiny_dir), max_steps=400, save_steps=1000, calibration_steps=2,
                     save_margin_minutes=0, **{**FAST, "logging_steps": 2})
     out = tmp_path / "planned"
-    adapter = fit(rows.head(8), None, image_dir, out, time_budget_hours=8 / 3600, **settings)  # 8 seconds
+    adapter = fit(rows.head(8), None, image_dir, out, time_budget_hours=8 / 3600, callbacks=[_StepTime(0.2)],
+                  **settings)  # 8 seconds for 400 steps of 0.2 s
     plan = json.loads((out / "checkpoints" / "plan.json").read_text())
     status = json.loads((adapter / "fit_status.json").read_text())
-    assert plan["configured_steps"] == 400 and plan["max_steps"] < 400  # planned to fit the budget
+    assert plan["configured_steps"] == 400 and plan["max_steps"] < 40  # planned to fit the budget
     assert status["planned_steps"] == plan["max_steps"] and status["global_step"] <= plan["max_steps"]
     assert (adapter / "adapter_model.safetensors").is_file()
     logged = [h for h in json.loads((out / "train_summary.json").read_text())["log_history"] if "loss" in h]
@@ -326,7 +327,7 @@ def test_the_time_budget_plans_the_steps_and_stops_with_a_saved_adapter(tiny_dir
     # steps that slow down after the plan: the budget stops training, with a checkpoint and the adapter saved
     out = tmp_path / "stopped"
     adapter = fit(rows.head(8), None, image_dir, out, time_budget_hours=20 / 3600,
-                  callbacks=[_SlowDown(after=3, seconds=2.0)], **settings)
+                  callbacks=[_StepTime(0.2, after=3, later=2.0)], **settings)
     status = json.loads((adapter / "fit_status.json").read_text())
     assert status["complete"] is False and status["stopped_by"] == "time budget"
     assert status["global_step"] < status["planned_steps"] < 400

@@ -237,6 +237,28 @@ def explain(exc: BaseException, model_id: str, revision: str | None = None) -> s
 
 
 @contextmanager
+def offline(enabled: bool = True) -> Iterator[None]:
+    """Inside the block, when ``enabled``, libraries do not reach the hub (``HF_HUB_OFFLINE``): the model came from a
+    local folder or the cache, so nothing is missing, and peft would otherwise ask the hub for the base model's
+    config at every checkpoint save (a request per save, a timeout each without internet). Restored afterwards."""
+    if not enabled:
+        yield
+        return
+    from huggingface_hub import constants
+
+    before_env, before_const = os.environ.get("HF_HUB_OFFLINE"), constants.HF_HUB_OFFLINE
+    os.environ["HF_HUB_OFFLINE"], constants.HF_HUB_OFFLINE = "1", True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before_const
+        if before_env is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = before_env
+
+
+@contextmanager
 def explained(model_id: str, revision: str | None = None) -> Iterator[None]:
     """Turn hub failures inside the block into ``ModelAccessError`` (the original kept as its cause)."""
     try:

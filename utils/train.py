@@ -30,6 +30,7 @@ import torch
 from utils.checkpoints import WANDB_FILE, fingerprint, prepare_checkpoints, read_json, write_json
 from utils.checkpoints import last_checkpoint  # noqa: F401  (re-exported: tests and notebooks use it from here)
 from utils.console import say
+from utils.hub import offline, resolve_model_source
 from utils.images import cached_image, load_image
 from utils.infer import (
     FP16_REMEDY,
@@ -450,12 +451,14 @@ def train_model(
     budget.trainer = trainer
     if resume_from is not None:
         say(f"[02] resuming from {resume_from} (step {resume_from.name.rsplit('-', 1)[-1]})")
+    local = resolve_model_source(str(model_cfg.model_id), model_cfg.hub_revision).local_files_only
     try:
-        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        with offline(local):  # loaded from a folder or the cache: no hub request at each checkpoint save
+            result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+            adapter_dir = save_adapter(trainer.model, processor, model_cfg, out / ADAPTER_DIR)
         metrics: dict[str, Any] = dict(result.metrics)
         state = trainer.state
         complete = not budget.stopped_by_budget and state.global_step >= state.max_steps
-        adapter_dir = save_adapter(trainer.model, processor, model_cfg, out / ADAPTER_DIR)
         write_json(adapter_dir / GENERATION_FILE, {"max_new_tokens": infer_cfg.max_new_tokens,
                                                    "longest_answer_tokens": longest})
         status = {"complete": complete, "global_step": state.global_step, "planned_steps": state.max_steps,
