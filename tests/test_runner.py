@@ -182,3 +182,13 @@ def test_one_run_per_work_folder_and_a_kill_stops_everything_it_started(tmp_path
     again = _run_all(_args(tmp_path))  # an immediate rerun resumes instead of failing on a half-written shard
     assert again.returncode == 0, again.stdout + again.stderr
     assert len(pd.read_csv(tmp_path / "out" / "submission.csv")) == 8
+
+
+def test_prepare_only_shows_papermill_errors(tmp_path: Path) -> None:
+    blocked = tmp_path / "out" / "shard_notebooks" / "03_infer_shard_00_of_02.ipynb"
+    blocked.mkdir(parents=True)  # a folder where the notebook must be written: papermill fails
+    result = subprocess.run(["bash", str(REPO / "run_all.sh"), "--prepare-only", "--shards", "2", "--out",
+                             str(tmp_path / "out")], capture_output=True, text=True, env=_env(), timeout=120, cwd=REPO)
+    assert result.returncode == 1
+    assert "writing 03_infer_shard_00_of_02.ipynb failed" in result.stderr
+    assert "IsADirectoryError" in result.stderr  # papermill's own reason, not swallowed
