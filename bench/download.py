@@ -2,7 +2,7 @@
 
 Serves the dev images (``../shared/data/amazon/dev/images``, about 180 KB each) under N distinct URLs from a
 threading HTTP server in a child process (so it does not share the client's GIL), then measures with the default
-settings of ``utils.images.download_images``:
+settings of ``utils.data.download.download_images``:
 
 - parallel: N downloads into an empty cache (default N = 2,000), images/s;
 - sequential: one-at-a-time (``workers=1``, same validation and fsync) on the first M URLs (default 100), images/s;
@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.image_server import serve_in_process  # noqa: E402
-from utils.images import DEFAULT_WORKERS, download_images  # noqa: E402
+from utils.data.download import DEFAULT_WORKERS, download_images  # noqa: E402
 
 DEFAULT_DATA = Path(os.environ.get("AMAZON_DATA_DIR", REPO.parent / "shared" / "data" / "amazon"))
 

@@ -1,19 +1,19 @@
 """GPU check at full size: PaliGemma-3B-448's architecture with random weights (no download).
 
-(a) a few 4-bit LoRA optimizer steps through the project's own ``utils.train.fit`` at the notebook's default batch
+(a) a few 4-bit LoRA optimizer steps through the project's own ``utils.models.paligemma.train.fit`` at the notebook's default batch
     size (``TrainConfig.train_batch_size``), with ``dtype="auto"`` and ``device="auto"`` exactly as the notebooks
     run it (fp16 on a T4, bf16 where it is native), printing peak GPU memory (must be < 15 GiB so the fine-tune fits
     a 16 GB T4), the measured optimizer-step time, and how many steps (and rows) a 9-hour time budget plans at the
     notebook's defaults (13,600 rows, 2 epochs, 16 rows per step);
-(b) inference through ``utils.infer.generate_answers`` in the ``dtype="auto"`` dtype (``--dtype float16`` forces a
+(b) inference through ``utils.models.paligemma.infer.generate_answers`` in the ``dtype="auto"`` dtype (``--dtype float16`` forces a
     T4's): images/s at batch sizes 1, 16 (the notebook default) and 32 for prefill alone and for greedy generation
     (median of ``--repeats``, with peak memory), and the fraction of the GPU's peak FLOP/s reached by prefill (one
     image ≈ 5.2 TFLOP: ~1,030 tokens through the 2.5B Gemma decoder plus 1,024 patches through SigLIP-So400m).
 
 The weights are random: the model is built in fp16 on the GPU from the config below (the values of
 ``google/paligemma-3b-ft-docvqa-448``'s config.json), saved to local disk, and loaded back through
-``utils.model.load_base_model`` exactly like the hub model, with ``BitsAndBytesConfig`` doing the 4-bit
-quantisation. The tokenizer is the tiny one from ``utils.tiny_model`` (vocabulary size does not change the cost:
+``utils.models.paligemma.load.load_base_model`` exactly like the hub model, with ``BitsAndBytesConfig`` doing the 4-bit
+quantisation. The tokenizer is the tiny one from ``utils.models.paligemma.tiny`` (vocabulary size does not change the cost:
 the embedding matrix is full size). Everything must finish in under 8 minutes.
 
     python bench/gpu_check.py                  # on a GPU machine
@@ -83,7 +83,7 @@ def build_checkpoint(work: Path, dry_run: bool) -> Path:
     import torch
     from transformers import PaliGemmaForConditionalGeneration
 
-    from utils.tiny_model import TinyConfig, build_processor, build_tiny_paligemma
+    from utils.models.paligemma.tiny import TinyConfig, build_processor, build_tiny_paligemma
 
     out = work / "model"
     if dry_run:
@@ -109,14 +109,14 @@ def build_checkpoint(work: Path, dry_run: bool) -> Path:
 
 
 def train_step(model_dir: Path, work: Path, batch_size: int, dry_run: bool, steps: int) -> dict[str, Any]:
-    """(a) ``steps`` 4-bit LoRA optimizer steps through ``utils.train.fit`` (dtype and device "auto", as the
+    """(a) ``steps`` 4-bit LoRA optimizer steps through ``utils.models.paligemma.train.fit`` (dtype and device "auto", as the
     notebooks); returns the measurements, the step time from the fit's own time-budget plan."""
     import json
 
     import torch
 
-    from utils.tiny_model import make_synthetic_set
-    from utils.train import fit
+    from utils.models.paligemma.tiny import make_synthetic_set
+    from utils.models.paligemma.train import fit
 
     rows = make_synthetic_set(work / "data", size=448 if not dry_run else 64)
     n = batch_size * steps
@@ -139,7 +139,7 @@ def train_step(model_dir: Path, work: Path, batch_size: int, dry_run: bool, step
     if cuda:
         result["peak_gib"] = torch.cuda.max_memory_allocated() / GiB
         result["peak_reserved_gib"] = torch.cuda.max_memory_reserved() / GiB
-        from utils.model import ModelConfig
+        from utils.models.paligemma.load import ModelConfig
 
         result["dtype"] = str(ModelConfig(device="auto").torch_dtype).removeprefix("torch.")
     return result
@@ -164,10 +164,11 @@ def inference(model_dir: Path, work: Path, batch_sizes: list[int], new_tokens: i
     """(b) prefill and generation throughput through ``generate_answers`` in ``dtype`` ("auto": as the notebooks)."""
     import torch
 
-    from utils.data import make_prompt
-    from utils.images import image_path, load_image
-    from utils.infer import IMAGE_TOKEN, generate_answers
-    from utils.model import ModelConfig, load_base_model, load_processor
+    from utils.data.tables import make_prompt
+    from utils.data.images import image_path, load_image
+    from utils.models.paligemma.data import IMAGE_TOKEN
+    from utils.models.paligemma.infer import generate_answers
+    from utils.models.paligemma.load import ModelConfig, load_base_model, load_processor
 
     cuda = torch.cuda.is_available() and not dry_run
     cfg = ModelConfig(model_id=str(model_dir), quantization="none", dtype=dtype if cuda else "auto",
@@ -225,14 +226,14 @@ def inference(model_dir: Path, work: Path, batch_sizes: list[int], new_tokens: i
 
 def make_synthetic_set_rows(work: Path):
     """The synthetic rows already rendered by the training step (re-rendered when absent)."""
-    from utils.tiny_model import make_synthetic_set
+    from utils.models.paligemma.tiny import make_synthetic_set
 
     return make_synthetic_set(work / "data", size=448)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run (a) and (b); exit 1 when the memory or time limit is broken."""
-    from utils.train import TrainConfig
+    from utils.models.paligemma.train import TrainConfig
 
     parser = argparse.ArgumentParser(description="PaliGemma-3B-448 GPU check (random weights)")
     parser.add_argument("--dry-run", action="store_true", help="tiny model on CPU: checks the script only")

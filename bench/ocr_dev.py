@@ -28,9 +28,9 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from utils.candidates import extract_candidates, same_answer  # noqa: E402
-from utils.metrics import score  # noqa: E402
-from utils.ranker import FALLBACK_ROTATIONS, Priors, RankerConfig, cross_validate, ocr_lookup  # noqa: E402
+from utils.models.ocr.candidates import extract_candidates, same_answer  # noqa: E402
+from utils.core.metrics import score  # noqa: E402
+from utils.models.ocr.ranker import FALLBACK_ROTATIONS, Priors, RankerConfig, cross_validate, ocr_lookup  # noqa: E402
 
 
 def rule_answers(rows: pd.DataFrame, lookup, rule: str) -> list[str]:

@@ -1,9 +1,9 @@
 """Tiny-model overfit check: labels, masks, generation and cleaning fit together.
 
-A tiny PaliGemma (random weights, built locally by ``utils.tiny_model``) is fine-tuned with the project's own
-``utils.train.fit`` (LoRA, answer-only loss, the one prompt) on 16 rendered images ("500 g", "12 V", "30 cm", ...),
+A tiny PaliGemma (random weights, built locally by ``utils.models.paligemma.tiny``) is fine-tuned with the project's own
+``utils.models.paligemma.train.fit`` (LoRA, answer-only loss, the one prompt) on 16 rendered images ("500 g", "12 V", "30 cm", ...),
 then answers them through the ``paligemma`` backend's ``predict`` (greedy generation) and every answer is cleaned by
-``utils.units.normalize_prediction``. It prints ``N/16`` (exact matches against the labels); the target is >= 15.
+``utils.core.units.normalize_prediction``. It prints ``N/16`` (exact matches against the labels); the target is >= 15.
 "The loss went down" does not prove this: a label off by one token, a mask that hides the answer or a prompt that
 differs between training and inference all still lower the loss but fail here.
 
@@ -44,10 +44,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from utils.infer import PaliGemmaBackend
-    from utils.tiny_model import TinyConfig, build_tiny_paligemma, make_synthetic_set
-    from utils.train import fit
-    from utils.units import normalize_prediction
+    from utils.models.paligemma.backend import PaliGemmaBackend
+    from utils.models.paligemma.tiny import TinyConfig, build_tiny_paligemma, make_synthetic_set
+    from utils.models.paligemma.train import fit
+    from utils.core.units import normalize_prediction
 
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     with tempfile.TemporaryDirectory(prefix="tiny_overfit_") as tmp:

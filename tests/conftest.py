@@ -26,6 +26,6 @@ def amazon_dir() -> Path:
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random PaliGemma saved with ``save_pretrained`` (built once per session), loaded like a hub id."""
-    from utils.tiny_model import build_tiny_paligemma
+    from utils.models.paligemma.tiny import build_tiny_paligemma
 
     return build_tiny_paligemma(tmp_path_factory.mktemp("tiny") / "model")

@@ -1,6 +1,6 @@
 """Backends for tests of the runner: fast, answering from a labels CSV, optionally slow and recording when they run.
 
-They reach the notebook kernels that ``run_all.sh`` starts through ``PRODUCT_VALUES_BACKENDS`` (``utils.backends``),
+They reach the notebook kernels that ``run_all.sh`` starts through ``PRODUCT_VALUES_BACKENDS`` (``utils.models.backend``),
 the product's own plug-in seam, so the runner, papermill and the stages run for real around them.
 """
 

@@ -8,7 +8,7 @@ so a benchmark's server does not share the client's GIL.
 
 The downloader refuses loopback addresses unless told otherwise (``download_images(..., allow_local=True)``, CLI
 ``--allow-local``). Tests that call it directly pass that. For code that calls the downloader without a way to pass
-it (``utils.stages.fetch_missing``), a running server also adds its own address to the environment variable
+it (``utils.pipeline.stages.fetch_missing``), a running server also adds its own address to the environment variable
 ``AMAZON_ALLOW_LOCAL_IMAGES`` (restored on ``stop()``); ``allow_in_env=False`` turns that off, as the downloader's
 own tests do so that they exercise the explicit switch and the refusal.
 """
@@ -125,7 +125,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
 
-ALLOW_LOCAL_ENV = "AMAZON_ALLOW_LOCAL_IMAGES"  # utils.images.ALLOW_LOCAL_ENV (not imported: keep this module light)
+ALLOW_LOCAL_ENV = "AMAZON_ALLOW_LOCAL_IMAGES"  # utils.data.download.ALLOW_LOCAL_ENV (not imported: keep this module light)
 _ENV_LOCK = threading.Lock()
 
 

@@ -13,7 +13,7 @@ import time
 
 import pandas as pd
 
-from utils.shards import ShardWriter, shard_rows
+from utils.pipeline.shards import ShardWriter, shard_rows
 
 
 def fake_answer(index: int) -> tuple[str, str]:

@@ -1,11 +1,11 @@
-"""Tests for utils.candidates: mentions per box, split across boxes, ranges, dimension strings, unit filter."""
+"""Tests for utils.models.ocr.candidates: mentions per box, split across boxes, ranges, dimension strings, unit filter."""
 
 from __future__ import annotations
 
 import pytest
 
-from utils.candidates import allowed_units, extract_candidates, fix_ocr_text, loosen_text, same_answer
-from utils.ocr import OcrBox, OcrResult
+from utils.models.ocr.candidates import allowed_units, extract_candidates, fix_ocr_text, loosen_text, same_answer
+from utils.models.ocr.engine import OcrBox, OcrResult
 
 
 def box(text: str, x: float, y: float, w: float = 80, h: float = 20) -> OcrBox:
@@ -50,7 +50,7 @@ def test_number_and_unit_split_across_neighbouring_boxes() -> None:
 
 
 def test_ounce_on_a_volume_row_is_a_fluid_ounce() -> None:
-    """The cleaning step's entity fit (utils.units.unit_for_entity) applies to candidates too."""
+    """The cleaning step's entity fit (utils.core.units.unit_for_entity) applies to candidates too."""
     res = OcrResult(400, 400, [box("Makes 1 cup (10oz)", 10, 10, 200), box("with 8-12 oz of water", 10, 60, 200)])
     assert answers(res, "item_volume") == ["1.0 cup", "10.0 fluid ounce", "8.0 fluid ounce", "12.0 fluid ounce"]
     assert answers(res, "item_weight") == ["10.0 ounce", "8.0 ounce", "12.0 ounce"]

@@ -1,4 +1,4 @@
-"""utils.data: loading with row-level validation errors, balanced sampling, group split, the prompt."""
+"""utils.data.tables: loading with row-level validation errors, balanced sampling, group split, the prompt."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import utils.data as data
-from utils.data import (
+import utils.data.tables as data
+from utils.data.tables import (
     DataValidationError,
     balanced_sample,
     group_split,
@@ -20,7 +20,7 @@ from utils.data import (
     load_train,
     make_prompt,
 )
-from utils.units import ENTITIES
+from utils.core.units import ENTITIES
 
 TRAIN_ROWS = [
     ("https://m.media-amazon.com/images/I/a.jpg", "748919", "item_weight", "500.0 gram"),

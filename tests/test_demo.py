@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from utils import demo
-from utils.data import load_test, load_train
-from utils.images import image_path
-from utils.units import ENTITY_UNIT_MAP, parse_value
+from utils.data import demo
+from utils.data.tables import load_test, load_train
+from utils.data.images import image_path
+from utils.core.units import ENTITY_UNIT_MAP, parse_value
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +106,7 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_the_answer_is_readable_in_the_image(small: demo.DemoData) -> None:
     """OCR finds the labelled number in most images: the ground truth is really printed there."""
-    ocr = pytest.importorskip("utils.ocr")
+    ocr = pytest.importorskip("utils.models.ocr.engine")
     train = pd.read_csv(small.train_csv, keep_default_na=False)
     answered = train[train["entity_value"] != ""].head(8)
     paths = [image_path(small.image_dir, link) for link in answered["image_link"]]

@@ -1,4 +1,4 @@
-"""utils.fileio: directory fsync is best effort and never raises."""
+"""utils.env.fileio: directory fsync is best effort and never raises."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from utils import fileio
+from utils.env import fileio
 
 
 def test_fsync_dir_on_a_real_folder(tmp_path) -> None:

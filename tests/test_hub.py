@@ -1,4 +1,4 @@
-"""utils.hub through huggingface_hub's real code: a loopback stand-in for the hub (``HF_ENDPOINT``), a Kaggle input
+"""utils.models.paligemma.hub through huggingface_hub's real code: a loopback stand-in for the hub (``HF_ENDPOINT``), a Kaggle input
 folder in a temporary root, tokens in the environment. Each case runs in a fresh interpreter, as a notebook does."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 MODEL = "google/paligemma-3b-ft-docvqa-448"
 TOKEN = "hf_TestTokenValue0123456789"
 LOAD = (
-    "from utils.model import ModelConfig, load_base_model, load_processor, model_source\n"
+    "from utils.models.paligemma.load import ModelConfig, load_base_model, load_processor, model_source\n"
     "cfg = ModelConfig(model_id={model!r}, quantization='none', revision={revision!r})\n"
     "print(model_source(cfg))\n"
     "load_processor(cfg.model_id, cfg.hub_revision)\n"
@@ -67,7 +67,7 @@ def test_a_missing_wrong_or_unlicensed_token_ends_with_one_sentence_saying_what_
                                                                                       tmp_path: Path) -> None:
     missing = _run(tmp_path, hub.url, token=None)
     assert missing.returncode != 0
-    assert _last_line(missing).startswith("utils.hub.ModelAccessError: ")
+    assert _last_line(missing).startswith("utils.models.paligemma.hub.ModelAccessError: ")
     assert "none was found" in _last_line(missing) and "HF_TOKEN" in _last_line(missing)
 
     wrong = _run(tmp_path, hub.url, token="hf_wrong")
@@ -110,7 +110,7 @@ def test_the_dtype_branch_is_fetched_and_a_missing_one_asked_for_is_a_clear_erro
 
 
 def test_revision_auto_follows_the_compute_dtype(monkeypatch: pytest.MonkeyPatch) -> None:
-    from utils.model import ModelConfig
+    from utils.models.paligemma.load import ModelConfig
 
     from . import fake_gpu
 

@@ -1,4 +1,4 @@
-"""Tests for utils.images: names, loading, validation, and the downloader against a fault-injecting server."""
+"""Tests for utils.data.images: names, loading, validation, and the downloader against a fault-injecting server."""
 
 from __future__ import annotations
 
@@ -16,18 +16,10 @@ import pytest
 from PIL import Image
 
 from tests.image_server import ImageServer
-from utils import images as I
-from utils.images import (
-    DownloadSummary,
-    InvalidImage,
-    clean_temp_files,
-    download_frame,
-    download_images,
-    image_filename,
-    image_path,
-    load_image,
-    validate_image_bytes,
-)
+from utils.data import download as D
+from utils.data import images as I
+from utils.data.images import InvalidImage, image_filename, image_path, load_image, validate_image_bytes
+from utils.data.download import DownloadSummary, clean_temp_files, download_frame, download_images
 
 REPO = Path(__file__).resolve().parents[1]
 # the test server is on the loopback interface, which the downloader refuses unless allowed explicitly
@@ -162,13 +154,13 @@ def test_validate_image_bytes(full: bool) -> None:
 
 
 def test_backoff_grows_with_jitter_and_honours_retry_after() -> None:
-    s = I._Settings(1, 1, 3, backoff=0.2, backoff_cap=1.0, max_bytes=1, max_pixels=None,
+    s = D._Settings(1, 1, 3, backoff=0.2, backoff_cap=1.0, max_bytes=1, max_pixels=None,
                     verify_cached=False, full_decode=True, fsync=False)
     for attempt, base in [(1, 0.2), (2, 0.4), (3, 0.8), (4, 1.0), (9, 1.0)]:
-        delays = {I._backoff_delay(attempt, s, None) for _ in range(50)}
+        delays = {D._backoff_delay(attempt, s, None) for _ in range(50)}
         assert all(base / 2 <= d <= base for d in delays) and len(delays) > 1
-    assert I._backoff_delay(1, s, 0.9) >= 0.9
-    assert I._backoff_delay(1, s, 100.0) <= 1.0  # capped
+    assert D._backoff_delay(1, s, 0.9) >= 0.9
+    assert D._backoff_delay(1, s, 100.0) <= 1.0  # capped
 
 
 # ------------------------------------------------------------------------------------------------ downloading
@@ -178,7 +170,7 @@ def test_backoff_grows_with_jitter_and_honours_retry_after() -> None:
 def server(monkeypatch: pytest.MonkeyPatch):
     """A loopback server that does not put itself into AMAZON_ALLOW_LOCAL_IMAGES (unset here): every download
     below must allow it explicitly, or is refused."""
-    monkeypatch.delenv(I.ALLOW_LOCAL_ENV, raising=False)
+    monkeypatch.delenv(D.ALLOW_LOCAL_ENV, raising=False)
     with ImageServer(allow_in_env=False) as srv:
         yield srv
 
@@ -338,13 +330,13 @@ def _write_csv(path: Path, urls: list[str]) -> None:
 def test_cli_summary_line(server: ImageServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     urls = [server.add(f"/c/{i}.jpg", _jpeg(30 + i, 30)) for i in range(3)] + [server.url("/c/404.jpg")]
     _write_csv(tmp_path / "t.csv", urls + urls[:1])
-    rc = I.main(["download", str(tmp_path / "t.csv"), str(tmp_path / "cache"), "--workers", "2",
+    rc = D.main(["download", str(tmp_path / "t.csv"), str(tmp_path / "cache"), "--workers", "2",
                  "--no-progress", "--retries", "0", "--timeout", "1", "--allow-local", "--max-failed-share", "0.5"])
     assert rc == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == "downloaded 3, cached 0, failed 1"
-    assert I.main(["download", str(tmp_path / "missing.csv"), str(tmp_path / "c2")]) == 2
+    assert D.main(["download", str(tmp_path / "missing.csv"), str(tmp_path / "c2")]) == 2
     (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
-    assert I.main(["download", str(tmp_path / "bad.csv"), str(tmp_path / "c2")]) == 2
+    assert D.main(["download", str(tmp_path / "bad.csv"), str(tmp_path / "c2")]) == 2
     assert "image_link" in capsys.readouterr().err
 
 
@@ -421,27 +413,27 @@ def test_cached_image_is_none_for_links_naming_no_usable_file(tmp_path: Path) ->
      ("2606:4700::1111", None)],
 )
 def test_local_address_kind(address: str, kind: str | None) -> None:
-    assert I.local_address_kind(address) == kind
+    assert D.local_address_kind(address) == kind
 
 
 def test_address_policy_from_argument_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(I.ALLOW_LOCAL_ENV, raising=False)
-    assert I.address_policy().refusal("127.0.0.1") == "127.0.0.1, a loopback address"
-    assert I.address_policy(True).refusal("10.0.0.7") is None
-    assert I.address_policy(False).refusal("8.8.8.8") is None  # public addresses are always fine
-    nets = I.address_policy(["10.0.0.0/8", "127.0.0.2"])
+    monkeypatch.delenv(D.ALLOW_LOCAL_ENV, raising=False)
+    assert D.address_policy().refusal("127.0.0.1") == "127.0.0.1, a loopback address"
+    assert D.address_policy(True).refusal("10.0.0.7") is None
+    assert D.address_policy(False).refusal("8.8.8.8") is None  # public addresses are always fine
+    nets = D.address_policy(["10.0.0.0/8", "127.0.0.2"])
     assert nets.refusal("10.9.9.9") is None and nets.refusal("127.0.0.2") is None
     assert nets.refusal("127.0.0.1") and nets.refusal("192.168.0.1") and nets.refusal("::1")
     for value, loopback_ok in [("1", True), ("yes", True), ("all", True), ("0", False), ("", False),
                                ("127.0.0.0/8, 10.0.0.0/8", True), ("192.168.0.0/16", False)]:
-        monkeypatch.setenv(I.ALLOW_LOCAL_ENV, value)
-        assert (I.address_policy().refusal("127.0.0.1") is None) is loopback_ok, value
-        assert I.address_policy(False).refusal("127.0.0.1") is not None  # an explicit False wins over the env
-    monkeypatch.setenv(I.ALLOW_LOCAL_ENV, "my-mirror")
-    with pytest.raises(ValueError, match=f"environment variable {I.ALLOW_LOCAL_ENV}: 'my-mirror' is not an IP"):
-        I.address_policy()
+        monkeypatch.setenv(D.ALLOW_LOCAL_ENV, value)
+        assert (D.address_policy().refusal("127.0.0.1") is None) is loopback_ok, value
+        assert D.address_policy(False).refusal("127.0.0.1") is not None  # an explicit False wins over the env
+    monkeypatch.setenv(D.ALLOW_LOCAL_ENV, "my-mirror")
+    with pytest.raises(ValueError, match=f"environment variable {D.ALLOW_LOCAL_ENV}: 'my-mirror' is not an IP"):
+        D.address_policy()
     with pytest.raises(ValueError, match="allow_local: '10.0.0.0/33'"):
-        I.address_policy(["10.0.0.0/33"])
+        D.address_policy(["10.0.0.0/33"])
 
 
 def test_loopback_is_refused_by_default_before_any_request(server: ImageServer, tmp_path: Path) -> None:
@@ -466,7 +458,7 @@ def test_loopback_is_refused_by_default_before_any_request(server: ImageServer, 
 @pytest.fixture()
 def second_loopback(monkeypatch: pytest.MonkeyPatch):
     """A second server on another loopback address (127.0.0.2), to tell two hops apart by address."""
-    monkeypatch.delenv(I.ALLOW_LOCAL_ENV, raising=False)
+    monkeypatch.delenv(D.ALLOW_LOCAL_ENV, raising=False)
     try:
         srv = ImageServer(host="127.0.0.2", allow_in_env=False).start()
     except OSError as exc:  # pragma: no cover - Linux routes all of 127/8 to lo; other systems may not
@@ -504,26 +496,26 @@ def test_environment_variable_allows_a_local_mirror(server: ImageServer, tmp_pat
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     url = server.add("/e/a.jpg", _jpeg())
     kw = {**FAST, "allow_local": None}
-    monkeypatch.setenv(I.ALLOW_LOCAL_ENV, "10.0.0.0/8")
+    monkeypatch.setenv(D.ALLOW_LOCAL_ENV, "10.0.0.0/8")
     assert download_images([url], tmp_path / "a", **kw).failed == 1
-    monkeypatch.setenv(I.ALLOW_LOCAL_ENV, "127.0.0.1")
+    monkeypatch.setenv(D.ALLOW_LOCAL_ENV, "127.0.0.1")
     assert download_images([url], tmp_path / "b", **kw).downloaded == 1
-    monkeypatch.setenv(I.ALLOW_LOCAL_ENV, "not-an-address")
-    with pytest.raises(ValueError, match=I.ALLOW_LOCAL_ENV):
+    monkeypatch.setenv(D.ALLOW_LOCAL_ENV, "not-an-address")
+    with pytest.raises(ValueError, match=D.ALLOW_LOCAL_ENV):
         download_images([url], tmp_path / "c", **kw)
 
 
 def test_image_server_puts_itself_into_the_environment_while_running(monkeypatch: pytest.MonkeyPatch) -> None:
-    """What lets callers that cannot pass allow_local (utils.stages.fetch_missing) reach the test server."""
-    monkeypatch.delenv(I.ALLOW_LOCAL_ENV, raising=False)
+    """What lets callers that cannot pass allow_local (utils.pipeline.stages.fetch_missing) reach the test server."""
+    monkeypatch.delenv(D.ALLOW_LOCAL_ENV, raising=False)
     with ImageServer():
-        assert os.environ[I.ALLOW_LOCAL_ENV] == "127.0.0.1"
-        assert I.address_policy().refusal("127.0.0.1") is None
-    assert I.ALLOW_LOCAL_ENV not in os.environ
-    monkeypatch.setenv(I.ALLOW_LOCAL_ENV, "10.0.0.0/8")
+        assert os.environ[D.ALLOW_LOCAL_ENV] == "127.0.0.1"
+        assert D.address_policy().refusal("127.0.0.1") is None
+    assert D.ALLOW_LOCAL_ENV not in os.environ
+    monkeypatch.setenv(D.ALLOW_LOCAL_ENV, "10.0.0.0/8")
     with ImageServer():
-        assert os.environ[I.ALLOW_LOCAL_ENV] == "10.0.0.0/8,127.0.0.1"
-    assert os.environ[I.ALLOW_LOCAL_ENV] == "10.0.0.0/8"
+        assert os.environ[D.ALLOW_LOCAL_ENV] == "10.0.0.0/8,127.0.0.1"
+    assert os.environ[D.ALLOW_LOCAL_ENV] == "10.0.0.0/8"
 
 
 def test_cli_refuses_loopback_without_allow_local(server: ImageServer, tmp_path: Path,
@@ -531,13 +523,13 @@ def test_cli_refuses_loopback_without_allow_local(server: ImageServer, tmp_path:
     urls = [server.add(f"/cl/{i}.jpg", _jpeg(20 + i, 20)) for i in range(3)]
     _write_csv(tmp_path / "t.csv", urls)
     args = ["download", str(tmp_path / "t.csv"), str(tmp_path / "cache"), "--no-progress", "--retries", "0"]
-    assert I.main(args) == 1
+    assert D.main(args) == 1
     captured = capsys.readouterr()
     assert captured.out.strip().splitlines()[-1] == "downloaded 0, cached 0, failed 3"
     assert "error: 3 of 3 images failed (100.0%)" in captured.err
     assert all(r.startswith("refused:") for r, _ in _read_failures(tmp_path / "cache").values())
     assert sum(server.hits.values()) == 0
-    assert I.main([*args, "--allow-local"]) == 0
+    assert D.main([*args, "--allow-local"]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == "downloaded 3, cached 0, failed 0"
 
 
@@ -548,7 +540,7 @@ def test_cli_exits_nonzero_above_the_failure_threshold(server: ImageServer, tmp_
     _write_csv(tmp_path / "t.csv", urls)
 
     def run(*extra: str) -> int:
-        rc = I.main(["download", str(tmp_path / "t.csv"), str(tmp_path / "cache"), "--no-progress",
+        rc = D.main(["download", str(tmp_path / "t.csv"), str(tmp_path / "cache"), "--no-progress",
                      "--retries", "0", "--allow-local", *extra])
         capsys.readouterr()
         return rc

@@ -1,4 +1,4 @@
-"""utils.infer: settings, batching with missing images, OOM halving, generation, the paligemma backend."""
+"""utils.models.paligemma.infer: settings, batching with missing images, OOM halving, generation, the paligemma backend."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ import pandas as pd
 import pytest
 import torch
 
-from utils.backends import get_backend
-from utils.data import make_prompt
-from utils.infer import InferConfig, PaliGemmaBackend, generate_answers, iter_answers
-from utils.model import ModelConfig, load_base_model, load_processor, prepare_for_training, save_adapter
-from utils.tiny_model import make_synthetic_set
-from utils.train import PaliGemmaCollator
+from utils.models.backend import get_backend
+from utils.data.tables import make_prompt
+from utils.models.paligemma.backend import PaliGemmaBackend
+from utils.models.paligemma.infer import InferConfig, generate_answers, iter_answers
+from utils.models.paligemma.load import ModelConfig, load_base_model, load_processor, prepare_for_training, save_adapter
+from utils.models.paligemma.tiny import make_synthetic_set
+from utils.models.paligemma.train import PaliGemmaCollator
 
 
 @pytest.fixture(scope="session")
@@ -101,7 +102,7 @@ def test_training_and_inference_send_the_same_prompt(tiny_dir: Path, data) -> No
             texts.append(list(kwargs["text"]))
             return self.inner(*args, **kwargs)
 
-    from utils.images import image_path, load_image
+    from utils.data.images import image_path, load_image
 
     image = load_image(image_path(image_dir, rows["image_link"][0]))
     prompt = make_prompt(rows["entity_name"][0])
@@ -112,7 +113,7 @@ def test_training_and_inference_send_the_same_prompt(tiny_dir: Path, data) -> No
 
 def test_generate_answers_respects_max_new_tokens(tiny_dir: Path, data) -> None:
     rows, image_dir = data
-    from utils.images import image_path, load_image
+    from utils.data.images import image_path, load_image
 
     processor = load_processor(tiny_dir)
     model = load_base_model(ModelConfig(model_id=str(tiny_dir), quantization="none"))
@@ -151,8 +152,8 @@ def test_backend_predicts_from_an_adapter_and_from_a_plain_model(tiny_dir: Path,
 
 
 def test_pipeline_runs_a_shard_through_the_backend(adapter_dir: Path, data, tmp_path: Path) -> None:
-    from utils.pipeline import run_shard
-    from utils.shards import shard_path
+    from utils.pipeline.predict import run_shard
+    from utils.pipeline.shards import shard_path
 
     rows, image_dir = data
     test = rows[["index", "image_link", "group_id", "entity_name"]]

@@ -113,7 +113,7 @@ def test_a_kaggle_session_that_dies_resumes_in_the_next_one(kaggle) -> None:
     out = result.stdout
     run_dir = _latest_run(root)
     fit_log = (run_dir / "02_finetune_lora.log").read_text()
-    assert f"to resume from step {step}" in fit_log and f"resuming from" in fit_log
+    assert f"to resume from step {step}" in fit_log and "resuming from" in fit_log
     assert f"base model {MODEL}: hub cache" in fit_log  # cached: offline, no token, not a single model request
     assert [r for r in hub.requests if "/resolve/" in r.path or r.path.startswith("/api/models")] == []
     plan = json.loads((work2 / "artifacts" / "paligemma" / "checkpoints" / "plan.json").read_text())
@@ -159,9 +159,9 @@ def test_on_a_t4_every_dtype_is_float16(monkeypatch: pytest.MonkeyPatch, tmp_pat
     fp16 mixed precision in the Trainer, the float16 weights branch, fp16 inference; never bf16."""
     import torch
 
-    from utils.infer import InferConfig
-    from utils.model import ModelConfig, bnb_config
-    from utils.train import TrainConfig, training_arguments
+    from utils.models.paligemma.infer import InferConfig
+    from utils.models.paligemma.load import ModelConfig, bnb_config
+    from utils.models.paligemma.train import TrainConfig, training_arguments
 
     from . import fake_gpu
 

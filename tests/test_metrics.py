@@ -1,4 +1,4 @@
-"""Tests for utils.metrics: equality, the F1 counts per entity, range labels and the CLI."""
+"""Tests for utils.core.metrics: equality, the F1 counts per entity, range labels and the CLI."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from utils import metrics
-from utils.metrics import F1Report, score, values_equal
-from utils.units import normalize_prediction, parse_range, parse_value, unit_for_entity
+from utils.core import metrics
+from utils.core.metrics import F1Report, score, values_equal
+from utils.core.units import normalize_prediction, parse_range, parse_value, unit_for_entity
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -246,8 +246,8 @@ def test_cli_errors_exit_nonzero(tmp_path):
     ],
 )
 def test_a_prediction_the_sanity_check_rejects_never_scores_tp(entity, truth, prediction):
-    from utils.sanity import check_submission
-    from utils.submission_format import prediction_problem
+    from utils.core.sanity import check_submission
+    from utils.core.submission_format import prediction_problem
 
     test = pd.DataFrame({"index": [1], "entity_name": [entity]})
     sub = pd.DataFrame({"index": [1], "prediction": [prediction]})
@@ -266,7 +266,7 @@ def test_metric_and_sanity_agree_on_generated_predictions():
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from utils.sanity import check_submission
+    from utils.core.sanity import check_submission
 
     pieces = st.sampled_from(["5", "5.0", "-1.5", "1e5", ".5", "1,5", " ", "  ", "\t", "\u00a0", "gram", "grams",
                               "kilogram", "fluid ounce", "fluid  ounce", "ounce", "volt", "cm", "[", "]", ",", "x"])
@@ -344,7 +344,7 @@ def test_cli_notes_invalid_predictions(tmp_path):
 def test_real_dev_labels_score_themselves_perfectly(amazon_dir, tmp_path):
     """Each dev label as its own prediction: TP exactly where the sanity check accepts the label as a submission
     value; the rest (range labels, a unit not allowed for the entity) are FP, and F1 is 1 without them."""
-    from utils.submission_format import check_predictions
+    from utils.core.submission_format import check_predictions
 
     labels = pd.read_csv(amazon_dir / "dev" / "labels.csv", dtype=str, keep_default_na=False)
     preds = labels[["index", "entity_value"]].rename(columns={"entity_value": "prediction"})

@@ -1,4 +1,4 @@
-"""utils.model: settings validation, dtype per device, BitsAndBytes config, LoRA, 4-bit path, adapters, merging."""
+"""utils.models.paligemma.load: settings validation, dtype per device, BitsAndBytes config, LoRA, 4-bit path, adapters, merging."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from utils import model as M
-from utils.data import make_prompt
-from utils.model import (
+from utils.models.paligemma import load as M
+from utils.data.tables import make_prompt
+from utils.models.paligemma.load import (
     LORA_TARGETS,
     ModelConfig,
     bnb_config,
@@ -23,7 +23,7 @@ from utils.model import (
     save_adapter,
     split_settings,
 )
-from utils.tiny_model import render_text_image
+from utils.models.paligemma.tiny import render_text_image
 
 from . import fake_gpu as fake_gpu_module
 
@@ -117,7 +117,7 @@ def test_lora_on_the_vision_tower_is_an_explicit_setting(tiny_dir: Path, lora_vi
 
 
 def test_split_settings_routes_names_and_rejects_unknown() -> None:
-    from utils.infer import InferConfig
+    from utils.models.paligemma.infer import InferConfig
 
     m, i = split_settings({"lora_r": 4, "batch_size": 2}, ModelConfig, InferConfig)
     assert m == {"lora_r": 4} and i == {"batch_size": 2}

@@ -1,4 +1,4 @@
-"""Tests for utils.ocr: rapidocr on rendered images, box geometry, the per-image disk cache."""
+"""Tests for utils.models.ocr.engine: rapidocr on rendered images, box geometry, the per-image disk cache."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from utils.ocr import OcrBox, OcrEngine, OcrResult, OcrSettings, cache_file, ocr_image_file, ocr_many
+from utils.models.ocr.engine import OcrBox, OcrEngine, OcrResult, OcrSettings, cache_file, ocr_image_file, ocr_many
 
 
 def render(path: Path, lines: list[tuple[str, int, int]], size: tuple[int, int] = (640, 240)) -> Path:
@@ -104,7 +104,7 @@ def test_ocr_many_two_workers_keeps_order(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("turn", [90, 180, 270])
 def test_unrotate_maps_turned_pixels_back(turn: int) -> None:
-    from utils.ocr import unrotate
+    from utils.models.ocr.engine import unrotate
 
     upright = Image.new("L", (40, 20))
     upright.putpixel((30, 5), 255)
@@ -127,17 +127,17 @@ def test_turned_ocr_reads_vertical_print_in_upright_coordinates(tmp_path: Path) 
 
 
 def test_one_worker_pool_serves_every_rotation(tmp_path: Path) -> None:
-    import utils.ocr
+    import utils.models.ocr.engine
 
     paths = []
     for i in (1, 2):
         flat = render(tmp_path / f"f{i}.jpg", [(f"{i}5 kg", 20, 20)], size=(200, 100))
         Image.open(flat).rotate(90, expand=True).save(tmp_path / f"v{i}.jpg", quality=95)
         paths.append(tmp_path / f"v{i}.jpg")
-    utils.ocr.shutdown_pools()
+    utils.models.ocr.engine.shutdown_pools()
     list(ocr_many(paths, tmp_path / "cache", OcrSettings(), workers=2))
     turned = list(ocr_many(paths, tmp_path / "cache", OcrSettings(rotate=270), workers=2))
-    assert len(utils.ocr._POOLS) == 1  # no second set of workers (and models) for the turned pass
+    assert len(utils.models.ocr.engine._POOLS) == 1  # no second set of workers (and models) for the turned pass
     for i, (p, res) in zip((1, 2), turned):
         assert p == paths[i - 1] and res is not None and (res.width, res.height) == (100, 200)
         assert f"{i}5kg" in res.text.replace(" ", "").lower()
@@ -147,7 +147,7 @@ def test_rotation_is_part_of_the_cache_key() -> None:
     import hashlib
     import json
 
-    from utils.ocr import CACHE_VERSION
+    from utils.models.ocr.engine import CACHE_VERSION
 
     before = {"max_side": 1280, "text_score": 0.5, "use_cls": True, "det_side": None, "v": CACHE_VERSION}
     assert OcrSettings().key() == hashlib.sha1(json.dumps(before, sort_keys=True).encode()).hexdigest()[:10]
@@ -173,13 +173,13 @@ def test_real_dev_images(amazon_dir: Path, tmp_path: Path, engine: OcrEngine) ->
 
 def test_ocr_many_hashes_each_image_once_and_never_caches_missing(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    import utils.ocr
+    import utils.models.ocr.engine
 
     img = render(tmp_path / "a.jpg", [("12 V", 20, 60)], size=(320, 160))
     missing = tmp_path / "gone.jpg"
     hashed: list[Path] = []
-    real = utils.ocr.cache_file
-    monkeypatch.setattr(utils.ocr, "cache_file", lambda d, image, s: hashed.append(Path(image)) or real(d, image, s))
+    real = utils.models.ocr.engine.cache_file
+    monkeypatch.setattr(utils.models.ocr.engine, "cache_file", lambda d, image, s: hashed.append(Path(image)) or real(d, image, s))
     out = dict(ocr_many([img, missing, img], tmp_path / "cache", OcrSettings(), workers=1))
     assert hashed == [img, missing]  # the cache check and the write after OCR share one hash
     assert out[missing] is None and out[img] is not None and "12v" in out[img].text.replace(" ", "").lower()

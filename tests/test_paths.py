@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from utils import paths
+from utils.env import paths
 
 
 def _data(folder: Path, images: bool = False) -> Path:
@@ -57,7 +57,7 @@ def test_colab(tmp_path: Path) -> None:
 def test_local_clone(tmp_path: Path) -> None:
     chosen = paths.default_paths("local", environ={}, root=tmp_path)
     assert chosen.repo_dir == Path(__file__).resolve().parents[1]
-    assert (chosen.repo_dir / "utils" / "paths.py").is_file()
+    assert (chosen.repo_dir / "utils" / "env" / "paths.py").is_file()
     assert chosen.work_dir == chosen.repo_dir / "work" and chosen.out_dir == chosen.repo_dir / "out"
     found = _data(tmp_path / "mydata")
     assert paths.default_paths("local", environ={"AMAZON_DATA_DIR": str(found)}, root=tmp_path).data_dir == found

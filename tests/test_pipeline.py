@@ -1,4 +1,4 @@
-"""utils.pipeline and utils.backends: the shard loop with a fake backend, resume after a failure, the registry."""
+"""utils.pipeline.predict and utils.models.backend: the shard loop with a fake backend, resume after a failure, the registry."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import utils.backends as backends
-from utils.backends import Backend, available_backends, get_backend, register_backend
-from utils.pipeline import run_shard
-from utils.sanity import check_submission
-from utils.shards import MergeError, ShardWriter, done_marker_path, read_shard, shard_path, shard_rows
-from utils.stages import SubmissionError, build_submission
-from utils.units import normalize_prediction
+import utils.models.backend as backends
+from utils.models.backend import Backend, available_backends, get_backend, register_backend
+from utils.pipeline.predict import run_shard
+from utils.core.sanity import check_submission
+from utils.pipeline.shards import MergeError, ShardWriter, done_marker_path, read_shard, shard_path, shard_rows
+from utils.pipeline.submission import build_submission
+from utils.core.units import normalize_prediction
 
 REPO = Path(__file__).resolve().parents[1]
 RAW_BY_ENTITY = {
@@ -217,8 +217,8 @@ def test_unknown_backend_lists_the_choices() -> None:
     with pytest.raises(ValueError, match=r"unknown backend 'gpt'; choose one of: ocr, paligemma"):
         get_backend("gpt")
     assert set(available_backends()) >= {"ocr", "paligemma"}
-    assert backends.BACKENDS["paligemma"] == "utils.infer:PaliGemmaBackend"
-    assert backends.BACKENDS["ocr"] == "utils.ranker:OcrBackend"
+    assert backends.BACKENDS["paligemma"] == "utils.models.paligemma.backend:PaliGemmaBackend"
+    assert backends.BACKENDS["ocr"] == "utils.models.ocr.ranker:OcrBackend"
 
 
 def test_registered_backend_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -248,8 +248,8 @@ def test_registry_errors(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_backends_are_imported_lazily() -> None:
     code = (
-        "import sys, utils.pipeline, utils.backends; "
-        "print(sorted(m for m in ('torch', 'transformers', 'onnxruntime', 'rapidocr', 'utils.infer', 'utils.ranker') "
+        "import sys, utils.pipeline.predict, utils.models.backend; "
+        "print(sorted(m for m in ('torch', 'transformers', 'onnxruntime', 'rapidocr', 'utils.models.paligemma.infer', 'utils.models.ocr.ranker') "
         "if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
@@ -261,7 +261,7 @@ def test_backends_are_imported_lazily() -> None:
 def test_the_real_backends_resolve() -> None:
     """``ocr`` and ``paligemma`` name real classes that satisfy the protocol (imports torch: a few seconds)."""
     code = (
-        "from utils.backends import Backend, get_backend\n"
+        "from utils.models.backend import Backend, get_backend\n"
         "for name in ('ocr', 'paligemma'):\n"
         "    try:\n"
         "        b = get_backend(name)\n"
@@ -279,7 +279,7 @@ def test_the_real_backends_resolve() -> None:
 
 
 def test_a_refit_model_repredicts_instead_of_resuming_old_answers(tmp_path: Path) -> None:
-    from utils.pipeline import artifact_fingerprint
+    from utils.pipeline.predict import artifact_fingerprint
 
     test = synthetic_test(40)
     art = tmp_path / "art"
@@ -336,7 +336,7 @@ def test_any_change_to_what_the_answers_depend_on_repredicts_the_shard(tmp_path:
 
 
 def test_two_writers_never_write_one_shard(tmp_path: Path) -> None:
-    from utils.shards import ShardBusyError
+    from utils.pipeline.shards import ShardBusyError
 
     first = ShardWriter(tmp_path, 0, 2)
     with pytest.raises(ShardBusyError, match=rf"pid {__import__('os').getpid()}"):
@@ -348,7 +348,7 @@ def test_two_writers_never_write_one_shard(tmp_path: Path) -> None:
 
 
 def test_a_killed_writer_releases_the_shard(tmp_path: Path) -> None:
-    code = ("import os, sys; sys.path.insert(0, sys.argv[2]); from utils.shards import ShardWriter; "
+    code = ("import os, sys; sys.path.insert(0, sys.argv[2]); from utils.pipeline.shards import ShardWriter; "
             "w = ShardWriter(sys.argv[1], 0, 1); print('locked', flush=True); os.kill(os.getpid(), 9)")
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path), str(REPO)], capture_output=True, text=True,
                          timeout=60)

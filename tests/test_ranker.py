@@ -1,4 +1,4 @@
-"""Tests for utils.ranker: priors, threshold tuning, group folds, and the OcrBackend fit/predict round trip."""
+"""Tests for utils.models.ocr.ranker: priors, threshold tuning, group folds, and the OcrBackend fit/predict round trip."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from utils.candidates import extract_candidates, same_answer
-from utils.ocr import DEFAULT_MAX_SIDE, OcrBox, OcrResult
-from utils.ranker import (
+from utils.models.ocr.candidates import extract_candidates, same_answer
+from utils.models.ocr.engine import DEFAULT_MAX_SIDE, OcrBox, OcrResult
+from utils.models.ocr.ranker import (
     ARTIFACT_JSON,
     ARTIFACT_MODEL,
     OcrBackend,
@@ -108,7 +108,7 @@ def test_config_rejects_unknown_settings() -> None:
 
 
 def test_fit_predict_round_trip(synth: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from utils.backends import get_backend
+    from utils.models.backend import get_backend
 
     backend = get_backend("ocr")
     assert isinstance(backend, OcrBackend)
@@ -125,10 +125,10 @@ def test_fit_predict_round_trip(synth: dict, tmp_path: Path, monkeypatch: pytest
     ])])
     batches = list(backend.predict(test.drop(columns="entity_value"), synth["dir"], out, **settings))
     # a rerun is served from the OCR cache: no OCR call, same answers
-    import utils.ocr
+    import utils.models.ocr.engine
 
     calls = []
-    monkeypatch.setattr(utils.ocr.OcrEngine, "run_image", lambda self, im: calls.append(1))
+    monkeypatch.setattr(utils.models.ocr.engine.OcrEngine, "run_image", lambda self, im: calls.append(1))
     again = list(backend.predict(test.drop(columns="entity_value"), synth["dir"], out, **settings))
     assert calls == [] and again == batches
     assert [len(b) for b in batches] == [4, 2]
@@ -201,7 +201,7 @@ def test_net_rule_overrides_a_different_amount_but_not_a_conversion() -> None:
 def _family_set(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Candidates where the right one is the FIRST printed for dimensions and the SECOND for weights: the opposite
     conventions seen in dims_dev and dev. Column ``read_order`` carries it; the entity one-hot names the family."""
-    from utils.ranker import feature_names
+    from utils.models.ocr.ranker import feature_names
 
     names = feature_names()
     X = np.zeros((2 * n, len(names)))
@@ -219,7 +219,7 @@ def _family_set(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarra
 
 
 def test_family_model_routes_each_family_to_its_own_member() -> None:
-    from utils.ranker import MIN_FAMILY_CANDIDATES, FamilyModel, _fit_model
+    from utils.models.ocr.ranker import MIN_FAMILY_CANDIDATES, FamilyModel, _fit_model
 
     rng = np.random.default_rng(0)
     X, y = _family_set(200, rng)
@@ -243,7 +243,7 @@ def test_family_model_routes_each_family_to_its_own_member() -> None:
 
 
 def test_per_family_setting_picks_the_model(synth: dict, tmp_path: Path) -> None:
-    from utils.ranker import FamilyModel
+    from utils.models.ocr.ranker import FamilyModel
 
     settings = {"cache_dir": str(synth["cache"]), "workers": 1, "folds": 3}
     be = OcrBackend()
@@ -257,7 +257,7 @@ def test_images_that_read_no_quantity_get_a_turned_second_ocr(tmp_path: Path, mo
                                                               ) -> None:
     """Only an image whose upright boxes read no quantity for any entity is OCR'd again, once per fallback
     rotation, and its rows then read the boxes of every pass."""
-    import utils.ranker as ranker_mod
+    import utils.models.ocr.ranker as ranker_mod
 
     for name in ("weight", "length", "vertical", "blank"):
         Image.new("RGB", (60, 60), "white").save(tmp_path / f"{name}.jpg")
@@ -309,7 +309,7 @@ def _pair_rows(n: int) -> tuple[pd.DataFrame, dict[str, list[OcrBox]]]:
 
 
 def test_pair_model_learns_each_familys_unit_convention() -> None:
-    from utils.ranker import PairModel
+    from utils.models.ocr.ranker import PairModel
 
     rows, boxes = _pair_rows(8)
     habits = pd.DataFrame({"group_id": ["us"] * 20 + ["eu"] * 20, "entity_name": "item_weight",

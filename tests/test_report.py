@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from utils import report
-from utils.metrics import score
+from utils.pipeline import report
+from utils.core.metrics import score
 
 LINK = "https://demo.invalid/images/{}.jpg"
 

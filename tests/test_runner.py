@@ -1,4 +1,4 @@
-"""run_all.sh (utils.runner) as a careless user meets it: bad options, parallel starts, kills, kernel races, caps.
+"""run_all.sh (utils.pipeline.run) as a careless user meets it: bad options, parallel starts, kills, kernel races, caps.
 
 The stages run for real through papermill; a fast fake backend (``tests.fake_backends``, plugged in through the
 product's ``PRODUCT_VALUES_BACKENDS`` seam) answers from the demo's labels so that each run takes seconds.

@@ -1,4 +1,4 @@
-"""utils.shards: strided shards on the index, crash-safe append, resume after SIGKILL, strict merge."""
+"""utils.pipeline.shards: strided shards on the index, crash-safe append, resume after SIGKILL, strict merge."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from tests.shard_worker import fake_answer, run_worker
-from utils.shards import (
+from utils.pipeline.shards import (
     MergeError,
     ShardWriter,
     done_marker_path,

@@ -11,10 +11,11 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from utils import backends, stages
-from utils.sanity import check_submission
-from utils.shards import MergeError, shard_path
-from utils.units import normalize_prediction
+from utils.models import backend as backends
+from utils.pipeline import show, stages
+from utils.core.sanity import check_submission
+from utils.pipeline.shards import MergeError, shard_path
+from utils.core.units import normalize_prediction
 
 
 class AnswerKeyBackend:
@@ -69,7 +70,7 @@ def test_prepare_the_demo(prepared: stages.Prepared) -> None:
 
 
 def test_a_wrong_image_folder_fails_before_any_fit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from utils.demo import make_demo_data
+    from utils.data.demo import make_demo_data
 
     made = make_demo_data(tmp_path / "data", 40, 6, seed=2)
     args = dict(train_csv=str(made.train_csv), test_csv=str(made.test_csv), image_dir=str(tmp_path / "imgaes"),
@@ -87,7 +88,7 @@ def test_a_wrong_image_folder_fails_before_any_fit(tmp_path: Path, capsys: pytes
 
 
 def test_without_an_image_folder_the_cache_follows_the_work_folder(tmp_path: Path) -> None:
-    from utils.demo import make_demo_data
+    from utils.data.demo import make_demo_data
 
     made = make_demo_data(tmp_path / "data", 16, 4, seed=3)
     (made.image_dir).rename(tmp_path / "elsewhere")  # the data comes without an images/ folder
@@ -97,7 +98,7 @@ def test_without_an_image_folder_the_cache_follows_the_work_folder(tmp_path: Pat
 
 
 def test_prepare_needs_a_test_csv(tmp_path: Path) -> None:
-    from utils.demo import make_demo_data
+    from utils.data.demo import make_demo_data
 
     made = make_demo_data(tmp_path / "data", 4, 2)
     with pytest.raises(stages.StageError, match="test_csv"):
@@ -156,7 +157,7 @@ def test_fit_infer_postprocess(prepared: stages.Prepared, fake_backend: str, tmp
     assert result.report is not None and 0.5 < result.report.f1 < 1.0
     assert result.files.report_md.is_file() and result.files.f1_png.is_file()
     assert f"F1 {result.report.f1:.4f}" in result.summary()
-    shown = stages.show_postprocessed(result, interactive=False)
+    shown = show.postprocessed(result, interactive=False)
     assert "data:image/jpeg;base64," in shown.data
 
 
@@ -168,7 +169,7 @@ def test_infer_shard_checks_its_arguments(prepared: stages.Prepared, fake_backen
 
 
 def test_postprocess_without_labels(tmp_path: Path, fake_backend: str) -> None:
-    from utils.demo import make_demo_data
+    from utils.data.demo import make_demo_data
 
     made = make_demo_data(tmp_path / "data", 12, 5, seed=4)
     work = str(tmp_path / "work")
@@ -181,7 +182,7 @@ def test_postprocess_without_labels(tmp_path: Path, fake_backend: str) -> None:
     assert result.report is None and result.files is None
     assert "no labels" in result.notes[0]
     assert not (tmp_path / "out" / "report.md").exists()
-    assert stages.show_postprocessed(result) is None
+    assert show.postprocessed(result) is None
 
 
 def test_limit_threads() -> None:
@@ -205,9 +206,9 @@ def test_count_tables() -> None:
 def test_a_shard_downloads_its_missing_images(tmp_path: Path, fake_backend: str) -> None:
     """A shard started without its images (a fresh session) fetches exactly its own rows' images first."""
     from tests.image_server import ImageServer
-    from utils.demo import make_demo_data
-    from utils.images import image_path
-    from utils.shards import shard_rows
+    from utils.data.demo import make_demo_data
+    from utils.data.images import image_path
+    from utils.pipeline.shards import shard_rows
 
     made = make_demo_data(tmp_path / "data", 8, 6, seed=5)
     test = pd.read_csv(made.test_csv)

@@ -1,4 +1,4 @@
-"""utils.tracking: the wandb mode is always explicit, so a run never hangs on a missing network."""
+"""utils.env.tracking: the wandb mode is always explicit, so a run never hangs on a missing network."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from utils import tracking
-from utils.tracking import init_run
+from utils.env import tracking
+from utils.env.tracking import init_run
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""utils.train: label masking, the answer-window loss, settings, train + checkpoint + resume, adapter, F1 eval."""
+"""utils.models.paligemma.train: label masking, the answer-window loss, settings, train + checkpoint + resume, adapter, F1 eval."""
 
 from __future__ import annotations
 
@@ -9,19 +9,12 @@ import pandas as pd
 import pytest
 import torch
 
-from utils.data import make_prompt
-from utils.model import ModelConfig, is_adapter_dir, load_base_model, load_processor
-from utils.tiny_model import make_synthetic_set, render_text_image
-from utils.train import (
-    IGNORE_INDEX,
-    AnswerDataset,
-    PaliGemmaCollator,
-    TrainConfig,
-    answer_loss,
-    answer_window,
-    fit,
-    last_checkpoint,
-)
+from utils.data.tables import make_prompt
+from utils.models.paligemma.load import ModelConfig, is_adapter_dir, load_base_model, load_processor
+from utils.models.paligemma.tiny import make_synthetic_set, render_text_image
+from utils.models.paligemma.checkpoints import last_checkpoint
+from utils.models.paligemma.data import IGNORE_INDEX, AnswerDataset, PaliGemmaCollator, answer_loss, answer_window
+from utils.models.paligemma.train import TrainConfig, fit
 
 FAST = {"quantization": "none", "gradient_checkpointing": False, "train_batch_size": 4, "grad_accum": 1,
         "logging_steps": 1, "learning_rate": 1e-3}
@@ -214,8 +207,8 @@ def test_the_same_seed_gives_the_same_adapter_and_another_seed_another(tiny_dir:
 
 def test_the_eval_sample_is_capped_shuffled_and_scored_with_the_merged_model(tiny_dir: Path, data,
                                                                             tmp_path: Path) -> None:
-    from utils.infer import InferConfig, load_predictor
-    from utils.train import eval_sample, generated_f1
+    from utils.models.paligemma.infer import InferConfig, load_predictor
+    from utils.models.paligemma.train import eval_sample, generated_f1
 
     rows, image_dir = data
     train, val = rows.iloc[:8], rows.iloc[8:]
@@ -234,8 +227,8 @@ def test_the_eval_sample_is_capped_shuffled_and_scored_with_the_merged_model(tin
 
 def test_max_new_tokens_is_derived_from_the_answers_saved_and_truncation_counted(tiny_dir: Path, data,
                                                                                 tmp_path: Path) -> None:
-    from utils.infer import PaliGemmaBackend
-    from utils.train import answer_token_budget
+    from utils.models.paligemma.backend import PaliGemmaBackend
+    from utils.models.paligemma.train import answer_token_budget
 
     rows, image_dir = data
     long_label = "[100.0, 240.0] volt"
@@ -262,7 +255,7 @@ def test_a_killed_session_resumes_from_a_read_only_checkpoint_folder(tiny_dir: P
     import shutil
     import stat
 
-    from utils.checkpoints import CheckpointMismatch
+    from utils.models.paligemma.checkpoints import CheckpointMismatch
 
     rows, image_dir = data
     train = rows.iloc[:12]
@@ -340,14 +333,14 @@ def test_the_time_budget_plans_the_steps_and_stops_with_a_saved_adapter(tiny_dir
 
 
 def test_a_nan_loss_stops_training_with_the_remedy(tmp_path: Path, data) -> None:
-    from utils.infer import NonFiniteError
-    from utils.tiny_model import TinyConfig, build_tiny_paligemma
+    from utils.models.paligemma.infer import NonFiniteError
+    from utils.models.paligemma.tiny import TinyConfig, build_tiny_paligemma
 
     rows, image_dir = data
     overflowing = build_tiny_paligemma(tmp_path / "inf", TinyConfig(output_gain=float("inf")))  # logits overflow
     with pytest.raises(NonFiniteError, match="allow_emulated_bf16"):
         fit(rows.head(4), None, image_dir, tmp_path / "run", model_id=str(overflowing), max_steps=2, **FAST)
-    from utils.infer import PaliGemmaBackend
+    from utils.models.paligemma.backend import PaliGemmaBackend
 
     with pytest.raises(NonFiniteError, match="first batch"):
         list(PaliGemmaBackend().predict(rows.head(2).assign(index=[0, 1]), image_dir, overflowing,

@@ -1,4 +1,4 @@
-"""Tests for utils.units: unit tables, canonical values, the quantity parser and the cleaning step."""
+"""Tests for utils.core.units: unit tables, canonical values, the quantity parser and the cleaning step."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from utils import units
-from utils.units import (
+from utils.core import units
+from utils.core.units import (
     ENTITIES,
     ENTITY_UNIT_MAP,
     Quantity,

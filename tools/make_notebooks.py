@@ -2,8 +2,8 @@
 
 Each notebook: a markdown cell saying what it does; the first code cell, tagged ``parameters``, of typed literals
 each with a ``#`` comment (papermill injects its parameters after it), made from its stage's dataclass in
-``utils.params`` (the same source as ``run_all.sh``'s options); a cell that makes ``utils`` importable and prints the
-platform, paths and versions; then a few calls into ``utils.stages``, the stage call passing every parameter by
+``utils.pipeline.params`` (the same source as ``run_all.sh``'s options); a cell that makes ``utils`` importable and prints the
+platform, paths and versions; then a few calls into ``utils.pipeline.stages``, the stage call passing every parameter by
 name. No functions, no logic here.
 
 Usage: ``python tools/make_notebooks.py`` (write) or ``python tools/make_notebooks.py --check`` (exit 1 when a
@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO / "notebooks"
 sys.path.insert(0, str(REPO))
 
-from utils.params import (  # noqa: E402
+from utils.pipeline.params import (  # noqa: E402
     FitParams,
     InferParams,
     PostprocessParams,
@@ -42,7 +42,8 @@ REPO_PARAM = (
 SETUP = """import sys
 
 sys.path.insert(0, repo_dir)
-from utils import paths, stages
+from utils.env import paths
+from utils.pipeline import show, stages
 
 print(paths.describe())"""
 
@@ -83,7 +84,7 @@ instead. Runs on Kaggle, Colab or a local clone; in batch: `python -m papermill 
             ("md", "## Load, validate, sample, split and write"),
             ("code", "prepared = {call}"),
             ("md", "## Counts per entity, and per entity and unit"),
-            ("code", "stages.show_prepared(prepared)"),
+            ("code", "show.prepared(prepared)"),
         ],
     ),
     Spec(
@@ -125,7 +126,7 @@ marker. Run several copies at once (`run_all.sh`), or one per Kaggle session (`r
         """# 04 · Merge, check, submit, evaluate
 
 Merges the shard files (every test index exactly once), cleans every raw answer, checks the submission with
-`utils.sanity` (it fails loudly when anything is invalid) and writes `submission.csv` to `out_dir` in one rename.
+`utils.core.sanity` (it fails loudly when anything is invalid) and writes `submission.csv` to `out_dir` in one rename.
 Where labels exist (the demo, or `labels_csv`): F1 overall and per entity, a bar chart, the worst mistakes with
 their images, `report.md`, and a browser of image, prediction and truth (ipywidgets when `interactive = True`; a
 static gallery otherwise, e.g. in batch).""",
@@ -134,7 +135,7 @@ static gallery otherwise, e.g. in batch).""",
             ("md", "## Merge, clean, sanity-check, write submission.csv (and the report where labels exist)"),
             ("code", "result = {call}"),
             ("md", "## F1 per entity, worst mistakes, and the browser of image, prediction and truth"),
-            ("code", "stages.show_postprocessed(result, interactive=interactive)"),
+            ("code", "show.postprocessed(result, interactive=interactive)"),
         ],
     ),
 ]

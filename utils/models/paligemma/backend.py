@@ -1,0 +1,64 @@
+"""The ``paligemma`` backend of ``utils.models.backend``: ``fit`` fine-tunes (``train``), ``predict`` generates
+(``infer``). Kept apart from both so that neither imports the other's caller."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from utils.models.paligemma.infer import (
+    DEFAULT_MAX_NEW_TOKENS,
+    GenerationStats,
+    InferConfig,
+    load_predictor,
+    predict_batches,
+    saved_max_new_tokens,
+)
+from utils.models.paligemma.load import ModelConfig, split_settings
+from utils.models.paligemma.train import fit
+
+log = logging.getLogger(__name__)
+
+
+class PaliGemmaBackend:
+    """The ``paligemma`` backend of ``utils.models.backend``: LoRA fine-tuning and batched generation."""
+
+    name = "paligemma"
+    uses_gpu = True  # run_all.sh gives each shard its own GPU
+
+    def __init__(self) -> None:
+        self._loaded: tuple[Any, Any, Any] | None = None  # (key, model, processor): one load for all shards
+        self.stats = GenerationStats()
+
+    def fit(self, train: pd.DataFrame, val: pd.DataFrame, image_dir: Path, out_dir: Path, **settings: Any) -> Path:
+        """Fine-tune and return the adapter folder (see ``utils.models.paligemma.train.fit``)."""
+        return fit(train, val, image_dir, out_dir, **settings)
+
+    def predict(self, rows: pd.DataFrame, image_dir: Path, artifact_dir: Path, **settings: Any
+                ) -> Iterator[list[tuple[int, str]]]:
+        """Yield ``(index, raw answer)`` per batch; ``settings`` are ModelConfig and InferConfig field names.
+
+        ``max_new_tokens`` 0 (the default) takes the answer length saved with the adapter. The first batch after a
+        load is checked for NaN/inf logits (``NonFiniteError`` names the remedies); at the end a warning says how
+        many generations hit ``max_new_tokens`` (``self.stats``)."""
+        model_kw, infer_kw = split_settings(settings, ModelConfig, InferConfig)
+        cfg = InferConfig(**infer_kw)
+        if not cfg.max_new_tokens:
+            cfg.max_new_tokens = saved_max_new_tokens(artifact_dir) or DEFAULT_MAX_NEW_TOKENS
+        key = (str(Path(artifact_dir).resolve()), cfg.merge_adapter, cfg.infer_quantization,
+               tuple(sorted((k, repr(v)) for k, v in model_kw.items())))
+        fresh = self._loaded is None or self._loaded[0] != key
+        if fresh:
+            self._loaded = None  # free the previous model before loading another
+            model, processor = load_predictor(artifact_dir, cfg, **model_kw)
+            self._loaded = (key, model, processor)
+        _, model, processor = self._loaded
+        yield from predict_batches(model, processor, rows, image_dir, cfg, self.stats, check_finite=fresh)
+        note = self.stats.note()
+        if note:
+            log.warning(note)
+            print(f"warning: {note}")

@@ -1,0 +1,435 @@
+"""PaliGemma LoRA fine-tuning: the Trainer, with a time budget, resume across sessions and the final F1.
+
+- ``TrainConfig``: the fine-tune's settings (``**settings`` of ``fit``, with ``ModelConfig``'s and ``InferConfig``'s).
+- ``PaliGemmaTrainer``: the HF ``Trainer`` computing logits only over the answer window (``utils.models.paligemma.
+  data``), stopping on a NaN/inf loss, logging ETA and plan.
+- ``train_model`` / ``fit``: seed, then model and LoRA; checkpoints of other data or settings moved aside
+  (``checkpoints``); a time budget that plans the steps and stops with a saved adapter (``budget``); the adapter
+  saved *before* the final evaluation, which scores the merged fp16 model (the one stage 03 runs) on a capped,
+  shuffled validation sample; ``max_new_tokens`` derived from the longest training answer and saved.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import math
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from utils.models.paligemma.checkpoints import WANDB_FILE, fingerprint, prepare_checkpoints, read_json, write_json
+from utils.env.console import say
+from utils.models.paligemma.hub import offline, resolve_model_source
+from utils.models.paligemma.data import AnswerDataset, PaliGemmaCollator, answer_loss, answer_window
+from utils.models.paligemma.infer import (
+    FP16_REMEDY,
+    GENERATION_FILE,
+    MAX_NEW_TOKENS_LIMIT,
+    GenerationStats,
+    InferConfig,
+    NonFiniteError,
+    load_predictor,
+    predict_batches,
+)
+from utils.models.paligemma.load import (
+    ModelConfig,
+    describe_device,
+    load_base_model,
+    load_processor,
+    model_source,
+    prepare_for_training,
+    save_adapter,
+    split_settings,
+)
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+ADAPTER_DIR = "adapter"
+SUMMARY_FILE = "train_summary.json"
+STATUS_FILE = "fit_status.json"  # in the artifact folder: {"complete": bool, ...}; stage 02 reads it
+
+
+@dataclass
+class TrainConfig:
+    """Fine-tuning settings. Field names are the ``**settings`` accepted by ``fit`` (with ModelConfig's)."""
+
+    num_train_epochs: float = field(default=2.0, metadata={"help": "Passes over the training rows."})
+    max_steps: int = field(default=-1, metadata={"help": "Optimizer steps; overrides epochs when > 0."})
+    train_batch_size: int = field(default=4, metadata={"help": "Rows per forward pass (4 fits a T4 in 4-bit)."})
+    grad_accum: int = field(default=4, metadata={"help": "Forward passes per optimizer step."})
+    learning_rate: float = field(
+        default=2e-4, metadata={"help": "Peak LR; LoRA wants ~1e-4..1e-3 (the reference's 5e-6 barely moves)."}
+    )
+    warmup_ratio: float = field(default=0.03, metadata={"help": "Fraction of steps of linear warm-up, in [0, 1)."})
+    lr_scheduler: str = field(default="linear", metadata={"help": "HF scheduler name: linear, cosine, constant..."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
+    logging_steps: int = field(default=10, metadata={"help": "Log the loss every N optimizer steps."})
+    save_steps: int = field(default=100, metadata={"help": "Checkpoint every N optimizer steps (sessions die)."})
+    save_total_limit: int = field(default=2, metadata={"help": "Checkpoints kept on disk (oldest deleted)."})
+    eval_steps: int = field(
+        default=0, metadata={"help": "Every N steps: loss and generated-answer F1 of the training model on the "
+                                     "evaluation sample; 0 = none during training (the final F1 is always measured)."})
+    eval_max_rows: int = field(
+        default=200, metadata={"help": "Size of the evaluation sample: validation rows drawn (seeded) once; the final "
+                                       "F1 is measured on it with the merged model stage 03 uses."})
+    max_side: int | None = field(default=896, metadata={"help": "Downscale images to this longest side on load."})
+    seed: int = field(default=0, metadata={"help": "Seed for data order, LoRA init and dropout."})
+    resume: bool = field(
+        default=True, metadata={"help": "Resume from the last checkpoint in out_dir when it was written with the same "
+                                        "rows and settings (others are moved aside); False: always start fresh."})
+    resume_from: str = field(
+        default="", metadata={"help": "A checkpoint folder of an earlier session (e.g. a Kaggle dataset made from its "
+                                      "output; read-only is fine): copied into out_dir/checkpoints and resumed."})
+    time_budget_hours: float = field(
+        default=9.0, metadata={"help": "Wall-clock hours this fit may take in one session (model loading included; "
+                                       "0 = no limit). The step count is planned from the measured step time so "
+                                       "training ends with a saved adapter in time; default: one 12-hour Kaggle "
+                                       "session minus data preparation and inference set-up."})
+    save_margin_minutes: float = field(
+        default=20.0, metadata={"help": "Minutes of the budget kept for saving and the final merged-model F1."})
+    calibration_steps: int = field(
+        default=5, metadata={"help": "Optimizer steps timed (after the first) before the step count is planned."})
+    answer_margin_tokens: int = field(
+        default=4, metadata={"help": "Tokens added to the longest tokenised training answer to get the inference "
+                                     "max_new_tokens saved with the adapter."})
+    check_finite: bool = field(
+        default=True, metadata={"help": "Stop with a clear message when the loss becomes NaN/inf (fp16 overflow)."})
+    wandb_project: str = field(default="amazon-ml-paligemma", metadata={"help": "wandb project name."})
+    wandb_mode: str | None = field(
+        default=None, metadata={"help": "online/offline/disabled; None = WANDB_MODE, else online iff a key exists."}
+    )
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.learning_rate, (int, float)) and math.isfinite(self.learning_rate)):
+            raise ValueError(f"learning_rate must be a finite number, got {self.learning_rate!r}")
+        if not 0 < self.learning_rate <= 0.1:
+            raise ValueError(f"learning_rate must be in (0, 0.1], got {self.learning_rate}")
+        if self.learning_rate < 1e-5:
+            warnings.warn(
+                f"learning_rate {self.learning_rate:g} is far below what LoRA needs (usually 1e-4..1e-3): "
+                "the adapter will hardly move",
+                UserWarning,
+                stacklevel=3,
+            )
+        for name in ("train_batch_size", "grad_accum", "logging_steps", "save_steps", "save_total_limit"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ValueError(f"max_steps must be -1 (use epochs) or > 0, got {self.max_steps}")
+        if self.max_steps == -1 and not self.num_train_epochs > 0:
+            raise ValueError(f"num_train_epochs must be > 0, got {self.num_train_epochs}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.eval_steps < 0 or self.eval_max_rows < 0:
+            raise ValueError("eval_steps and eval_max_rows must be >= 0")
+        if self.max_side is not None and self.max_side < 1:
+            raise ValueError(f"max_side must be a positive int or None, got {self.max_side}")
+        if self.time_budget_hours < 0 or self.save_margin_minutes < 0 or self.calibration_steps < 1:
+            raise ValueError("time_budget_hours and save_margin_minutes must be >= 0 and calibration_steps >= 1")
+        if self.time_budget_hours and self.save_margin_minutes >= 60 * self.time_budget_hours:
+            raise ValueError(f"save_margin_minutes ({self.save_margin_minutes}) leaves no time in a budget of "
+                             f"{self.time_budget_hours} h")
+
+
+# ------------------------------------------------------------------------------------------------- trainer
+
+
+def _make_trainer_class():
+    """The Trainer subclass (built lazily so importing this module stays cheap)."""
+    from transformers import Trainer
+
+    class PaliGemmaTrainer(Trainer):
+        """HF Trainer: loss on the answer window only, NaN/inf loss stops the run, ETA and plan in every log."""
+
+        def __init__(self, *args: Any, f1_eval: Any = None, budget: Any = None, check_finite: bool = True,
+                     **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.model_accepts_loss_kwargs = False  # our loss is a per-batch mean: let the Trainer scale it
+            self.f1_eval = f1_eval
+            self.budget = budget
+            self.check_finite = check_finite
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
+            inputs = dict(inputs)
+            labels = inputs.pop("labels")
+            keep = answer_window(labels)
+            outputs = model(**inputs, logits_to_keep=keep, use_cache=False)
+            loss = answer_loss(outputs.logits, labels)
+            if self.check_finite and model.training and not bool(torch.isfinite(loss)):
+                raise NonFiniteError(f"the training loss became {float(loss)} at step {self.state.global_step + 1}: "
+                                     f"{FP16_REMEDY}")
+            return (loss, outputs) if return_outputs else loss
+
+        def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+            if self.budget is not None and ("loss" in logs or "train_loss" in logs):
+                logs = {**logs, **self.budget.log_fields(self.state)}
+            super().log(logs, *args, **kwargs)
+
+        def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):  # noqa: ANN001
+            metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix) if self.eval_dataset else {}
+            if self.f1_eval is not None:
+                f1 = self.f1_eval(self.model)
+                metrics[f"{metric_key_prefix}_f1"] = f1
+                self.log({f"{metric_key_prefix}_f1": f1})
+            return metrics
+
+    return PaliGemmaTrainer
+
+
+def generated_f1(model: Any, processor: Any, rows: pd.DataFrame, image_dir: str | Path, infer_cfg: InferConfig,
+                 stats: GenerationStats | None = None) -> float:
+    """The competition F1 of answers generated (greedy, cleaned by ``utils.core.units``) for labelled ``rows``."""
+    from utils.core.metrics import score
+    from utils.core.units import normalize_prediction
+
+    rows = rows.reset_index(drop=True).copy()
+    rows["index"] = range(len(rows))
+    was_training = model.training
+    model.eval()
+    try:
+        raw = dict(pair for batch in predict_batches(model, processor, rows, image_dir, infer_cfg, stats)
+                   for pair in batch)
+    finally:
+        if was_training:
+            model.train()
+    preds = pd.DataFrame(
+        {
+            "index": rows["index"],
+            "prediction": [normalize_prediction(e, raw.get(i, "")) for i, e in zip(rows["index"], rows["entity_name"])],
+        }
+    )
+    labels = rows[["index", "entity_name", "entity_value"]].copy()
+    labels["entity_value"] = labels["entity_value"].fillna("").astype(str)
+    return float(score(preds, labels).f1)
+
+
+def eval_sample(val: pd.DataFrame | None, max_rows: int, seed: int) -> pd.DataFrame:
+    """The evaluation sample: up to ``max_rows`` validation rows drawn with ``seed`` (shuffled), drawn once."""
+    if val is None or not len(val) or max_rows <= 0:
+        return pd.DataFrame()
+    return val.sample(n=min(max_rows, len(val)), random_state=seed).reset_index(drop=True)
+
+
+def answer_token_budget(tokenizer: Any, answers: list[str], margin: int) -> tuple[int, int]:
+    """(longest tokenised answer incl. ``<eos>``, that plus ``margin`` capped at the inference limit)."""
+    texts = sorted({str(a) for a in answers if str(a)}, key=len, reverse=True)[:2000] or [""]
+    longest = max(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]) + 1
+    return longest, min(MAX_NEW_TOKENS_LIMIT, longest + margin)
+
+
+def training_arguments(model_cfg: ModelConfig, train_cfg: TrainConfig, ckpt_dir: Path, max_steps: int,
+                       eval_on: bool, report_to: list[str] | str, run_name: str | None = None):
+    """The HF ``TrainingArguments``: fp16 mixed precision on a GPU without native bf16 (a T4), bf16 where it is
+    native, neither on CPU; the same dtype decision as the model's compute dtype."""
+    from transformers import TrainingArguments
+
+    device, dtype = model_cfg.torch_device, model_cfg.torch_dtype
+    on_gpu = device.type == "cuda"
+    return TrainingArguments(
+        output_dir=str(ckpt_dir),
+        num_train_epochs=train_cfg.num_train_epochs,
+        max_steps=max_steps,
+        per_device_train_batch_size=train_cfg.train_batch_size,
+        per_device_eval_batch_size=train_cfg.train_batch_size,
+        gradient_accumulation_steps=train_cfg.grad_accum,
+        learning_rate=train_cfg.learning_rate,
+        warmup_steps=train_cfg.warmup_ratio,
+        lr_scheduler_type=train_cfg.lr_scheduler,
+        weight_decay=train_cfg.weight_decay,
+        max_grad_norm=train_cfg.max_grad_norm,
+        logging_steps=train_cfg.logging_steps,
+        save_strategy="steps",
+        save_steps=train_cfg.save_steps,
+        save_total_limit=train_cfg.save_total_limit,
+        eval_strategy="steps" if eval_on else "no",
+        eval_steps=train_cfg.eval_steps if eval_on else None,
+        prediction_loss_only=True,
+        fp16=on_gpu and dtype == torch.float16,
+        bf16=on_gpu and dtype == torch.bfloat16,
+        use_cpu=not on_gpu,
+        seed=train_cfg.seed,
+        remove_unused_columns=False,
+        label_names=["labels"],
+        dataloader_pin_memory=on_gpu,
+        disable_tqdm=True,  # utils.models.paligemma.budget.TrainingProgress shows the planned steps, ETA and budget instead
+        report_to=report_to,
+        run_name=run_name,
+    )
+
+
+def _free() -> None:
+    """Collect dropped models and give GPU memory back before the next model is loaded."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def train_model(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    infer_cfg: InferConfig,
+    train: pd.DataFrame,
+    val: pd.DataFrame | None,
+    image_dir: str | Path,
+    out_dir: str | Path,
+    callbacks: list[Any] | None = None,
+) -> Path:
+    """Fine-tune LoRA adapters on ``train``; save the adapter; score the merged model on a ``val`` sample; return
+    the adapter folder (see the module docstring)."""
+    from transformers import PrinterCallback, set_seed
+
+    from utils.models.paligemma.budget import CheckpointMeta, TimeBudget, TrainingProgress
+    from utils.env.tracking import init_run, wandb_mode
+
+    started = time.monotonic()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = out / CHECKPOINT_DIR
+    train_ds = AnswerDataset(train, image_dir, train_cfg.max_side)
+    if len(train_ds) == 0:
+        raise ValueError(f"no training images found in {image_dir} (0 of {len(train)} rows have a file)")
+    sample = eval_sample(val, train_cfg.eval_max_rows, train_cfg.seed)
+    eval_ds = AnswerDataset(sample, image_dir, train_cfg.max_side) if len(sample) else None
+    if eval_ds is not None and len(eval_ds) == 0:
+        eval_ds, sample = None, pd.DataFrame()
+
+    current = fingerprint(train, model_cfg, train_cfg)
+    resume_from, notes = prepare_checkpoints(ckpt_dir, current, train_cfg.resume, train_cfg.resume_from)
+    for note in notes:
+        say(f"[02] {note}")
+
+    say(f"[02] {model_source(model_cfg)}")
+    processor = load_processor(model_cfg.model_id, model_cfg.hub_revision)
+    longest, max_new = answer_token_budget(processor.tokenizer, list(train_ds.answers), train_cfg.answer_margin_tokens)
+    if not infer_cfg.max_new_tokens:
+        infer_cfg.max_new_tokens = max_new
+    set_seed(train_cfg.seed)  # before the LoRA weights are created: same seed, same initial adapter
+    model = prepare_for_training(load_base_model(model_cfg), model_cfg)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    dtype = str(model_cfg.torch_dtype).removeprefix("torch.")
+    say(f"[02] training on {describe_device(model_cfg.torch_device)}: {model_cfg.quantization} weights, {dtype} "
+        f"compute, {trainable:,} trainable LoRA parameters, {len(train_ds)} rows, eval sample {len(sample)} rows")
+
+    mode = wandb_mode(train_cfg.wandb_mode)
+    config = {
+        "model": model_cfg.to_dict(),
+        "train": asdict(train_cfg),
+        "infer": asdict(infer_cfg),
+        "n_train": len(train_ds),
+        "n_eval_sample": len(sample),
+        "trainable_params": trainable,
+        "fingerprint": current.digest,
+        "longest_answer_tokens": longest,
+    }
+    saved_run = read_json(ckpt_dir / WANDB_FILE) or {}
+    run = init_run(train_cfg.wandb_project, config, job_type="train", mode=mode, dir=out, run_id=saved_run.get("id"))
+    if getattr(run, "id", None):
+        write_json(ckpt_dir / WANDB_FILE, {"id": run.id, "project": train_cfg.wandb_project})
+
+    budget = TimeBudget(3600 * train_cfg.time_budget_hours, 60 * train_cfg.save_margin_minutes,
+                        train_cfg.calibration_steps, ckpt_dir, started)
+    max_steps = budget.planned_steps or train_cfg.max_steps
+    eval_on = eval_ds is not None and train_cfg.eval_steps > 0
+    args = training_arguments(model_cfg, train_cfg, ckpt_dir, max_steps, eval_on,
+                              ["wandb"] if mode != "disabled" else "none", getattr(run, "name", None) or None)
+    f1_eval = (lambda m: generated_f1(m, processor, sample, image_dir, infer_cfg)) if eval_on else None
+    trainer = _make_trainer_class()(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds if eval_on else None,
+        data_collator=PaliGemmaCollator(processor),
+        processing_class=processor,
+        callbacks=[budget, TrainingProgress(budget), CheckpointMeta(ckpt_dir), *(callbacks or [])],
+        f1_eval=f1_eval,
+        budget=budget,
+        check_finite=train_cfg.check_finite,
+    )
+    trainer.remove_callback(PrinterCallback)
+    budget.trainer = trainer
+    if resume_from is not None:
+        say(f"[02] resuming from {resume_from} (step {resume_from.name.rsplit('-', 1)[-1]})")
+    local = resolve_model_source(str(model_cfg.model_id), model_cfg.hub_revision).local_files_only
+    try:
+        with offline(local):  # loaded from a folder or the cache: no hub request at each checkpoint save
+            result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+            adapter_dir = save_adapter(trainer.model, processor, model_cfg, out / ADAPTER_DIR)
+        metrics: dict[str, Any] = dict(result.metrics)
+        state = trainer.state
+        complete = not budget.stopped_by_budget and state.global_step >= state.max_steps
+        write_json(adapter_dir / GENERATION_FILE, {"max_new_tokens": infer_cfg.max_new_tokens,
+                                                   "longest_answer_tokens": longest})
+        status = {"complete": complete, "global_step": state.global_step, "planned_steps": state.max_steps,
+                  "configured_steps": budget.configured_steps,
+                  "stopped_by": "time budget" if budget.stopped_by_budget else None}
+        write_json(adapter_dir / STATUS_FILE, status)
+        say(f"[02] adapter saved to {adapter_dir} (step {state.global_step} of {state.max_steps}"
+            f"{'' if complete else '; incomplete: run stage 02 again to continue'})")
+        log_history = list(state.log_history)
+        budget.trainer = trainer = model = None
+        _free()
+        if len(sample):
+            say(f"[02] final F1 of the merged model (as stage 03 runs it) on {len(sample)} validation rows ...")
+            stats = GenerationStats()
+            merged, merged_processor = load_predictor(adapter_dir, infer_cfg,
+                                                      device=model_cfg.device, dtype=model_cfg.dtype)
+            metrics["final_f1_merged"] = generated_f1(merged, merged_processor, sample, image_dir, infer_cfg, stats)
+            metrics["final_truncated"] = stats.truncated
+            merged = merged_processor = None
+            _free()
+            say(f"[02] final F1 (merged {str(model_cfg.torch_dtype).removeprefix('torch.')}, {len(sample)} rows): "
+                f"{metrics['final_f1_merged']:.4f}" + (f"; {stats.note()}" if stats.note() else ""))
+        summary = {
+            "global_step": status["global_step"],
+            "planned_steps": status["planned_steps"],
+            "complete": complete,
+            "resumed_from": resume_from.name if resume_from else None,
+            "n_train": len(train_ds),
+            "n_train_missing_images": train_ds.n_missing,
+            "n_eval_sample": len(sample),
+            "max_new_tokens": infer_cfg.max_new_tokens,
+            "longest_answer_tokens": longest,
+            "fingerprint": current.digest,
+            "seconds": time.monotonic() - started,
+            "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))},
+            "log_history": log_history,
+        }
+        write_json(out / SUMMARY_FILE, summary)
+        if run is not None and hasattr(run, "summary"):
+            run.summary.update({**summary["metrics"], "complete": complete, "global_step": status["global_step"]})
+            if "final_f1_merged" in metrics and hasattr(run, "log"):
+                run.log({"final/f1_merged": metrics["final_f1_merged"]})
+    finally:
+        if run is not None and hasattr(run, "finish"):
+            run.finish()
+    return adapter_dir
+
+
+def fit(
+    train: pd.DataFrame,
+    val: pd.DataFrame | None,
+    image_dir: str | Path,
+    out_dir: str | Path,
+    callbacks: list[Any] | None = None,
+    **settings: Any,
+) -> Path:
+    """Backend entry: ``settings`` are ModelConfig, TrainConfig and InferConfig (eval generation) field names."""
+    model_kw, train_kw, infer_kw = split_settings(settings, ModelConfig, TrainConfig, InferConfig)
+    return train_model(
+        ModelConfig(**model_kw),
+        TrainConfig(**train_kw),
+        InferConfig(**infer_kw),
+        train,
+        val,
+        image_dir,
+        out_dir,
+        callbacks,
+    )

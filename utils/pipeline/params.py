@@ -1,0 +1,218 @@
+"""The parameters of each stage, written once: one dataclass per stage, with a default and help for every field.
+
+From these dataclasses come the notebooks' ``parameters`` cells and their calls (``tools/make_notebooks.py``), the
+``run_all.sh`` command line and the papermill arguments it passes to each notebook (``utils.pipeline.run``), and the
+validation every stage function runs on what it is given. A field's ``flag`` names its command-line option (several
+stages share one: ``--work`` feeds every stage's ``work_dir``); ``cli=False`` fields are set by the runner itself
+(``shard_index``) or only make sense in a notebook (``interactive``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, get_type_hints
+
+#: The reference approach's scale: about 13,500 training rows, the same number per entity (8 x 1,700 = 13,600).
+DEFAULT_PER_ENTITY = 1700
+DEFAULT_MAX_MISSING_IMAGES = 0.5
+
+
+class ParamError(ValueError):
+    """A parameter value that cannot work; the message names the parameter (and its command-line flag)."""
+
+
+def param(default: Any, help: str, flag: str | None = None, cli: bool = True) -> Any:
+    """A dataclass field with its help text (one line: it becomes the notebook comment and the ``--help`` text)."""
+    if isinstance(default, dict):
+        return field(default_factory=lambda: dict(default), metadata={"help": help, "flag": flag, "cli": cli})
+    return field(default=default, metadata={"help": help, "flag": flag, "cli": cli})
+
+
+def flag_of(f: Any) -> str:
+    """The command-line option of a field (``--work`` for ``work_dir`` where so named, else ``--per-entity``)."""
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def _check(cond: bool, f_name: str, message: str, cls: type) -> None:
+    if not cond:
+        flag = next((flag_of(f) for f in fields(cls) if f.name == f_name and f.metadata.get("cli", True)), None)
+        where = f"{f_name} ({flag})" if flag else f_name
+        raise ParamError(f"{where} {message}")
+
+
+def _whole(cls: type, obj: Any, *names: str, minimum: int = 0) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        _check(isinstance(value, int) and not isinstance(value, bool) and value >= minimum, name,
+               f"must be a whole number >= {minimum}, got {value!r}", cls)
+
+
+def _share(cls: type, obj: Any, name: str) -> None:
+    value = getattr(obj, name)
+    _check(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+           and 0 <= value <= 1, name, f"must be a share between 0 and 1, got {value!r}", cls)
+
+
+def _backend(cls: type, obj: Any) -> None:
+    from utils.models.backend import available_backends
+
+    _check(obj.backend in available_backends(), "backend",
+           f"must be one of {', '.join(available_backends())}, got {obj.backend!r}", cls)
+
+
+def _settings(cls: type, obj: Any) -> None:
+    _check(isinstance(obj.settings, dict), "settings", f"must be a JSON object, got {obj.settings!r}", cls)
+
+
+@dataclass
+class PrepareParams:
+    """Stage 01: load and validate the CSVs, find or download the images, sample, split, write the tables."""
+
+    train_csv: str = param("", 'train CSV; empty: found for this machine, "demo": the built-in demo data')
+    test_csv: str = param("", "test CSV; empty: beside train.csv (or the demo's)")
+    labels_csv: str = param("", "answers for the test rows, scored in 04; empty: none (the demo brings its own)")
+    image_dir: str = param("", "image cache; empty: <data>/images when present, else <work_dir>/images",
+                           flag="--images")
+    work_dir: str = param("", "where the stages hand over; empty: /kaggle/working/work, /content/work or <repo>/work",
+                          flag="--work")
+    per_entity: int = param(DEFAULT_PER_ENTITY, "training rows sampled per entity (reference: ~13,500 in all); "
+                                                "0: every row")
+    balance_units: bool = param(False, "also balance the units within each entity")
+    val_fraction: float = param(0.1, "share of product groups held out for validation")
+    seed: int = param(0, "random seed for the demo, the sample and the split")
+    download: bool = param(True, "download missing images (when the network allows)")
+    max_missing_images: float = param(DEFAULT_MAX_MISSING_IMAGES,
+                                      "fail when more than this share of the images is missing; 1: never fail")
+    demo_train: int = param(0, "demo training rows; 0: the demo's default")
+    demo_test: int = param(0, "demo test rows; 0: the demo's default")
+
+    def __post_init__(self) -> None:
+        _whole(PrepareParams, self, "per_entity", "seed", "demo_train", "demo_test")
+        _share(PrepareParams, self, "max_missing_images")
+        _check(isinstance(self.val_fraction, (int, float)) and 0 <= self.val_fraction < 1, "val_fraction",
+               f"must be in [0, 1), got {self.val_fraction!r}", PrepareParams)
+
+
+@dataclass
+class FitParams:
+    """Stage 02: fit the backend on the prepared tables (fine-tune PaliGemma, or fit the OCR ranker)."""
+
+    backend: str = param("ocr", '"paligemma" (GPU, LoRA fine-tune) or "ocr" (CPU OCR + learned ranker)')
+    work_dir: str = param("", "where the stages hand over; empty: /kaggle/working/work, /content/work or <repo>/work",
+                          flag="--work")
+    artifact_dir: str = param("", "where the adapter/ranker is saved; empty: <work_dir>/artifacts/<backend>")
+    image_dir: str = param("", "image cache; empty: the one stage 01 used", flag="--images")
+    refit: bool = param(False, "fit again even when a finished fit with the same data and settings exists")
+    settings: dict = param({}, 'backend settings by field name, e.g. {"num_train_epochs": 1} (TrainConfig / '
+                               "RankerConfig)", flag="--fit-settings")
+
+    def __post_init__(self) -> None:
+        _backend(FitParams, self)
+        _settings(FitParams, self)
+
+
+@dataclass
+class InferParams:
+    """Stage 03: predict one shard of the test set (resumable), into ``<work_dir>/shards``."""
+
+    shard_index: int = param(0, "which shard this run predicts, 0 .. num_shards - 1", cli=False)
+    num_shards: int = param(4, "how many shards the test set is cut into", flag="--shards")
+    backend: str = param("ocr", '"paligemma" or "ocr"; the one stage 02 fitted')
+    work_dir: str = param("", "where the stages hand over; empty: /kaggle/working/work, /content/work or <repo>/work",
+                          flag="--work")
+    artifact_dir: str = param("", "the adapter/ranker folder; empty: the one stage 02 wrote")
+    image_dir: str = param("", "image cache; empty: the one stage 01 used", flag="--images")
+    shards_dir: str = param("", "where shard files go; empty: <work_dir>/shards")
+    test_csv: str = param("", "test CSV (for a separate session); empty: the test table stage 01 wrote", cli=False)
+    num_threads: int = param(1, "CPU threads for this shard (math libraries, OCR processes)", flag="--threads")
+    batch_size: int = param(0, "rows per batch; 0: the backend's default")
+    download: bool = param(True, "first download this shard's missing images (when the network allows)")
+    max_missing_images: float = param(DEFAULT_MAX_MISSING_IMAGES,
+                                      "fail when more than this share of the images is missing; 1: never fail")
+    settings: dict = param({}, "more backend predict settings by field name (InferConfig / RankerConfig)",
+                           flag="--infer-settings")
+
+    def __post_init__(self) -> None:
+        _whole(InferParams, self, "num_shards", "num_threads", minimum=1)
+        _whole(InferParams, self, "batch_size", "shard_index")
+        _check(self.shard_index < self.num_shards, "shard_index",
+               f"must be in [0, {self.num_shards}), got {self.shard_index} (num_shards={self.num_shards})",
+               InferParams)
+        _share(InferParams, self, "max_missing_images")
+        _backend(InferParams, self)
+        _settings(InferParams, self)
+
+
+@dataclass
+class PostprocessParams:
+    """Stage 04: merge the shards, clean from the raw answers, check, write submission.csv (and the report)."""
+
+    num_shards: int = param(4, "how many shards stage 03 wrote", flag="--shards")
+    work_dir: str = param("", "where the stages hand over; empty: /kaggle/working/work, /content/work or <repo>/work",
+                          flag="--work")
+    out_dir: str = param("", "gets submission.csv and the report; empty: /kaggle/working, /content/out or <repo>/out",
+                         flag="--out")
+    shards_dir: str = param("", "the shard files; empty: <work_dir>/shards")
+    test_csv: str = param("", "test CSV; empty: the test table stage 01 wrote", cli=False)
+    labels_csv: str = param("", "answers to score against; empty: those stage 01 recorded (the demo's), if any")
+    image_dir: str = param("", "image cache for the report; empty: the one stage 01 used", flag="--images")
+    n_worst: int = param(12, "how many worst mistakes to show")
+    interactive: bool = param(True, "ipywidgets browser; False: static gallery (papermill, no widget frontend)",
+                              cli=False)
+
+    def __post_init__(self) -> None:
+        _whole(PostprocessParams, self, "num_shards", minimum=1)
+        _whole(PostprocessParams, self, "n_worst")
+
+
+STAGES: dict[str, type] = {"01": PrepareParams, "02": FitParams, "03": InferParams, "04": PostprocessParams}
+
+
+def build(cls: type, values: dict[str, Any]) -> Any:
+    """``cls(**values)`` for the fields of ``cls`` found in ``values`` (others ignored); ParamError as is."""
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in values.items() if k in names})
+
+
+def check_known(cls: type, values: dict[str, Any]) -> None:
+    """TypeError naming the unknown keys of ``values`` (a misspelt parameter must not be ignored)."""
+    unknown = sorted(set(values) - {f.name for f in fields(cls)})
+    if unknown:
+        raise TypeError(f"unknown parameter(s) {unknown} for {cls.__name__}; "
+                        f"known: {sorted(f.name for f in fields(cls))}")
+
+
+def type_name(cls: type, name: str) -> str:
+    """The annotation of field ``name`` as the notebooks write it (``str``, ``int``, ``float``, ``bool``, ``dict``)."""
+    return get_type_hints(cls)[name].__name__
+
+
+def default_of(f: Any) -> Any:
+    """A field's default value (calling its factory)."""
+    return f.default_factory() if f.default is MISSING else f.default
+
+
+def literal(value: Any) -> str:
+    """A Python literal for a parameters cell (``"text"``, ``12``, ``True``, ``{}``)."""
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, dict):
+        return json.dumps(value) if value else "{}"
+    return repr(value)
+
+
+def papermill_args(obj: Any) -> list[str]:
+    """Papermill options passing every field of ``obj`` with its type intact: ``-r`` (raw string) for text, ``-p``
+    for numbers and booleans, ``-y`` (YAML, here JSON) for dicts."""
+    out: list[str] = []
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, str):
+            out += ["-r", f.name, value]
+        elif isinstance(value, dict):
+            out += ["-y", json.dumps({f.name: value})]
+        else:
+            out += ["-p", f.name, str(value)]
+    return out

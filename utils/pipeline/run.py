@@ -1,0 +1,589 @@
+"""``run_all.sh``: the four notebooks in batch through papermill, shards in parallel, safe to kill and to rerun.
+
+``python -m utils.runner [options]`` (``bash run_all.sh`` runs it) executes 01 prepare, 02 fit, the shards of 03
+and 04 postprocess, each as a papermill notebook kept under ``RUNS/<time>/`` with its log. What it guarantees:
+
+- Every option is checked before stage 01 starts (paths that must exist, folders that must not be files, the
+  backend, numbers, JSON): a typo fails in a second, not after an hour of inference.
+- One run per work folder: the runner holds a lock on it; a second run fails at once naming the first (or waits
+  behind it with ``--wait``). Killed with SIGTERM or Ctrl-C, it stops every process it started (papermill, the
+  kernels, their OCR workers) before it exits.
+- Shards run at most ``--parallel`` at once (default: one per GPU for a GPU backend such as paligemma,
+  ``--shards-per-gpu`` to pack more,
+  each shard pinned to its GPU with ``CUDA_VISIBLE_DEVICES``; CPU cores / ``--threads`` otherwise); the rest wait in
+  a queue. Shards without rows are finished without a kernel. The plan is printed before stage 03 starts.
+- A shard whose kernel fails to start (jupyter's port race, papermill issue #511) is retried after a short random
+  delay; a cell error is not retried.
+- The console shows each stage's progress (the notebooks' ``» `` lines: counts, missing images, rows/s, ETA)
+  while the full output goes to the stage's log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from utils.env.console import MARK, duration
+from utils.pipeline.params import (
+    STAGES,
+    FitParams,
+    InferParams,
+    ParamError,
+    PostprocessParams,
+    PrepareParams,
+    default_of,
+    flag_of,
+    papermill_args,
+    param,
+    type_name,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+NOTEBOOKS = REPO / "notebooks"
+NOTEBOOK_OF = {"01": "01_prepare_data.ipynb", "02": "02_finetune_lora.ipynb", "03": "03_infer_shard.ipynb",
+               "04": "04_postprocess.ipynb"}
+PROG = "run_all.sh"
+#: What a kernel that never started looks like in papermill's output (retried); a cell error is not among them.
+START_FAILURES = ("Kernel died before replying to kernel_info", "ZMQError", "Address already in use",
+                  "Kernel didn't respond in", "Kernel not responding", "kernel_info_request timed out")
+EXIT_USAGE, EXIT_FAILED, EXIT_BUSY = 2, 1, 3
+
+
+class RunnerError(RuntimeError):
+    """The run cannot go on; the message is for the person (no traceback)."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Interrupted(BaseException):
+    """SIGTERM or SIGINT arrived: stop everything started, then exit."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@dataclass
+class RunParams:
+    """Options of the runner itself (the stages' options come from ``utils.pipeline.params``)."""
+
+    out_dir: str = param(str(REPO / "out"), "gets submission.csv and the report", flag="--out")
+    work_dir: str = param(str(REPO / "work"), "hand-over folder between the stages", flag="--work")
+    runs_dir: str = param(str(REPO / "runs"), "executed notebooks and logs go to RUNS/<time>/", flag="--runs")
+    repo_dir: str = param(str(REPO), "the notebooks' repo_dir; for --prepare-only the path the repo will have in "
+                                     "the Kaggle session, e.g. /kaggle/input/<dataset>")
+    prepare_only: bool = param(False, "only write the parameterised shard notebooks (one per Kaggle session) into "
+                                      "OUT/shard_notebooks/; runs nothing")
+    parallel: int = param(0, "shard notebooks running at once; 0: one per GPU (paligemma) or CPU cores / threads")
+    shards_per_gpu: int = param(1, "shards sharing one GPU at once (each loads the whole model: ~6 GiB in fp16)")
+    kernel: str = param("python3", "Jupyter kernel papermill runs")
+    start_retries: int = param(3, "retries of a shard whose kernel failed to start")
+    wait: bool = param(False, "wait for another run holding the work folder instead of failing")
+
+
+# ------------------------------------------------------------------------------------------------ options
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"must be a JSON object, got {text!r} ({exc})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object, got {text!r}")
+    return value
+
+
+def _option_fields() -> list[tuple[type, Any]]:
+    """Every command-line field of the runner and the stages, one per flag (the first definition wins)."""
+    seen: dict[str, tuple[type, Any]] = {}
+    for cls in (RunParams, *STAGES.values()):
+        for f in fields(cls):
+            if not f.metadata.get("cli", True):
+                continue
+            flag = flag_of(f)
+            if flag in seen:
+                other_cls, other = seen[flag]
+                if type_name(other_cls, other.name) != type_name(cls, f.name):
+                    raise TypeError(f"{flag}: {other_cls.__name__}.{other.name} and {cls.__name__}.{f.name} differ "
+                                    "in type")
+                continue
+            seen[flag] = (cls, f)
+    return list(seen.values())
+
+
+def _dest(flag: str) -> str:
+    return flag[2:].replace("-", "_")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, made from the parameter dataclasses."""
+    parser = argparse.ArgumentParser(
+        prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Runs notebooks/01..04 through papermill; the shard notebooks of 03 in parallel. With no "
+                    "options: the built-in demo, the CPU 'ocr' backend, 4 shards.\n\n" + __doc__.split("\n\n", 1)[1],
+    )
+    titles = {RunParams: "the run", PrepareParams: "01 prepare data", FitParams: "02 fit",
+              InferParams: "03 predict the shards", PostprocessParams: "04 merge, check, report"}
+    groups = {cls: parser.add_argument_group(title) for cls, title in titles.items()}
+    for cls, f in _option_fields():
+        flag, kind, default = flag_of(f), type_name(cls, f.name), default_of(f)
+        group = groups[cls]
+        if cls is PrepareParams and f.name == "train_csv":
+            default = "demo"
+        help_text = f.metadata["help"] + ("" if kind == "bool" else f" (default: {default!r})")
+        if kind == "bool" and default:
+            group.add_argument("--no-" + flag[2:], dest=_dest(flag), action="store_false", help=help_text)
+        elif kind == "bool":
+            group.add_argument(flag, dest=_dest(flag), action="store_true", help=help_text)
+        else:
+            convert = {"int": int, "float": float, "str": str, "dict": _json_object}[kind]
+            metavar = {"int": "N", "float": "X", "str": "PATH" if "dir" in f.name or "csv" in f.name else "TEXT",
+                       "dict": "JSON"}[kind]
+            group.add_argument(flag, dest=_dest(flag), type=convert, default=default, help=help_text,
+                               metavar=metavar)
+    return parser
+
+
+@dataclass
+class Plan:
+    """The parsed, validated run: the runner's options and each stage's parameters."""
+
+    run: RunParams
+    prepare: PrepareParams
+    fit: FitParams
+    infer: InferParams
+    post: PostprocessParams
+    command: str = ""
+
+
+def _stage(cls: type, options: dict[str, Any], **overrides: Any) -> Any:
+    values = {f.name: options[_dest(flag_of(f))] for f in fields(cls)
+              if f.metadata.get("cli", True) and _dest(flag_of(f)) in options}
+    return cls(**{**values, **overrides})
+
+
+def parse(argv: list[str]) -> Plan:
+    """Parse and check the command line (``RunnerError`` with exit code 2 for anything wrong)."""
+    options = vars(build_parser().parse_args(argv))
+    for dest in ("train_csv", "test_csv", "labels_csv", "images", "work", "out", "runs", "artifact_dir",
+                 "shards_dir"):
+        value = options.get(dest)
+        if value and not (dest == "train_csv" and value.strip().lower() == "demo"):
+            options[dest] = os.path.abspath(os.path.expanduser(value))
+    try:
+        run = _stage(RunParams, options)
+        prepare = _stage(PrepareParams, options)
+        fit = _stage(FitParams, options)
+        infer = _stage(InferParams, options, test_csv=options["test_csv"] if run.prepare_only else "")
+        post = _stage(PostprocessParams, options, interactive=False)
+    except ParamError as exc:
+        raise RunnerError(f"{PROG}: {exc}", EXIT_USAGE) from None
+    for name in ("parallel", "start_retries"):
+        if getattr(run, name) < 0:
+            raise RunnerError(f"{PROG}: --{name.replace('_', '-')} must be >= 0", EXIT_USAGE)
+    if run.shards_per_gpu < 1:
+        raise RunnerError(f"{PROG}: --shards-per-gpu must be >= 1", EXIT_USAGE)
+    plan = Plan(run, prepare, fit, infer, post, " ".join([PROG, *argv]))
+    check_paths(plan)
+    return plan
+
+
+def check_paths(plan: Plan) -> None:
+    """Every input path exists and every output folder can be one, before anything runs."""
+    p = plan.prepare
+    demo = p.train_csv.strip().lower() == "demo"
+    if not demo and not p.test_csv and not plan.run.prepare_only:
+        raise RunnerError(f"{PROG}: --train-csv needs --test-csv too", EXIT_USAGE)
+    files = [("--test-csv", p.test_csv), ("--labels-csv", p.labels_csv)]
+    if not demo:
+        files.insert(0, ("--train-csv", p.train_csv))
+    for flag, value in files:
+        if value and not Path(value).is_file():
+            what = "is a folder, not a CSV file" if Path(value).is_dir() else "does not exist"
+            raise RunnerError(f"{PROG}: {flag} {value} {what}", EXIT_USAGE)
+    if p.image_dir and not Path(p.image_dir).is_dir():
+        what = "is a file, not a folder" if Path(p.image_dir).exists() else "does not exist"
+        raise RunnerError(f"{PROG}: --images {p.image_dir} {what} (create it to download the images into it)",
+                          EXIT_USAGE)
+    for flag, value in (("--out", plan.run.out_dir), ("--work", plan.run.work_dir), ("--runs", plan.run.runs_dir)):
+        if Path(value).exists() and not Path(value).is_dir():
+            raise RunnerError(f"{PROG}: {flag} {value} is a file, not a folder", EXIT_USAGE)
+
+
+# ------------------------------------------------------------------------------------------------ processes
+
+
+class Children:
+    """The processes this run started, and how to stop each with everything below it (kernels, OCR workers)."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[str]] = []
+        self.lock = threading.Lock()
+
+    def add(self, proc: subprocess.Popen[str]) -> None:
+        with self.lock:
+            self.procs.append(proc)
+
+    def discard(self, proc: subprocess.Popen[str]) -> None:
+        with self.lock:
+            if proc in self.procs:
+                self.procs.remove(proc)
+
+    def stop_all(self, grace: float = 10.0) -> int:
+        """SIGTERM every started process and all its descendants, SIGKILL what is left after ``grace`` seconds;
+        how many processes were stopped. The tree is collected before any signal (orphans get re-parented)."""
+        import psutil
+
+        with self.lock:
+            roots = list(self.procs)
+        tree: list[psutil.Process] = []
+        for proc in roots:
+            try:
+                root = psutil.Process(proc.pid)
+                tree += [root, *root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                continue
+        for p in tree:
+            try:
+                p.terminate()
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs(tree, timeout=grace)
+        for p in alive:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(alive, timeout=grace)
+        return len(tree)
+
+
+class WorkLock:
+    """An exclusive ``flock`` on the work folder's ``.run.lock`` for the whole run (released if the runner dies)."""
+
+    def __init__(self, path: Path, wait: bool, command: str) -> None:
+        import fcntl
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self.fd, 2000, 0).decode("utf-8", "replace").strip() or "another run"
+            if not wait:
+                os.close(self.fd)
+                raise RunnerError(f"{PROG}: the work folder {path.parent} is in use by {holder}. Two runs must not "
+                                  "write one work folder: wait for it, stop it (kill its pid), use another --work, "
+                                  "or pass --wait to start when it ends", EXIT_BUSY) from None
+            say_console(f"waiting for {holder} to release {path.parent} ...")
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}: {command}".encode(), 0)
+
+    def release(self) -> None:
+        os.close(self.fd)
+
+
+_PRINT = threading.Lock()
+
+
+def say_console(line: str) -> None:
+    """One line on the runner's console (thread-safe)."""
+    with _PRINT:
+        print(line, flush=True)
+
+
+def _failure_line(log_text: str) -> str | None:
+    """The exception line of a failed notebook (``utils.models.paligemma.hub.ModelAccessError: ...``), if any."""
+    import re
+
+    found = re.findall(r"^(?:\x1b\[[0-9;]*m)*([A-Za-z_][\w.]*(?:Error|Exception|Interrupt)\b:? .*)$", log_text,
+                       re.MULTILINE)
+    return found[-1].strip() if found else None
+
+
+def _executed_any_cell(notebook: Path) -> bool:
+    try:
+        import nbformat
+
+        nb = nbformat.read(notebook, as_version=4)
+    except Exception:
+        return False
+    return any(c.get("execution_count") for c in nb.cells if c.cell_type == "code")
+
+
+@dataclass
+class Job:
+    """One notebook to execute."""
+
+    tag: str  # "01", "03 shard 2/4"
+    notebook: str
+    output: Path
+    log: Path
+    args: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+
+
+class Runner:
+    """Executes a ``Plan`` (see the module docstring)."""
+
+    def __init__(self, plan: Plan, echo: Callable[[str], None] = say_console) -> None:
+        self.plan = plan
+        self.echo = echo
+        self.children = Children()
+
+    # -- one notebook
+    def _env(self, extra: dict[str, str]) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+        env.setdefault("WANDB_DIR", self.plan.run.work_dir)
+        env.setdefault("OCR_CACHE_DIR", str(Path(self.plan.run.work_dir) / "ocr_cache"))
+        env["MPLBACKEND"] = "Agg"
+        env["PYTHONUNBUFFERED"] = "1"
+        env.update(extra)
+        return env
+
+    def _command(self, job: Job, prepare_only: bool = False) -> list[str]:
+        cmd = [sys.executable, "-m", "papermill", str(NOTEBOOKS / job.notebook), str(job.output),
+               "-k", self.plan.run.kernel, "--cwd", str(NOTEBOOKS), "-r", "repo_dir", self.plan.run.repo_dir,
+               *job.args]
+        if prepare_only:
+            return cmd + ["--prepare-only"]
+        return cmd + ["--log-output", "--no-progress-bar", "--start-timeout", "120"]
+
+    def execute(self, job: Job) -> None:
+        """Run one notebook, echoing its ``» `` lines; retry a kernel that failed to start; RunnerError on failure."""
+        retries = self.plan.run.start_retries
+        for attempt in range(retries + 1):
+            rc = self._execute_once(job)
+            if rc == 0:
+                return
+            text = job.log.read_text(encoding="utf-8", errors="replace") if job.log.is_file() else ""
+            start_failed = any(s in text for s in START_FAILURES) and "PapermillExecutionError" not in text \
+                and not _executed_any_cell(job.output)
+            if start_failed and attempt < retries:
+                delay = random.uniform(1.0, 3.0) * (attempt + 1)
+                self.echo(f"[{job.tag}] the kernel failed to start (jupyter port race); retry {attempt + 1} of "
+                          f"{retries} in {delay:.1f} s")
+                job.log.rename(job.log.with_name(f"{job.log.name}.attempt{attempt + 1}"))
+                time.sleep(delay)
+                continue
+            reason = _failure_line(text) or "see the log"
+            tail = "\n".join(text.strip().splitlines()[-15:])
+            raise RunnerError(f"[{job.tag}] failed: {reason}\n  notebook: {job.output}\n  log: {job.log}\n"
+                              f"--- last lines of the log ---\n{tail}")
+
+    def _execute_once(self, job: Job) -> int:
+        proc = subprocess.Popen(self._command(job), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                bufsize=1, env=self._env(job.env), start_new_session=True,
+                                errors="replace")
+        self.children.add(proc)
+        try:
+            with open(job.log, "w", encoding="utf-8") as log:
+                assert proc.stdout is not None
+                for line in proc.stdout:
+                    log.write(line)
+                    log.flush()
+                    stripped = line.strip()
+                    if stripped.startswith(MARK):
+                        self.echo(stripped[len(MARK):])
+            return proc.wait()
+        finally:
+            self.children.discard(proc)
+
+    # -- the whole run
+    def run(self) -> int:
+        plan = self.plan
+        if plan.run.prepare_only:
+            return self.prepare_only()
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        run_dir = Path(plan.run.runs_dir) / stamp
+        n = 1
+        while run_dir.exists():
+            run_dir = Path(plan.run.runs_dir) / f"{stamp}-{n}"
+            n += 1
+        run_dir.mkdir(parents=True)
+        Path(plan.run.out_dir).mkdir(parents=True, exist_ok=True)
+        self.echo(f"{PROG}: executed notebooks and logs in {run_dir}")
+        started = time.monotonic()
+
+        def job(tag: str, stage: str, params: Any, name: str | None = None, env: dict[str, str] | None = None):
+            stem = name or NOTEBOOK_OF[stage].removesuffix(".ipynb")
+            return Job(tag, NOTEBOOK_OF[stage], run_dir / f"{stem}.ipynb", run_dir / f"{stem}.log",
+                       papermill_args(params), env or {})
+
+        self.echo("[01] prepare data")
+        self.execute(job("01", "01", plan.prepare))
+        self.echo(f"[02] fit backend '{plan.fit.backend}'")
+        self.execute(job("02", "02", plan.fit))
+        self.run_shards(lambda i, env: job(f"03 shard {i}/{plan.infer.num_shards}", "03",
+                                           replace(plan.infer, shard_index=i),
+                                           f"03_infer_shard_{i:02d}_of_{plan.infer.num_shards:02d}", env))
+        self.echo("[04] merge, check, submit, report")
+        self.execute(job("04", "04", plan.post))
+        self.echo(f"{PROG}: done in {duration(time.monotonic() - started)}: {Path(plan.run.out_dir) / 'submission.csv'}")
+        report = Path(plan.run.out_dir) / "report.md"
+        if report.is_file():
+            line = next((ln for ln in report.read_text(encoding="utf-8").splitlines() if "Overall F1" in ln), None)
+            if line:
+                self.echo(line)
+        return 0
+
+    def slots(self) -> tuple[list[dict[str, str]], str]:
+        """The places a shard can run at once (their environment) and a sentence describing them."""
+        run, infer = self.plan.run, self.plan.infer
+        threads = {k: str(infer.num_threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+        from utils.models.backend import uses_gpu
+
+        if uses_gpu(infer.backend):
+            from utils.env.gpu import gpus
+
+            found = gpus()
+            if found:
+                slots = [{**threads, "CUDA_VISIBLE_DEVICES": str(g.index)}
+                         for g in found for _ in range(run.shards_per_gpu)]
+                if run.parallel:
+                    slots = slots[: run.parallel]
+                names = ", ".join(g.describe() for g in found)
+                return slots, (f"{len(slots)} at a time on {len(found)} GPU(s), {run.shards_per_gpu} per GPU "
+                               f"({names}); each shard sees only its GPU (CUDA_VISIBLE_DEVICES)")
+        cores = os.cpu_count() or 1
+        n = run.parallel or max(1, cores // infer.num_threads)
+        return [dict(threads) for _ in range(n)], (f"{n} at a time ({cores} CPU cores, {infer.num_threads} "
+                                                   f"thread(s) per shard)")
+
+    def run_shards(self, make_job: Callable[[int, dict[str, str]], Job]) -> None:
+        """Stage 03: empty shards finished directly, the others queued over the slots, at most one per slot."""
+        from utils.pipeline.predict import empty_shard
+        from utils.pipeline.workdir import WorkDir
+
+        infer = self.plan.infer
+        n = infer.num_shards
+        work = WorkDir.of(infer.work_dir)
+        test = work.read_table("test")
+        shards_dir = work.shards(infer.shards_dir)
+        empty = [i for i in range(n) if empty_shard(shards_dir, i, n, test) is not None]
+        todo = [i for i in range(n) if i not in empty]
+        slots, described = self.slots()
+        if empty:
+            self.echo(f"[03] {len(empty)} of {n} shards have no rows ({len(test)} test rows): finished without a "
+                      "kernel")
+        def where(slot: int) -> str:
+            gpu = slots[slot].get("CUDA_VISIBLE_DEVICES")
+            return f"GPU {gpu}" if gpu is not None else "CPU"
+
+        placed = ", ".join(f"shard {i} -> {where(k)}" for k, i in enumerate(todo[: len(slots)]))
+        queued = todo[len(slots):]
+        self.echo(f"[03] {len(todo)} shards, {described}: {placed or 'none'}"
+                  + (f"; queued: {', '.join(map(str, queued))} (each starts where one finishes)" if queued else ""))
+        free = list(range(len(slots)))
+        pending = list(todo)
+        running: dict[int, threading.Thread] = {}
+        errors: dict[int, BaseException] = {}
+        done_event = threading.Event()
+        state_lock = threading.Lock()
+
+        def work_on(shard: int, slot: int) -> None:
+            t0 = time.monotonic()
+            try:
+                self.execute(make_job(shard, slots[slot]))
+                self.echo(f"[03] shard {shard}/{n} finished in {duration(time.monotonic() - t0)}")
+            except BaseException as exc:  # noqa: BLE001 - reported below, the others go on
+                errors[shard] = exc
+            finally:
+                with state_lock:
+                    free.append(slot)
+                    running.pop(shard, None)
+                done_event.set()
+
+        while pending or running:
+            with state_lock:
+                while pending and free and not errors:
+                    shard, slot = pending.pop(0), free.pop(0)
+                    self.echo(f"[03] shard {shard}/{n} started on {where(slot)}")
+                    thread = threading.Thread(target=work_on, args=(shard, slot), daemon=True)
+                    running[shard] = thread
+                    thread.start()
+                if errors:
+                    pending.clear()
+                if not running:
+                    break
+            done_event.wait(timeout=1.0)
+            done_event.clear()
+        if errors:
+            lines = [str(e) for _, e in sorted(errors.items())]
+            raise RunnerError("\n".join(lines) + f"\n[03] {len(errors)} shard(s) failed; the finished ones are kept "
+                              "and skipped when you run again")
+
+    def prepare_only(self) -> int:
+        """Write the parameterised shard notebooks for separate Kaggle sessions; run nothing."""
+        plan = self.plan
+        dest = Path(plan.run.out_dir) / "shard_notebooks"
+        dest.mkdir(parents=True, exist_ok=True)
+        n = plan.infer.num_shards
+        for i in range(n):
+            name = f"03_infer_shard_{i:02d}_of_{n:02d}.ipynb"
+            job = Job(f"03 shard {i}/{n}", NOTEBOOK_OF["03"], dest / name, dest / f"{name}.log",
+                      papermill_args(replace(plan.infer, shard_index=i)))
+            result = subprocess.run(self._command(job, prepare_only=True), capture_output=True, text=True,
+                                    env=self._env({}))
+            if result.returncode != 0:
+                raise RunnerError(f"{PROG}: writing {name} failed:\n{result.stderr.strip()}")
+            self.echo(f"wrote {dest / name}")
+        self.echo(f"upload each into its own session (set repo_dir/work_dir there if they differ), then run 04 "
+                  f"with num_shards={n}")
+        return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line (see the module docstring and ``--help``)."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        plan = parse(argv)
+    except RunnerError as exc:
+        print(str(exc), file=sys.stderr)
+        return exc.code
+    runner = Runner(plan)
+
+    def interrupted(signum: int, frame: Any) -> None:
+        raise Interrupted(signum)
+
+    old = {s: signal.signal(s, interrupted) for s in (signal.SIGTERM, signal.SIGINT)}
+    lock = None
+    try:
+        if not plan.run.prepare_only:
+            lock = WorkLock(Path(plan.run.work_dir) / ".run.lock", plan.run.wait, plan.command)
+        return runner.run()
+    except RunnerError as exc:
+        print(str(exc), file=sys.stderr)
+        return exc.code
+    except Interrupted as exc:
+        stopped = runner.children.stop_all()
+        name = signal.Signals(exc.signum).name
+        print(f"{PROG}: stopped by {name}; {stopped} process(es) it had started were stopped. Running it again "
+              "resumes: finished shards are kept and unfinished ones continue.", file=sys.stderr)
+        return 128 + exc.signum
+    finally:
+        runner.children.stop_all(grace=5.0)
+        if lock is not None:
+            lock.release()
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

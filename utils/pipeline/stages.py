@@ -1,0 +1,420 @@
+"""One function per notebook stage, so each notebook is its parameters cell and a few calls.
+
+Each function takes its stage's parameters (``utils.pipeline.params``: the same names as the notebook's parameters cell and
+``run_all.sh``'s options), validates them, does the work through the library, and returns what the notebook shows.
+The stages hand over through one work folder (``utils.pipeline.workdir.WorkDir`` lists every path in it). Lines meant for the
+person watching (counts, missing images, progress) go through ``utils.env.console.say``, so ``run_all.sh`` shows them
+on its console while the notebook runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from utils.env import paths as _paths
+from utils.env.console import say
+from utils.env.fileio import atomic_write_bytes
+from utils.pipeline.params import FitParams, InferParams, PostprocessParams, PrepareParams, check_known
+from utils.pipeline.submission import SubmissionError, build_submission, read_labels
+from utils.pipeline.workdir import StageError, WorkDir
+
+THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+_UNIT = re.compile(r"^\s*\S+\s+(.+?)\s*$")
+
+__all__ = ["StageError", "SubmissionError", "prepare", "finetune", "infer_shard", "postprocess"]
+
+
+class MissingImagesError(StageError):
+    """Too many of the images a stage needs are not in the image folder (a wrong ``image_dir``?)."""
+
+
+@dataclass
+class Prepared:
+    """What stage 01 wrote."""
+
+    work: WorkDir
+    manifest: dict[str, Any]
+    counts: pd.DataFrame  # per entity and unit: rows in train and val
+    entity_counts: pd.DataFrame  # per entity: rows in train, val, test
+    images: ImageCensus | None = None
+    download: Any = None  # utils.data.download.DownloadSummary when images were fetched
+
+    @property
+    def work_dir(self) -> Path:
+        return self.work.root
+
+    @property
+    def train_path(self) -> Path:
+        return self.work.table("train")
+
+    @property
+    def val_path(self) -> Path:
+        return self.work.table("val")
+
+    @property
+    def test_path(self) -> Path:
+        return self.work.table("test")
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.work.manifest_path
+
+    def summary(self) -> str:
+        """One line of counts."""
+        rows = self.manifest["rows"]
+        return (f"train {rows['train']} rows, val {rows['val']} rows, test {rows['test']} rows -> "
+                f"{self.work.prepared}")
+
+
+@dataclass
+class Postprocessed:
+    """What stage 04 wrote and found."""
+
+    submission_path: Path
+    submission: pd.DataFrame
+    test: pd.DataFrame
+    image_dir: Path | None
+    report: Any = None  # utils.core.metrics.F1Report when labels exist
+    files: Any = None  # utils.pipeline.report.ReportFiles when labels exist
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line: rows, answered rows, F1 when known."""
+        answered = int((self.submission["prediction"].astype(str).str.strip() != "").sum())
+        line = f"{len(self.submission)} rows, {answered} answered -> {self.submission_path}"
+        if self.report is not None:
+            line += f"; F1 {float(self.report.f1):.4f}"
+        return line
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def limit_threads(num_threads: int) -> None:
+    """Cap this process's math threads (OpenMP/MKL env vars; torch when it is loaded or loadable)."""
+    if num_threads < 1:
+        raise ValueError(f"num_threads must be at least 1, got {num_threads}")
+    for name in THREAD_ENV_VARS:
+        os.environ[name] = str(num_threads)
+    os.environ["ORT_NUM_THREADS"] = str(num_threads)
+    try:
+        import torch
+
+        torch.set_num_threads(num_threads)
+    except ImportError:
+        pass
+
+
+def _unit(value: str) -> str:
+    match = _UNIT.match(value or "")
+    return match.group(1) if match else "(empty)"
+
+
+def count_table(train: pd.DataFrame, val: pd.DataFrame) -> pd.DataFrame:
+    """Rows per entity and unit in train and val (``(empty)`` for rows without an answer)."""
+    parts = []
+    for name, frame in (("train", train), ("val", val)):
+        units = frame["entity_value"].fillna("").astype(str).map(_unit)
+        parts.append(pd.DataFrame({"entity_name": frame["entity_name"], "unit": units, "split": name}))
+    joined = pd.concat(parts, ignore_index=True)
+    table = joined.groupby(["entity_name", "unit", "split"]).size().unstack("split", fill_value=0)
+    return table.reindex(columns=["train", "val"], fill_value=0).astype(int)
+
+
+def entity_count_table(train: pd.DataFrame, val: pd.DataFrame, test: pd.DataFrame) -> pd.DataFrame:
+    """Rows per entity in train, val and test."""
+    splits = (("train", train), ("val", val), ("test", test))
+    counts = {name: frame["entity_name"].value_counts() for name, frame in splits}
+    return pd.DataFrame(counts).fillna(0).astype(int).sort_index()
+
+
+@dataclass(frozen=True)
+class ImageCensus:
+    """Which of the distinct images some rows need are in the image folder."""
+
+    image_dir: Path
+    total: int  # distinct links
+    missing: list[str]  # links whose file is not there (downloadable)
+    unusable: list[str]  # links naming no usable file (not http(s), no file name): never an image
+
+    @property
+    def absent(self) -> int:
+        return len(self.missing) + len(self.unusable)
+
+    @property
+    def share_absent(self) -> float:
+        return self.absent / self.total if self.total else 0.0
+
+    def line(self, what: str) -> str:
+        """``images for train+test: 740 needed, 3 missing (0.4%) in /data/images``."""
+        return (f"images for {what}: {self.total} needed, {self.absent} missing ({100 * self.share_absent:.1f}%) "
+                f"in {self.image_dir}")
+
+
+def image_census(links: pd.Series, image_dir: Path) -> ImageCensus:
+    """Count the distinct ``links`` whose image is (not) in ``image_dir``."""
+    from utils.data.images import cached_image
+
+    unique = pd.Series(links.dropna().astype(str).unique())
+    missing, unusable = [], []
+    for link in unique:
+        path = cached_image(image_dir, link)
+        if path is None:
+            unusable.append(link)
+        elif not path.is_file():
+            missing.append(link)
+    return ImageCensus(Path(image_dir), len(unique), missing, unusable)
+
+
+def missing_images(links: pd.Series, image_dir: Path) -> list[str]:
+    """The distinct links whose image could be downloaded into ``image_dir`` but is not there."""
+    return image_census(links, image_dir).missing
+
+
+def check_images(census: ImageCensus, what: str, max_missing: float, tag: str) -> None:
+    """Say the count on the console; ``MissingImagesError`` when more than ``max_missing`` of them are absent."""
+    say(f"[{tag}] {census.line(what)}")
+    if census.total and census.share_absent > max_missing:
+        raise MissingImagesError(
+            f"{census.absent} of {census.total} images for {what} ({100 * census.share_absent:.0f}%) are not in "
+            f"{census.image_dir}: is the image folder right (image_dir, run_all.sh --images)? Download them with "
+            "`python -m utils.images download CSV FOLDER`, or accept the gap with max_missing_images=1 "
+            "(--max-missing-images 1): their rows are then answered with ''")
+
+
+def fetch_missing(links: pd.Series, image_dir: Path, download: bool = True, workers: int = 16) -> Any:
+    """Download the images of ``links`` missing from ``image_dir`` when allowed and possible; warn about what stays
+    missing. Returns the ``utils.data.download.DownloadSummary``, or None when nothing was downloaded."""
+    missing = missing_images(links, image_dir)
+    if missing and download and _paths.is_writable(image_dir):
+        from utils.data.download import download_images
+
+        summary = download_images(missing, image_dir, workers=workers)
+        if summary.failed:
+            say(f"warning: {summary.failed} images could not be downloaded (see {image_dir / 'failures.csv'}); "
+                "their rows are answered with ''")
+        return summary
+    if missing:
+        say(f"warning: {len(missing)} images are not in {image_dir} and will be answered with '' "
+            f"({'download off' if not download else 'folder not writable'})")
+    return None
+
+
+def _stage_params(cls: type, fields: dict[str, Any]) -> Any:
+    check_known(cls, fields)
+    return cls(**fields)
+
+
+# --------------------------------------------------------------------------------------------- 01 prepare
+
+
+def prepare(**params: Any) -> Prepared:
+    """Stage 01 (``PrepareParams``): load and validate the CSVs, find or download the images, sample, split, write.
+
+    ``train_csv="demo"`` (or ``""`` where no data set is found) renders the built-in demo into ``work_dir/demo``.
+    Without ``image_dir`` the images are the data's own ``images/`` folder when it has one, else
+    ``work_dir/images``. More than ``max_missing_images`` of the needed images missing after the download attempt
+    fails here, before any fit (a wrong folder would otherwise give an all-empty submission).
+    """
+    from utils.data import tables as data
+    from utils.data import demo
+
+    p: PrepareParams = _stage_params(PrepareParams, params)
+    defaults = _paths.default_paths()
+    work = WorkDir.of(p.work_dir)
+    train_path = _paths.resolve(p.train_csv, defaults.train_csv)
+    if p.train_csv.strip().lower() == _paths.DEMO or train_path is None:
+        made = demo.make_demo_data(work.demo, p.demo_train or demo.DEFAULT_N_TRAIN, p.demo_test or demo.DEFAULT_N_TEST,
+                                   p.seed)
+        train_path, test_path = made.train_csv, made.test_csv
+        labels_path: Path | None = _paths.resolve(p.labels_csv, made.labels_csv)
+        images = _paths.resolve(p.image_dir, made.image_dir)
+    else:
+        test_path = _paths.resolve(p.test_csv, defaults.test_csv)
+        if test_path is None:
+            raise StageError("test_csv is empty and no test.csv was found for this machine: pass test_csv")
+        labels_path = _paths.resolve(p.labels_csv, None)
+        data_images = train_path.parent / "images"
+        images = _paths.resolve(p.image_dir, data_images if data_images.is_dir() else work.images)
+    assert images is not None
+    if labels_path is not None and not labels_path.is_file():
+        raise StageError(f"labels_csv {labels_path} does not exist")
+    train = data.load_train(train_path)
+    test = data.load_test(test_path)
+    sample = train
+    if p.per_entity > 0:
+        sample = data.balanced_sample(train, p.per_entity, seed=p.seed, balance_units=p.balance_units)
+    train_rows, val_rows = data.group_split(sample, val_fraction=p.val_fraction, seed=p.seed)
+    say(f"[01] {len(train)} training rows loaded, {len(sample)} sampled "
+        f"({'all' if p.per_entity == 0 else f'up to {p.per_entity} per entity'}), {len(test)} test rows")
+
+    wanted = pd.concat([sample["image_link"], test["image_link"]], ignore_index=True)
+    summary = fetch_missing(wanted, images, download=p.download)
+    census = image_census(wanted, images)
+    check_images(census, "the sample and the test set", p.max_missing_images, "01")
+
+    work.prepared.mkdir(parents=True, exist_ok=True)
+    for name, frame in (("train", train_rows), ("val", val_rows), ("test", test)):
+        frame.reset_index(drop=True).to_parquet(work.table(name), index=False)
+    manifest = {
+        "train_csv": str(train_path),
+        "test_csv": str(test_path),
+        "labels_csv": str(labels_path) if labels_path else "",
+        "image_dir": str(images),
+        "per_entity": p.per_entity,
+        "val_fraction": p.val_fraction,
+        "seed": p.seed,
+        "rows": {"train": len(train_rows), "val": len(val_rows), "test": len(test)},
+        "images": {"needed": census.total, "missing": census.absent},
+        "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    atomic_write_bytes(work.manifest_path, json.dumps(manifest, indent=2).encode("utf-8"))
+    return Prepared(work, manifest, count_table(train_rows, val_rows),
+                    entity_count_table(train_rows, val_rows, test), census, summary)
+
+
+# --------------------------------------------------------------------------------------------- 02 fit
+
+
+def fit_fingerprint(work: WorkDir, backend: str, settings: dict[str, Any]) -> str:
+    """A hash of what a fit depends on: backend name, settings, the prepared train and val tables."""
+    digest = hashlib.sha256(json.dumps([backend, settings], sort_keys=True, default=str).encode())
+    for name in ("train", "val"):
+        digest.update(work.table(name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def read_fit_status(artifact: Path) -> dict[str, Any]:
+    """What a fit said about itself (``fit_status.json`` in its artifact: ``complete`` false when it stopped early,
+    e.g. at the time budget); ``{"complete": True}`` for a backend that writes none."""
+    try:
+        status = json.loads((artifact / "fit_status.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {"complete": True}
+    return status if isinstance(status, dict) else {"complete": True}
+
+
+def finetune(**params: Any) -> Path:
+    """Stage 02 (``FitParams``): fit ``backend`` on the prepared train/val tables; returns the artifact folder.
+
+    A fit leaves ``<artifact_dir>.fitted`` beside the folder (the artifact, a fingerprint of the backend, its
+    settings and the tables, and whether it completed). A rerun reuses a complete fit with the same fingerprint
+    (``refit`` forces a new one) and continues an incomplete one (a fine-tune stopped by its time budget).
+    """
+    from utils.models.backend import get_backend
+
+    p: FitParams = _stage_params(FitParams, params)
+    work = WorkDir.of(p.work_dir)
+    work.manifest()
+    out = work.artifact(p.backend, p.artifact_dir)
+    marker = work.fitted_marker(out)
+    fingerprint = fit_fingerprint(work, p.backend, p.settings)
+    previous = work.read_fitted(out)
+    if (previous and not p.refit and previous.get("fingerprint") == fingerprint and previous.get("complete", True)
+            and Path(previous["artifact"]).exists()):
+        say(f"[02] reusing the fitted artifact {previous['artifact']} (same data and settings; refit=True to fit "
+            "again)")
+        return Path(previous["artifact"])
+    if previous and previous.get("fingerprint") == fingerprint and not previous.get("complete", True):
+        say("[02] the last fit stopped before its end (time budget): continuing it")
+    marker.unlink(missing_ok=True)
+    images = work.image_dir(p.image_dir)
+    train, val = work.read_table("train"), work.read_table("val")
+    census = image_census(pd.concat([train["image_link"], val["image_link"]]), images)
+    say(f"[02] fitting backend '{p.backend}' on {len(train)} rows (validation {len(val)}); {census.line('them')}")
+    out.mkdir(parents=True, exist_ok=True)
+    fitted = Path(get_backend(p.backend).fit(train, val, images, out, **p.settings))
+    status = read_fit_status(fitted)
+    content = {"artifact": str(fitted), "fingerprint": fingerprint, "complete": bool(status.get("complete", True))}
+    atomic_write_bytes(marker, json.dumps(content).encode("utf-8"))
+    if not content["complete"]:
+        say(f"[02] the fit stopped early ({status.get('stopped_by') or 'incomplete'}, step "
+            f"{status.get('global_step')} of {status.get('planned_steps')}): the artifact is usable; run stage 02 "
+            "again to continue it")
+    return fitted
+
+
+# --------------------------------------------------------------------------------------------- 03 infer
+
+
+def load_test_rows(work: WorkDir, test_csv: str = "") -> pd.DataFrame:
+    """The test rows: ``test_csv`` when given (a separate Kaggle session), else the table stage 01 wrote."""
+    if test_csv:
+        from utils.data.tables import load_test
+
+        return load_test(test_csv)
+    return work.read_table("test")
+
+
+def infer_shard(**params: Any) -> Path:
+    """Stage 03 (``InferParams``): predict shard ``shard_index`` of ``num_shards`` (resumable); the shard file.
+
+    Without ``test_csv``/``image_dir`` the test table and image folder come from stage 01's work folder.
+    ``download`` fetches this shard's missing images first (a separate session may start without them).
+    ``num_threads`` caps this process's CPU use (math threads; the OCR backend's worker processes too).
+    ``batch_size`` > 0 and ``settings`` go to the backend's ``predict``.
+    """
+    from utils.pipeline.predict import run_shard
+    from utils.pipeline.shards import shard_rows
+
+    p: InferParams = _stage_params(InferParams, params)
+    limit_threads(p.num_threads)
+    settings = dict(p.settings)
+    if p.batch_size > 0:
+        settings["batch_size"] = p.batch_size
+    if p.backend == "ocr":
+        settings.setdefault("workers", p.num_threads)  # OCR processes, one onnxruntime thread each
+    work = WorkDir.of(p.work_dir)
+    test = load_test_rows(work, p.test_csv)
+    images = work.image_dir(p.image_dir)
+    tag = f"03 shard {p.shard_index}/{p.num_shards}"
+    links = shard_rows(test, p.shard_index, p.num_shards)["image_link"]
+    if len(links):
+        if p.download:
+            fetch_missing(links, images)
+        check_images(image_census(links, images), "this shard", p.max_missing_images, tag)
+    artifact = work.fitted_artifact(p.backend, p.artifact_dir)
+    out = work.shards(p.shards_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return Path(run_shard(p.backend, test, p.shard_index, p.num_shards, images, artifact, out, tag=tag,
+                          **settings))
+
+
+# --------------------------------------------------------------------------------------------- 04 postprocess
+
+
+def postprocess(**params: Any) -> Postprocessed:
+    """Stage 04 (``PostprocessParams``): check the labels path first, ``build_submission`` (merge, clean from raw,
+    check, write ``submission.csv`` atomically), then score and report where labels exist."""
+    p: PostprocessParams = _stage_params(PostprocessParams, params)
+    work = WorkDir.of(p.work_dir)
+    manifest = work.manifest() if work.manifest_path.is_file() else {}
+    out = _paths.resolve(p.out_dir, _paths.default_paths().out_dir)
+    assert out is not None
+    labels_path = _paths.resolve(p.labels_csv, Path(manifest["labels_csv"]) if manifest.get("labels_csv") else None)
+    labels = read_labels(labels_path) if labels_path is not None else None  # a bad path fails before anything
+    test = load_test_rows(work, p.test_csv)
+    submission = build_submission(work.shards(p.shards_dir), p.num_shards, test, out / "submission.csv")
+    images = _paths.resolve(p.image_dir, Path(manifest["image_dir"]) if manifest.get("image_dir") else None)
+    result = Postprocessed(out / "submission.csv", submission, test, images)
+    if images is not None:
+        say(f"[04] {image_census(test['image_link'], images).line('the test set')}")
+    if labels is None:
+        result.notes.append("no labels: no F1 report (pass labels_csv to score)")
+    else:
+        from utils.core.metrics import score
+        from utils.pipeline.report import write_report
+
+        result.report = score(submission, labels)
+        result.files = write_report(out, result.report, test, images, n_worst=p.n_worst)
+    say(f"[04] {result.summary()}")
+    return result
