@@ -115,9 +115,10 @@ def test_fit_infer_postprocess(prepared: stages.Prepared, fake_backend: str, tmp
     def fitted_note() -> str:
         return json.loads((artifact / "fit.json").read_text())["note"]
 
-    artifact = stages.finetune(backend=fake_backend, work_dir=work, settings={"note": "a"})
+    artifact = stages.finetune(backend=fake_backend, work_dir=work, settings={"note": "a"}).artifact
     (artifact / "fit.json").write_text(json.dumps({"note": "touched"}))
-    assert stages.finetune(backend=fake_backend, work_dir=work, settings={"note": "a"}) == artifact and fitted_note() == "touched"  # reused
+    reused = stages.finetune(backend=fake_backend, work_dir=work, settings={"note": "a"})
+    assert reused.artifact == artifact and reused.reused and fitted_note() == "touched"  # reused
     stages.finetune(backend=fake_backend, work_dir=work, settings={"note": "b"})  # other settings: fitted again
     assert fitted_note() == "b"
     (artifact / "fit.json").write_text(json.dumps({"note": "touched"}))
@@ -135,12 +136,13 @@ def test_fit_infer_postprocess(prepared: stages.Prepared, fake_backend: str, tmp
         stages.postprocess(num_shards=2, work_dir=work, out_dir=str(tmp_path / "out"))  # no shards yet
     for shard in range(2):
         path = stages.infer_shard(shard_index=shard, num_shards=2, backend=fake_backend, work_dir=work,
-                                  settings={"answers_csv": labels_csv, "wrong": wrong})
+                                  settings={"answers_csv": labels_csv, "wrong": wrong}).path
         assert path == shard_path(prepared.work_dir / "shards", shard, 2)
     assert os.environ["OMP_NUM_THREADS"] == "1"
     again = stages.infer_shard(shard_index=0, num_shards=2, backend=fake_backend, work_dir=work,
                                settings={"answers_csv": labels_csv, "wrong": wrong})  # done: skipped
-    assert len(pd.read_csv(again)) == len(test[::2])
+    assert len(pd.read_csv(again.path)) == len(test[::2]) == len(again.rows)
+    assert set(again.rows.columns) >= {"index", "entity_name", "image_link", "prediction", "raw"}
 
     result = stages.postprocess(num_shards=2, work_dir=work, out_dir=str(tmp_path / "out"), n_worst=4)
     submission = pd.read_csv(result.submission_path, keep_default_na=False)

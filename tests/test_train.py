@@ -208,7 +208,7 @@ def test_the_same_seed_gives_the_same_adapter_and_another_seed_another(tiny_dir:
 def test_the_eval_sample_is_capped_shuffled_and_scored_with_the_merged_model(tiny_dir: Path, data,
                                                                             tmp_path: Path) -> None:
     from utils.models.paligemma.infer import InferConfig, load_predictor
-    from utils.models.paligemma.train import eval_sample, generated_f1
+    from utils.models.paligemma.infer import eval_sample, generated_f1
 
     rows, image_dir = data
     train, val = rows.iloc[:8], rows.iloc[8:]

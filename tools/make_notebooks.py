@@ -83,7 +83,7 @@ instead. Runs on Kaggle, Colab or a local clone; in batch: `python -m papermill 
         [
             ("md", "## Load, validate, sample, split and write"),
             ("code", "prepared = {call}"),
-            ("md", "## Counts per entity, and per entity and unit"),
+            ("md", "## Counts per entity and unit, the split by product group, and a few training images"),
             ("code", "show.prepared(prepared)"),
         ],
     ),
@@ -102,8 +102,10 @@ on its model page (or add the model to the notebook as a Kaggle model input). Tr
 dies (`resume_from` takes a checkpoint folder kept from an earlier session).""",
         FitParams,
         [
-            ("md", "## Fit"),
-            ("code", "artifact = {call}\nprint(f\"artifact: {{artifact}}\")"),
+            ("md", "## Fit (the progress bar shows the steps, the loss and the ETA)"),
+            ("code", "fitted = {call}"),
+            ("md", "## Settings, trainable parameters, loss curve and validation F1"),
+            ("code", "show.fitted(fitted)"),
         ],
     ),
     Spec(
@@ -118,7 +120,9 @@ marker. Run several copies at once (`run_all.sh`), or one per Kaggle session (`r
         InferParams,
         [
             ("md", "## Predict this shard"),
-            ("code", "shard_file = {call}\nprint(f\"shard file: {{shard_file}}\")"),
+            ("code", "shard = {call}"),
+            ("md", "## A few predictions with their images"),
+            ("code", "show.shard(shard)"),
         ],
     ),
     Spec(

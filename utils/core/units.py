@@ -31,6 +31,9 @@ What the parser understands:
   a minus sign is not read (quantities are never negative); ``GSM`` (fabric/paper weight, g/m²) reads as gram, as the
   challenge's labels do (``200GSM`` -> ``200.0 gram``).
 
+One module on purpose (over 400 lines): the number grammar, the unit aliases, ranges and dimension strings are one
+parser, and every rule here was measured against every real label and thousands of OCR lines.
+
 Entity fitting (:func:`unit_for_entity`): the unit must be allowed for the entity, except that ``ounce`` for
 ``item_volume`` means ``fluid ounce``. Anything else that does not fit gives ``""`` (``normalize_prediction`` then
 tries the next mention in the text).

@@ -25,6 +25,11 @@ BACKENDS: dict[str, str] = {
     "ocr": "utils.models.ocr.ranker:OcrBackend",
 }
 PLUGIN_ENV = "PRODUCT_VALUES_BACKENDS"
+#: A backend's fit may write this JSON into its artifact folder, for stage 02's display: ``settings``,
+#: ``metrics`` (``val_f1`` among them), ``history`` (``[{"step": ..., "loss": ...}]``), ``trainable_params``.
+FIT_SUMMARY = "fit_summary.json"
+#: ... and this one when the fit stopped before its end: ``{"complete": false, ...}`` (stage 02 then continues it).
+FIT_STATUS = "fit_status.json"
 
 
 def _plugins() -> dict[str, str]:

@@ -181,33 +181,37 @@ def _thumbnail(image_dir: Path | None, link: Any, max_side: int) -> Image.Image 
         return None
 
 
-def plot_mistakes(
-    mistakes: pd.DataFrame, image_dir: str | Path | None, path: str | Path, columns: int = 4, max_side: int = 320
-) -> Path:
-    """A grid of the mistakes' images, each titled with entity, prediction and truth."""
-    count = max(len(mistakes), 1)
+def image_grid(rows: pd.DataFrame, image_dir: str | Path | None, captions: list[str], columns: int = 4,
+               max_side: int = 320, empty_text: str = "nothing to show") -> Figure:
+    """A figure with the image of each row (``image_link``) and its caption, ``columns`` per line."""
+    count = max(len(rows), 1)
     columns = max(1, min(columns, count))
-    rows = math.ceil(count / columns)
-    fig = Figure(figsize=(3.4 * columns, 4.0 * rows), dpi=100, layout="constrained")
+    lines = math.ceil(count / columns)
+    fig = Figure(figsize=(3.4 * columns, 4.0 * lines), dpi=100, layout="constrained")
     folder = Path(image_dir) if image_dir else None
-    if mistakes.empty:
+    if rows.empty:
         ax = fig.add_subplot()
-        ax.text(0.5, 0.5, "no mistakes", ha="center", va="center", fontsize=16)
+        ax.text(0.5, 0.5, empty_text, ha="center", va="center", fontsize=16)
         ax.axis("off")
-    for number, row in enumerate(mistakes.itertuples(index=False)):
-        ax = fig.add_subplot(rows, columns, number + 1)
-        image = _thumbnail(folder, getattr(row, "image_link", None), max_side)
+    for number, (link, caption) in enumerate(zip(rows.get("image_link", [None] * len(rows)), captions)):
+        ax = fig.add_subplot(lines, columns, number + 1)
+        image = _thumbnail(folder, link, max_side)
         if image is None:
             ax.text(0.5, 0.5, "image not available", ha="center", va="center")
         else:
             ax.imshow(image)
         ax.axis("off")
-        ax.set_title(
-            f"#{row.index} {row.entity_name}\npred: {row.prediction or '(empty)'}\n"
-            f"true: {row.entity_value or '(empty)'}",
-            fontsize=8,
-            loc="left",
-        )
+        ax.set_title(caption, fontsize=8, loc="left")
+    return fig
+
+
+def plot_mistakes(
+    mistakes: pd.DataFrame, image_dir: str | Path | None, path: str | Path, columns: int = 4, max_side: int = 320
+) -> Path:
+    """A grid of the mistakes' images, each titled with entity, prediction and truth."""
+    captions = [f"#{row.index} {row.entity_name}\npred: {row.prediction or '(empty)'}\n"
+                f"true: {row.entity_value or '(empty)'}" for row in mistakes.itertuples(index=False)]
+    fig = image_grid(mistakes, image_dir, captions, columns, max_side, empty_text="no mistakes")
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)

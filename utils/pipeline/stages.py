@@ -23,6 +23,7 @@ import pandas as pd
 from utils.env import paths as _paths
 from utils.env.console import say
 from utils.env.fileio import atomic_write_bytes
+from utils.models.backend import FIT_STATUS, FIT_SUMMARY, get_backend
 from utils.pipeline.params import FitParams, InferParams, PostprocessParams, PrepareParams, check_known
 from utils.pipeline.submission import SubmissionError, build_submission, read_labels
 from utils.pipeline.workdir import StageError, WorkDir
@@ -73,6 +74,37 @@ class Prepared:
         rows = self.manifest["rows"]
         return (f"train {rows['train']} rows, val {rows['val']} rows, test {rows['test']} rows -> "
                 f"{self.work.prepared}")
+
+
+@dataclass
+class Fitted:
+    """What stage 02 fitted (or reused): the artifact, the settings, and the backend's own summary of the fit
+    (``fit_summary.json`` in the artifact when the backend writes one: metrics, loss history, parameter count)."""
+
+    backend: str
+    artifact: Path
+    settings: dict[str, Any]
+    reused: bool
+    complete: bool
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def line(self) -> str:
+        """One line: what was fitted where."""
+        how = "reused" if self.reused else "fitted" if self.complete else "fitted (stopped early; rerun to continue)"
+        return f"backend {self.backend} {how}: {self.artifact}"
+
+
+@dataclass
+class ShardDone:
+    """What stage 03 wrote: the shard file and its rows with their answers (``prediction``, ``raw``)."""
+
+    path: Path
+    rows: pd.DataFrame
+    image_dir: Path
+
+    def line(self) -> str:
+        answered = int((self.rows["prediction"].astype(str) != "").sum()) if len(self.rows) else 0
+        return f"{len(self.rows)} rows, {answered} answered -> {self.path}"
 
 
 @dataclass
@@ -297,21 +329,28 @@ def read_fit_status(artifact: Path) -> dict[str, Any]:
     """What a fit said about itself (``fit_status.json`` in its artifact: ``complete`` false when it stopped early,
     e.g. at the time budget); ``{"complete": True}`` for a backend that writes none."""
     try:
-        status = json.loads((artifact / "fit_status.json").read_text(encoding="utf-8"))
+        status = json.loads((artifact / FIT_STATUS).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {"complete": True}
     return status if isinstance(status, dict) else {"complete": True}
 
 
-def finetune(**params: Any) -> Path:
+def read_fit_summary(artifact: Path) -> dict[str, Any]:
+    """``fit_summary.json`` of an artifact (``utils.models.backend.FIT_SUMMARY``), or {} when the backend wrote none."""
+    try:
+        summary = json.loads((artifact / FIT_SUMMARY).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return summary if isinstance(summary, dict) else {}
+
+
+def finetune(**params: Any) -> Fitted:
     """Stage 02 (``FitParams``): fit ``backend`` on the prepared train/val tables; returns the artifact folder.
 
     A fit leaves ``<artifact_dir>.fitted`` beside the folder (the artifact, a fingerprint of the backend, its
     settings and the tables, and whether it completed). A rerun reuses a complete fit with the same fingerprint
     (``refit`` forces a new one) and continues an incomplete one (a fine-tune stopped by its time budget).
     """
-    from utils.models.backend import get_backend
-
     p: FitParams = _stage_params(FitParams, params)
     work = WorkDir.of(p.work_dir)
     work.manifest()
@@ -323,7 +362,8 @@ def finetune(**params: Any) -> Path:
             and Path(previous["artifact"]).exists()):
         say(f"[02] reusing the fitted artifact {previous['artifact']} (same data and settings; refit=True to fit "
             "again)")
-        return Path(previous["artifact"])
+        artifact = Path(previous["artifact"])
+        return Fitted(p.backend, artifact, p.settings, True, True, read_fit_summary(artifact))
     if previous and previous.get("fingerprint") == fingerprint and not previous.get("complete", True):
         say("[02] the last fit stopped before its end (time budget): continuing it")
     marker.unlink(missing_ok=True)
@@ -340,7 +380,7 @@ def finetune(**params: Any) -> Path:
         say(f"[02] the fit stopped early ({status.get('stopped_by') or 'incomplete'}, step "
             f"{status.get('global_step')} of {status.get('planned_steps')}): the artifact is usable; run stage 02 "
             "again to continue it")
-    return fitted
+    return Fitted(p.backend, fitted, p.settings, False, content["complete"], read_fit_summary(fitted))
 
 
 # --------------------------------------------------------------------------------------------- 03 infer
@@ -355,7 +395,7 @@ def load_test_rows(work: WorkDir, test_csv: str = "") -> pd.DataFrame:
     return work.read_table("test")
 
 
-def infer_shard(**params: Any) -> Path:
+def infer_shard(**params: Any) -> ShardDone:
     """Stage 03 (``InferParams``): predict shard ``shard_index`` of ``num_shards`` (resumable); the shard file.
 
     Without ``test_csv``/``image_dir`` the test table and image folder come from stage 01's work folder.
@@ -385,8 +425,12 @@ def infer_shard(**params: Any) -> Path:
     artifact = work.fitted_artifact(p.backend, p.artifact_dir)
     out = work.shards(p.shards_dir)
     out.mkdir(parents=True, exist_ok=True)
-    return Path(run_shard(p.backend, test, p.shard_index, p.num_shards, images, artifact, out, tag=tag,
-                          **settings))
+    path = Path(run_shard(p.backend, test, p.shard_index, p.num_shards, images, artifact, out, tag=tag, **settings))
+    from utils.pipeline.shards import read_shard, shard_rows
+
+    rows = shard_rows(test, p.shard_index, p.num_shards)
+    answers = read_shard(path)[["index", "prediction", "raw"]]
+    return ShardDone(path, rows.merge(answers, on="index", how="left"), images)
 
 
 # --------------------------------------------------------------------------------------------- 04 postprocess

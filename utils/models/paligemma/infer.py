@@ -18,6 +18,9 @@ from typing import Any
 import pandas as pd
 import torch
 
+from utils.core.metrics import score
+from utils.core.units import normalize_prediction
+
 from utils.models.paligemma.data import IMAGE_TOKEN
 from utils.models.paligemma.load import (
     QUANTIZATIONS,
@@ -277,3 +280,34 @@ def load_predictor(artifact_dir: str | Path, infer_cfg: InferConfig, **model_set
     how = f" ({'merged into' if infer_cfg.merge_adapter else 'with'} the adapter)" if is_adapter_dir(artifact) else ""
     print(f"inference on {describe_device(cfg.torch_device)} in {dtype}{how}")
     return model, load_processor(processor_src, revision)
+
+
+def generated_f1(model: Any, processor: Any, rows: pd.DataFrame, image_dir: str | Path, infer_cfg: InferConfig,
+                 stats: GenerationStats | None = None) -> float:
+    """The competition F1 of answers generated (greedy, cleaned by ``utils.core.units``) for labelled ``rows``."""
+    rows = rows.reset_index(drop=True).copy()
+    rows["index"] = range(len(rows))
+    was_training = model.training
+    model.eval()
+    try:
+        raw = dict(pair for batch in predict_batches(model, processor, rows, image_dir, infer_cfg, stats)
+                   for pair in batch)
+    finally:
+        if was_training:
+            model.train()
+    preds = pd.DataFrame(
+        {
+            "index": rows["index"],
+            "prediction": [normalize_prediction(e, raw.get(i, "")) for i, e in zip(rows["index"], rows["entity_name"])],
+        }
+    )
+    labels = rows[["index", "entity_name", "entity_value"]].copy()
+    labels["entity_value"] = labels["entity_value"].fillna("").astype(str)
+    return float(score(preds, labels).f1)
+
+
+def eval_sample(val: pd.DataFrame | None, max_rows: int, seed: int) -> pd.DataFrame:
+    """The evaluation sample: up to ``max_rows`` validation rows drawn with ``seed`` (shuffled), drawn once."""
+    if val is None or not len(val) or max_rows <= 0:
+        return pd.DataFrame()
+    return val.sample(n=min(max_rows, len(val)), random_state=seed).reset_index(drop=True)

@@ -25,6 +25,7 @@ import torch
 
 from utils.models.paligemma.checkpoints import WANDB_FILE, fingerprint, prepare_checkpoints, read_json, write_json
 from utils.env.console import say
+from utils.models.backend import FIT_STATUS, FIT_SUMMARY
 from utils.models.paligemma.hub import offline, resolve_model_source
 from utils.models.paligemma.data import AnswerDataset, PaliGemmaCollator, answer_loss, answer_window
 from utils.models.paligemma.infer import (
@@ -34,8 +35,9 @@ from utils.models.paligemma.infer import (
     GenerationStats,
     InferConfig,
     NonFiniteError,
+    eval_sample,
+    generated_f1,
     load_predictor,
-    predict_batches,
 )
 from utils.models.paligemma.load import (
     ModelConfig,
@@ -53,7 +55,6 @@ log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoints"
 ADAPTER_DIR = "adapter"
 SUMMARY_FILE = "train_summary.json"
-STATUS_FILE = "fit_status.json"  # in the artifact folder: {"complete": bool, ...}; stage 02 reads it
 
 
 @dataclass
@@ -182,40 +183,6 @@ def _make_trainer_class():
             return metrics
 
     return PaliGemmaTrainer
-
-
-def generated_f1(model: Any, processor: Any, rows: pd.DataFrame, image_dir: str | Path, infer_cfg: InferConfig,
-                 stats: GenerationStats | None = None) -> float:
-    """The competition F1 of answers generated (greedy, cleaned by ``utils.core.units``) for labelled ``rows``."""
-    from utils.core.metrics import score
-    from utils.core.units import normalize_prediction
-
-    rows = rows.reset_index(drop=True).copy()
-    rows["index"] = range(len(rows))
-    was_training = model.training
-    model.eval()
-    try:
-        raw = dict(pair for batch in predict_batches(model, processor, rows, image_dir, infer_cfg, stats)
-                   for pair in batch)
-    finally:
-        if was_training:
-            model.train()
-    preds = pd.DataFrame(
-        {
-            "index": rows["index"],
-            "prediction": [normalize_prediction(e, raw.get(i, "")) for i, e in zip(rows["index"], rows["entity_name"])],
-        }
-    )
-    labels = rows[["index", "entity_name", "entity_value"]].copy()
-    labels["entity_value"] = labels["entity_value"].fillna("").astype(str)
-    return float(score(preds, labels).f1)
-
-
-def eval_sample(val: pd.DataFrame | None, max_rows: int, seed: int) -> pd.DataFrame:
-    """The evaluation sample: up to ``max_rows`` validation rows drawn with ``seed`` (shuffled), drawn once."""
-    if val is None or not len(val) or max_rows <= 0:
-        return pd.DataFrame()
-    return val.sample(n=min(max_rows, len(val)), random_state=seed).reset_index(drop=True)
 
 
 def answer_token_budget(tokenizer: Any, answers: list[str], margin: int) -> tuple[int, int]:
@@ -370,7 +337,7 @@ def train_model(
         status = {"complete": complete, "global_step": state.global_step, "planned_steps": state.max_steps,
                   "configured_steps": budget.configured_steps,
                   "stopped_by": "time budget" if budget.stopped_by_budget else None}
-        write_json(adapter_dir / STATUS_FILE, status)
+        write_json(adapter_dir / FIT_STATUS, status)
         say(f"[02] adapter saved to {adapter_dir} (step {state.global_step} of {state.max_steps}"
             f"{'' if complete else '; incomplete: run stage 02 again to continue'})")
         log_history = list(state.log_history)
@@ -403,6 +370,16 @@ def train_model(
             "log_history": log_history,
         }
         write_json(out / SUMMARY_FILE, summary)
+        write_json(adapter_dir / FIT_SUMMARY, {
+            "settings": {"model": model_cfg.to_dict(), "train": asdict(train_cfg)},
+            "trainable_params": trainable,
+            "rows": {"train": len(train_ds), "eval_sample": len(sample)},
+            "metrics": {**summary["metrics"], **({"val_f1": metrics["final_f1_merged"]}
+                                                   if "final_f1_merged" in metrics else {})},
+            "history": [{k: h[k] for k in ("step", "loss", "learning_rate", "eval_f1") if k in h}
+                        for h in log_history if "loss" in h or "eval_f1" in h],
+            "complete": complete,
+        })
         if run is not None and hasattr(run, "summary"):
             run.summary.update({**summary["metrics"], "complete": complete, "global_step": status["global_step"]})
             if "final_f1_merged" in metrics and hasattr(run, "log"):
