@@ -8,7 +8,7 @@ so a benchmark's server does not share the client's GIL.
 
 The downloader refuses loopback addresses unless told otherwise (``download_images(..., allow_local=True)``, CLI
 ``--allow-local``). Tests that call it directly pass that. For code that calls the downloader without a way to pass
-it (``utils.pipeline.stages.fetch_missing``), a running server also adds its own address to the environment variable
+it (``utils.data.census.fetch_missing``), a running server also adds its own address to the environment variable
 ``AMAZON_ALLOW_LOCAL_IMAGES`` (restored on ``stop()``); ``allow_in_env=False`` turns that off, as the downloader's
 own tests do so that they exercise the explicit switch and the refusal.
 """

@@ -506,7 +506,7 @@ def test_environment_variable_allows_a_local_mirror(server: ImageServer, tmp_pat
 
 
 def test_image_server_puts_itself_into_the_environment_while_running(monkeypatch: pytest.MonkeyPatch) -> None:
-    """What lets callers that cannot pass allow_local (utils.pipeline.stages.fetch_missing) reach the test server."""
+    """What lets callers that cannot pass allow_local (utils.data.census.fetch_missing) reach the test server."""
     monkeypatch.delenv(D.ALLOW_LOCAL_ENV, raising=False)
     with ImageServer():
         assert os.environ[D.ALLOW_LOCAL_ENV] == "127.0.0.1"

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from utils.models import backend as backends
+from utils.data import census
 from utils.pipeline import show, stages
 from utils.core.sanity import check_submission
 from utils.pipeline.shards import MergeError, shard_path
@@ -75,7 +76,7 @@ def test_a_wrong_image_folder_fails_before_any_fit(tmp_path: Path, capsys: pytes
     made = make_demo_data(tmp_path / "data", 40, 6, seed=2)
     args = dict(train_csv=str(made.train_csv), test_csv=str(made.test_csv), image_dir=str(tmp_path / "imgaes"),
                 work_dir=str(tmp_path / "work"), per_entity=2, download=False)
-    with pytest.raises(stages.MissingImagesError, match=r"22 of 22 images .*\(100%\) are not in .*imgaes"):
+    with pytest.raises(census.MissingImagesError, match=r"22 of 22 images .*\(100%\) are not in .*imgaes"):
         stages.prepare(**args)
     assert not (tmp_path / "work" / "prepared" / "manifest.json").exists()  # nothing handed to stage 02
     result = stages.prepare(**args, max_missing_images=1.0)  # accepted knowingly
@@ -251,4 +252,4 @@ def test_a_failed_postprocess_never_replaces_a_good_submission(
 def test_missing_images_skips_links_naming_no_usable_file(tmp_path: Path) -> None:
     (tmp_path / "have.jpg").write_bytes(b"x")
     links = pd.Series(["https://h/i/have.jpg", "https://h/i/need.jpg", "ftp://h/bad.jpg", "https://h/a/..", None])
-    assert stages.missing_images(links, tmp_path) == ["https://h/i/need.jpg"]
+    assert census.missing_images(links, tmp_path) == ["https://h/i/need.jpg"]

@@ -23,7 +23,7 @@ Downloading (``download_images`` / CLI ``python -m utils.images download CSV CAC
   (CLI ``--allow-local``) allows them all, ``allow_local=["10.0.0.0/8", ...]`` some; when ``allow_local`` is not
   given, the environment variable ``AMAZON_ALLOW_LOCAL_IMAGES`` decides (``1``/``true``/``yes``/``all``, or a
   comma-separated list of addresses/networks; unset or ``0``: refuse), for callers such as
-  ``utils.stages.fetch_missing`` that do not pass it;
+  ``utils.data.census.fetch_missing`` that do not pass it;
 - failures go to ``CACHE_DIR/failures.csv`` (``url,reason,attempts``), never to placeholder images: one row per
   URL, kept across runs (a run replaces the rows of the URLs it tried, drops rows whose image is now cached, and
   keeps the others, so shard runs sharing one cache folder do not erase each other's rows);

@@ -20,6 +20,7 @@ from typing import Any
 
 import pandas as pd
 
+from utils.data.census import ImageCensus, check_images, fetch_missing, image_census
 from utils.env import paths as _paths
 from utils.env.console import say
 from utils.env.fileio import atomic_write_bytes
@@ -32,10 +33,6 @@ THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
 _UNIT = re.compile(r"^\s*\S+\s+(.+?)\s*$")
 
 __all__ = ["StageError", "SubmissionError", "prepare", "finetune", "infer_shard", "postprocess"]
-
-
-class MissingImagesError(StageError):
-    """Too many of the images a stage needs are not in the image folder (a wrong ``image_dir``?)."""
 
 
 @dataclass
@@ -167,78 +164,6 @@ def entity_count_table(train: pd.DataFrame, val: pd.DataFrame, test: pd.DataFram
     splits = (("train", train), ("val", val), ("test", test))
     counts = {name: frame["entity_name"].value_counts() for name, frame in splits}
     return pd.DataFrame(counts).fillna(0).astype(int).sort_index()
-
-
-@dataclass(frozen=True)
-class ImageCensus:
-    """Which of the distinct images some rows need are in the image folder."""
-
-    image_dir: Path
-    total: int  # distinct links
-    missing: list[str]  # links whose file is not there (downloadable)
-    unusable: list[str]  # links naming no usable file (not http(s), no file name): never an image
-
-    @property
-    def absent(self) -> int:
-        return len(self.missing) + len(self.unusable)
-
-    @property
-    def share_absent(self) -> float:
-        return self.absent / self.total if self.total else 0.0
-
-    def line(self, what: str) -> str:
-        """``images for train+test: 740 needed, 3 missing (0.4%) in /data/images``."""
-        return (f"images for {what}: {self.total} needed, {self.absent} missing ({100 * self.share_absent:.1f}%) "
-                f"in {self.image_dir}")
-
-
-def image_census(links: pd.Series, image_dir: Path) -> ImageCensus:
-    """Count the distinct ``links`` whose image is (not) in ``image_dir``."""
-    from utils.data.images import cached_image
-
-    unique = pd.Series(links.dropna().astype(str).unique())
-    missing, unusable = [], []
-    for link in unique:
-        path = cached_image(image_dir, link)
-        if path is None:
-            unusable.append(link)
-        elif not path.is_file():
-            missing.append(link)
-    return ImageCensus(Path(image_dir), len(unique), missing, unusable)
-
-
-def missing_images(links: pd.Series, image_dir: Path) -> list[str]:
-    """The distinct links whose image could be downloaded into ``image_dir`` but is not there."""
-    return image_census(links, image_dir).missing
-
-
-def check_images(census: ImageCensus, what: str, max_missing: float, tag: str) -> None:
-    """Say the count on the console; ``MissingImagesError`` when more than ``max_missing`` of them are absent."""
-    say(f"[{tag}] {census.line(what)}")
-    if census.total and census.share_absent > max_missing:
-        raise MissingImagesError(
-            f"{census.absent} of {census.total} images for {what} ({100 * census.share_absent:.0f}%) are not in "
-            f"{census.image_dir}: is the image folder right (image_dir, run_all.sh --images)? Download them with "
-            "`python -m utils.images download CSV FOLDER`, or accept the gap with max_missing_images=1 "
-            "(--max-missing-images 1): their rows are then answered with ''")
-
-
-def fetch_missing(links: pd.Series, image_dir: Path, download: bool = True, workers: int = 16) -> Any:
-    """Download the images of ``links`` missing from ``image_dir`` when allowed and possible; warn about what stays
-    missing. Returns the ``utils.data.download.DownloadSummary``, or None when nothing was downloaded."""
-    missing = missing_images(links, image_dir)
-    if missing and download and _paths.is_writable(image_dir):
-        from utils.data.download import download_images
-
-        summary = download_images(missing, image_dir, workers=workers)
-        if summary.failed:
-            say(f"warning: {summary.failed} images could not be downloaded (see {image_dir / 'failures.csv'}); "
-                "their rows are answered with ''")
-        return summary
-    if missing:
-        say(f"warning: {len(missing)} images are not in {image_dir} and will be answered with '' "
-            f"({'download off' if not download else 'folder not writable'})")
-    return None
 
 
 def _stage_params(cls: type, fields: dict[str, Any]) -> Any:
