@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -19,6 +18,8 @@ from utils.core.sanity import check_submission
 from utils.pipeline.shards import MergeError, ShardWriter, done_marker_path, read_shard, shard_path, shard_rows
 from utils.pipeline.submission import build_submission
 from utils.core.units import normalize_prediction
+
+from . import tables
 
 REPO = Path(__file__).resolve().parents[1]
 RAW_BY_ENTITY = {
@@ -31,17 +32,7 @@ RAW_BY_ENTITY = {
 
 
 def synthetic_test(n: int = 120, seed: int = 0) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    index = rng.choice(7 * n, size=n, replace=False)
-    entities = list(RAW_BY_ENTITY)
-    return pd.DataFrame(
-        {
-            "index": index.astype("int64"),
-            "image_link": [f"https://example.com/{i}.jpg" for i in index],
-            "group_id": rng.integers(1, 9, size=n),
-            "entity_name": [entities[i % len(entities)] for i in range(n)],
-        }
-    )
+    return tables.synthetic_test(n, seed, entities=list(RAW_BY_ENTITY))
 
 
 def raw_answer(index: int, entity: str) -> str:

@@ -24,23 +24,10 @@ from utils.pipeline.shards import (
     shard_path,
     shard_rows,
 )
+from .tables import synthetic_test
 
 REPO = Path(__file__).resolve().parents[1]
 ENTITIES = ["width", "height", "depth", "item_weight", "voltage"]
-
-
-def synthetic_test(n: int = 2003, seed: int = 0) -> pd.DataFrame:
-    """A test-like frame: non-contiguous indices in shuffled row order."""
-    rng = np.random.default_rng(seed)
-    index = rng.choice(10 * n, size=n, replace=False)
-    return pd.DataFrame(
-        {
-            "index": index.astype("int64"),
-            "image_link": [f"https://example.com/{i}.jpg" for i in index],
-            "group_id": rng.integers(100000, 999999, size=n),
-            "entity_name": [ENTITIES[i % len(ENTITIES)] for i in range(n)],
-        }
-    )
 
 
 def expected_submission(test: pd.DataFrame) -> pd.DataFrame:
@@ -61,7 +48,7 @@ def write_shard(out_dir: Path, shard: int, num: int, indices: list[int], done: b
 
 
 def test_shards_partition_the_sorted_index_regardless_of_row_order() -> None:
-    test = synthetic_test()
+    test = synthetic_test(2003)
     shuffled = test.sample(frac=1.0, random_state=1)
     sorted_index = np.sort(test["index"].to_numpy())
     seen = []
