@@ -19,7 +19,7 @@ from tests.image_server import ImageServer
 from utils.data import download as D
 from utils.data import images as I
 from utils.data.images import InvalidImage, image_filename, image_path, load_image, validate_image_bytes
-from utils.data.download import DownloadSummary, clean_temp_files, download_frame, download_images
+from utils.data.download import DownloadSummary, clean_temp_files, download_images
 
 REPO = Path(__file__).resolve().parents[1]
 # the test server is on the loopback interface, which the downloader refuses unless allowed explicitly
@@ -282,10 +282,6 @@ def test_bad_arguments(tmp_path: Path) -> None:
         download_images([], tmp_path, workers=0)
     with pytest.raises(ValueError, match="iterable"):
         download_images("https://h/a.jpg", tmp_path)
-    import pandas as pd
-
-    with pytest.raises(ValueError, match="image_link"):
-        download_frame(pd.DataFrame({"x": [1]}), tmp_path)
     s = download_images([], tmp_path / "empty", progress=False)
     assert s.line() == "downloaded 0, cached 0, failed 0" and (tmp_path / "empty" / "failures.csv").is_file()
 
@@ -298,8 +294,8 @@ def test_real_dev_images_and_dataframe(server: ImageServer, tmp_path: Path, amaz
     real = files[0].read_bytes()
     cut = server.add("/images/I/cut.jpg", real[: len(real) * 3 // 4])
     df.loc[len(df)] = [cut]
-    s = download_frame(df, tmp_path, workers=4, max_bytes=max(f.stat().st_size for f in files),
-                       full_decode=True, **FAST)
+    s = download_images(df["image_link"], tmp_path, workers=4, max_bytes=max(f.stat().st_size for f in files),
+                        full_decode=True, **FAST)
     assert (s.downloaded, s.cached, s.failed) == (12, 0, 1)
     for f in files:
         assert (tmp_path / f.name).read_bytes() == f.read_bytes()

@@ -54,14 +54,10 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 from urllib.parse import urljoin, urlsplit
 
 from utils.data.images import InvalidImage, cached_image, image_filename, looks_complete, validate_image_bytes
 from utils.env.fileio import atomic_write_bytes, fsync_dir
-
-if TYPE_CHECKING:  # pragma: no cover
-    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -732,15 +728,6 @@ def download_images(
         summary.seconds = time.monotonic() - started
         summary.manifest = _update_failures(cache, summary.failures, tried)
     return summary
-
-
-def download_frame(
-    df: pd.DataFrame, cache_dir: str | os.PathLike[str], column: str = "image_link", **kwargs: object
-) -> DownloadSummary:
-    """Download the images of a DataFrame's ``column`` (``image_link``); keyword arguments as ``download_images``."""
-    if column not in df.columns:
-        raise ValueError(f"DataFrame has no {column!r} column (columns: {list(df.columns)})")
-    return download_images(df[column].tolist(), cache_dir, **kwargs)  # type: ignore[arg-type]
 
 
 def read_urls(csv_path: str | os.PathLike[str], column: str = "image_link") -> list[str]:
