@@ -20,6 +20,9 @@ echo "torch==${installed}" >"$constraints"
 # 2. everything else, pinned in requirements.txt (never torchvision: it does not import beside this torch).
 "$PY" -m pip install -q -r requirements.txt -c "$constraints"
 
-# 3. a Jupyter kernel for papermill.
+# 3. this package itself, editable (its dependencies are the pinned ones above).
+"$PY" -m pip install -q --no-deps -e .
+
+# 4. a Jupyter kernel for papermill.
 "$PY" -m ipykernel install --sys-prefix --name python3 >/dev/null
 echo "setup: done (torch ${installed})"
