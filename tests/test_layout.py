@@ -99,3 +99,14 @@ def test_a_long_module_says_why_at_its_top() -> None:
         if lines > 420 and "on purpose" not in doc:
             long.append(f"{name}: {lines} lines")
     assert long == []
+
+
+def test_the_documented_commands_answer_where_users_type_them() -> None:
+    import subprocess
+    import sys
+
+    for command, expected in ((["utils.sanity"], "TEST"), (["utils.metrics"], "PREDICTIONS"),
+                              (["utils.images", "download"], "CSV"), (["utils.pipeline.run"], "--shards")):
+        out = subprocess.run([sys.executable, "-m", *command, "--help"], capture_output=True, text=True, cwd=REPO,
+                             timeout=120)
+        assert out.returncode == 0 and expected.lower() in out.stdout.lower(), (command, out.stderr)
