@@ -15,7 +15,8 @@ from typing import Any
 
 import pandas as pd
 
-PLUGIN = "answers=tests.fake_backends:AnswerBackend,gpu_answers=tests.fake_backends:GpuAnswerBackend"
+PLUGIN = ("answers=tests.fake_backends:AnswerBackend,gpu_answers=tests.fake_backends:GpuAnswerBackend,"
+          "warm_answers=tests.fake_backends:WarmAnswerBackend")
 
 
 class AnswerBackend:
@@ -45,6 +46,21 @@ class AnswerBackend:
         if record is not None:
             record.write_text(json.dumps({"pid": os.getpid(), "start": start, "end": time.time(),
                                           "gpus": os.environ.get("CUDA_VISIBLE_DEVICES")}))
+
+
+class WarmAnswerBackend(AnswerBackend):
+    """The same, with ``warm``: it records which rows it prepared, in which order (``record_dir/warm-<pid>.json``)."""
+
+    name = "warm_answers"
+
+    def warm(self, rows: pd.DataFrame, image_dir: Path, artifact_dir: Path, record_dir: str = "",
+             sleep: float = 0.0, **settings: Any) -> None:
+        record = Path(record_dir) / f"warm-{os.getpid()}.json"
+        warmed: list[int] = []
+        for index in rows["index"]:
+            warmed.append(int(index))
+            record.write_text(json.dumps({"warmed": warmed, "gpus": os.environ.get("CUDA_VISIBLE_DEVICES")}))
+            time.sleep(sleep / 4)
 
 
 class GpuAnswerBackend(AnswerBackend):

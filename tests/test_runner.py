@@ -192,3 +192,22 @@ def test_prepare_only_shows_papermill_errors(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "writing 03_infer_shard_00_of_02.ipynb failed" in result.stderr
     assert "IsADirectoryError" in result.stderr  # papermill's own reason, not swallowed
+
+
+def test_an_idle_slot_helps_the_last_running_shard(tmp_path: Path) -> None:
+    result = _run_all(_args(tmp_path, "--parallel", "2", backend="warm_answers", sleep=1.5, shards=3,
+                            demo_test=12))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "an idle slot (CPU) helps shard" in result.stdout
+    warms = [json.loads(p.read_text()) for p in (tmp_path / "records").glob("warm-*.json")]
+    assert warms, "no helper ran"
+    test = pd.read_csv(tmp_path / "work" / "demo" / "test.csv")
+    from utils.pipeline.shards import shard_rows
+
+    owners = {i: [int(x) for x in shard_rows(test, i, 3)["index"]] for i in range(3)}
+    for warm in warms:
+        shard = next(i for i, rows in owners.items() if warm["warmed"][0] in rows)
+        assert set(warm["warmed"]) <= set(owners[shard])
+        assert warm["warmed"] == sorted(warm["warmed"], reverse=True)  # the last rows first
+    submission = pd.read_csv(tmp_path / "out" / "submission.csv", keep_default_na=False)
+    assert len(submission) == 12  # each shard still wrote only its own rows, every index once

@@ -63,6 +63,28 @@ class Children:
             if proc in self.procs:
                 self.procs.remove(proc)
 
+    def stop_one(self, proc: subprocess.Popen[str], grace: float = 5.0) -> None:
+        """Stop one started process and everything below it."""
+        import psutil
+
+        try:
+            root = psutil.Process(proc.pid)
+            tree = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            tree = []
+        for p in tree:
+            try:
+                p.terminate()
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs(tree, timeout=grace)
+        for p in alive:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        self.discard(proc)
+
     def stop_all(self, grace: float = 10.0) -> int:
         """SIGTERM every started process and all its descendants, SIGKILL what is left after ``grace`` seconds;
         how many processes were stopped. The tree is collected before any signal (orphans get re-parented)."""
@@ -289,6 +311,7 @@ class Runner:
     def run_shards(self, make_job: Callable[[int, dict[str, str]], Job]) -> None:
         """Stage 03: empty shards finished directly, the others queued over the slots, at most one per slot."""
         from utils.pipeline.predict import empty_shard
+        from utils.pipeline.shards import shard_path, shard_rows
         from utils.pipeline.workdir import WorkDir
 
         infer = self.plan.infer
@@ -313,9 +336,17 @@ class Runner:
         free = list(range(len(slots)))
         pending = list(todo)
         running: dict[int, threading.Thread] = {}
+        helpers: dict[int, tuple[subprocess.Popen[str], int]] = {}  # shard -> (warm process, its slot)
         errors: dict[int, BaseException] = {}
         done_event = threading.Event()
         state_lock = threading.Lock()
+        can_warm = self._backend_warms()
+
+        def stop_helper(shard: int) -> None:
+            helper = helpers.pop(shard, None)
+            if helper is not None:
+                self.children.stop_one(helper[0])
+                free.append(helper[1])
 
         def work_on(shard: int, slot: int) -> None:
             t0 = time.monotonic()
@@ -328,8 +359,30 @@ class Runner:
                 with state_lock:
                     free.append(slot)
                     running.pop(shard, None)
+                    stop_helper(shard)
                 done_event.set()
 
+        def watch_helper(shard: int, proc: subprocess.Popen[str]) -> None:
+            proc.wait()
+            with state_lock:
+                if helpers.get(shard, (None,))[0] is proc:
+                    helpers.pop(shard)
+                    free.append(slot_of[proc.pid])
+                self.children.discard(proc)
+            done_event.set()
+
+        sizes = {i: len(shard_rows(test, i, n)) for i in todo}
+
+        def rows_left(shard: int) -> int:
+            """The shard's rows not written yet (its file's lines, read without parsing)."""
+            try:
+                with open(shard_path(shards_dir, shard, n), "rb") as fh:
+                    written = max(0, sum(1 for _ in fh) - 1)
+            except OSError:
+                written = 0
+            return sizes[shard] - written
+
+        slot_of: dict[int, int] = {}
         while pending or running:
             with state_lock:
                 while pending and free and not errors:
@@ -340,14 +393,50 @@ class Runner:
                     thread.start()
                 if errors:
                     pending.clear()
+                while can_warm and not pending and free and not errors:
+                    unhelped = [s for s in running if s not in helpers]
+                    if not unhelped:
+                        break
+                    shard, slot = max(unhelped, key=rows_left), free.pop(0)
+                    proc = self._start_helper(shard, slots[slot], run_dir=make_job(shard, {}).log.parent)
+                    helpers[shard], slot_of[proc.pid] = (proc, slot), slot
+                    threading.Thread(target=watch_helper, args=(shard, proc), daemon=True).start()
+                    self.echo(f"[03] an idle slot ({where(slot)}) helps shard {shard}/{n}: preparing its last rows "
+                              "first (OCR into the shared cache), while the shard writes its own rows")
                 if not running:
                     break
             done_event.wait(timeout=1.0)
             done_event.clear()
+        with state_lock:
+            for shard in list(helpers):
+                stop_helper(shard)
         if errors:
             lines = [str(e) for _, e in sorted(errors.items())]
             raise RunnerError("\n".join(lines) + f"\n[03] {len(errors)} shard(s) failed; the finished ones are kept "
                               "and skipped when you run again")
+
+    def _backend_warms(self) -> bool:
+        """Whether the backend can prepare rows ahead of a shard (an optional ``warm`` method)."""
+        from utils.models.backend import backend_class
+
+        return hasattr(backend_class(self.plan.infer.backend), "warm")
+
+    def _start_helper(self, shard: int, slot_env: dict[str, str], run_dir: Path) -> subprocess.Popen[str]:
+        """``python -m utils.pipeline.warm`` for ``shard`` on a free slot (its log beside the shard's)."""
+        import json
+
+        infer = self.plan.infer
+        settings = {**infer.settings, "workers": infer.num_threads} if infer.backend == "ocr" else dict(infer.settings)
+        cmd = [sys.executable, "-m", "utils.pipeline.warm", "--work", infer.work_dir or self.plan.run.work_dir,
+               "--shard", str(shard), "--shards", str(infer.num_shards), "--backend", infer.backend,
+               "--artifact-dir", infer.artifact_dir, "--images", infer.image_dir, "--shards-dir", infer.shards_dir,
+               "--settings", json.dumps(settings)]
+        log = open(run_dir / f"03_warm_shard_{shard:02d}_of_{infer.num_shards:02d}.log", "a", encoding="utf-8")
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, env=self._env(slot_env),
+                                start_new_session=True)
+        log.close()
+        self.children.add(proc)
+        return proc
 
     def prepare_only(self) -> int:
         """Write the parameterised shard notebooks for separate Kaggle sessions; run nothing."""
