@@ -1,6 +1,6 @@
 """``run_all.sh``: the four notebooks in batch through papermill, shards in parallel, safe to kill and to rerun.
 
-``python -m utils.runner [options]`` (``bash run_all.sh`` runs it) executes 01 prepare, 02 fit, the shards of 03
+``python -m utils.pipeline.run [options]`` (``bash run_all.sh`` runs it) executes 01 prepare, 02 fit, the shards of 03
 and 04 postprocess, each as a papermill notebook kept under ``RUNS/<time>/`` with its log. What it guarantees:
 
 - Every option is checked before stage 01 starts (paths that must exist, folders that must not be files, the
@@ -33,8 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from utils.env.console import MARK, duration
-from utils.pipeline.options import EXIT_BUSY, PROG, REPO, Interrupted, Plan, RunnerError, parse
+from utils.pipeline.options import PROG, REPO, Interrupted, Plan, RunnerError, parse
 from utils.pipeline.params import papermill_args
+from utils.pipeline.processes import Children, WorkLock, say_console
 
 NOTEBOOKS = REPO / "notebooks"
 NOTEBOOK_OF = {"01": "01_prepare_data.ipynb", "02": "02_finetune_lora.ipynb", "03": "03_infer_shard.ipynb",
@@ -42,111 +43,6 @@ NOTEBOOK_OF = {"01": "01_prepare_data.ipynb", "02": "02_finetune_lora.ipynb", "0
 #: What a kernel that never started looks like in papermill's output (retried); a cell error is not among them.
 START_FAILURES = ("Kernel died before replying to kernel_info", "ZMQError", "Address already in use",
                   "Kernel didn't respond in", "Kernel not responding", "kernel_info_request timed out")
-
-
-# ------------------------------------------------------------------------------------------------ processes
-
-
-class Children:
-    """The processes this run started, and how to stop each with everything below it (kernels, OCR workers)."""
-
-    def __init__(self) -> None:
-        self.procs: list[subprocess.Popen[str]] = []
-        self.lock = threading.Lock()
-
-    def add(self, proc: subprocess.Popen[str]) -> None:
-        with self.lock:
-            self.procs.append(proc)
-
-    def discard(self, proc: subprocess.Popen[str]) -> None:
-        with self.lock:
-            if proc in self.procs:
-                self.procs.remove(proc)
-
-    def stop_one(self, proc: subprocess.Popen[str], grace: float = 5.0) -> None:
-        """Stop one started process and everything below it."""
-        import psutil
-
-        try:
-            root = psutil.Process(proc.pid)
-            tree = [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            tree = []
-        for p in tree:
-            try:
-                p.terminate()
-            except psutil.NoSuchProcess:
-                pass
-        _, alive = psutil.wait_procs(tree, timeout=grace)
-        for p in alive:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
-        self.discard(proc)
-
-    def stop_all(self, grace: float = 10.0) -> int:
-        """SIGTERM every started process and all its descendants, SIGKILL what is left after ``grace`` seconds;
-        how many processes were stopped. The tree is collected before any signal (orphans get re-parented)."""
-        import psutil
-
-        with self.lock:
-            roots = list(self.procs)
-        tree: list[psutil.Process] = []
-        for proc in roots:
-            try:
-                root = psutil.Process(proc.pid)
-                tree += [root, *root.children(recursive=True)]
-            except psutil.NoSuchProcess:
-                continue
-        for p in tree:
-            try:
-                p.terminate()
-            except psutil.NoSuchProcess:
-                pass
-        _, alive = psutil.wait_procs(tree, timeout=grace)
-        for p in alive:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(alive, timeout=grace)
-        return len(tree)
-
-
-class WorkLock:
-    """An exclusive ``flock`` on the work folder's ``.run.lock`` for the whole run (released if the runner dies)."""
-
-    def __init__(self, path: Path, wait: bool, command: str) -> None:
-        import fcntl
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(self.fd, 2000, 0).decode("utf-8", "replace").strip() or "another run"
-            if not wait:
-                os.close(self.fd)
-                raise RunnerError(f"{PROG}: the work folder {path.parent} is in use by {holder}. Two runs must not "
-                                  "write one work folder: wait for it, stop it (kill its pid), use another --work, "
-                                  "or pass --wait to start when it ends", EXIT_BUSY) from None
-            say_console(f"waiting for {holder} to release {path.parent} ...")
-            fcntl.flock(self.fd, fcntl.LOCK_EX)
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}: {command}".encode(), 0)
-
-    def release(self) -> None:
-        os.close(self.fd)
-
-
-_PRINT = threading.Lock()
-
-
-def say_console(line: str) -> None:
-    """One line on the runner's console (thread-safe)."""
-    with _PRINT:
-        print(line, flush=True)
 
 
 def _failure_line(log_text: str) -> str | None:

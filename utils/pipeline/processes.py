@@ -1,0 +1,110 @@
+"""The runner's processes: the children it must stop with everything below them, and the work folder's lock.
+
+``Children`` collects every process the runner starts (papermill, and through it the kernels and their OCR
+workers); ``stop_all`` stops the whole tree, so that a killed run leaves no orphan writing a shard. ``WorkLock`` is an
+exclusive ``flock`` held for the whole run: two runs never write one work folder.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+from utils.pipeline.options import EXIT_BUSY, PROG, RunnerError
+
+class Children:
+    """The processes this run started, and how to stop each with everything below it (kernels, OCR workers)."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[str]] = []
+        self.lock = threading.Lock()
+
+    def add(self, proc: subprocess.Popen[str]) -> None:
+        with self.lock:
+            self.procs.append(proc)
+
+    def discard(self, proc: subprocess.Popen[str]) -> None:
+        with self.lock:
+            if proc in self.procs:
+                self.procs.remove(proc)
+
+    def stop_one(self, proc: subprocess.Popen[str], grace: float = 5.0) -> None:
+        """Stop one started process and everything below it."""
+        _stop(_tree([proc]), grace)
+        self.discard(proc)
+
+    def stop_all(self, grace: float = 10.0) -> int:
+        """SIGTERM every started process and all its descendants, SIGKILL what is left after ``grace`` seconds;
+        how many processes were stopped. The tree is collected before any signal (orphans get re-parented)."""
+        with self.lock:
+            roots = list(self.procs)
+        tree = _tree(roots)
+        _stop(tree, grace)
+        return len(tree)
+
+
+def _tree(roots: list[subprocess.Popen[str]]) -> list[psutil.Process]:
+    """The processes ``roots`` started, each with all its descendants (collected before any is signalled)."""
+    tree: list[psutil.Process] = []
+    for proc in roots:
+        try:
+            root = psutil.Process(proc.pid)
+            tree += [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+    return tree
+
+
+def _stop(tree: list[psutil.Process], grace: float) -> None:
+    """SIGTERM each process, SIGKILL those still alive after ``grace`` seconds, and reap them."""
+    for p in tree:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(tree, timeout=grace)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=grace)
+
+
+class WorkLock:
+    """An exclusive ``flock`` on the work folder's ``.run.lock`` for the whole run (released if the runner dies)."""
+
+    def __init__(self, path: Path, wait: bool, command: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self.fd, 2000, 0).decode("utf-8", "replace").strip() or "another run"
+            if not wait:
+                os.close(self.fd)
+                raise RunnerError(f"{PROG}: the work folder {path.parent} is in use by {holder}. Two runs must not "
+                                  "write one work folder: wait for it, stop it (kill its pid), use another --work, "
+                                  "or pass --wait to start when it ends", EXIT_BUSY) from None
+            say_console(f"waiting for {holder} to release {path.parent} ...")
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}: {command}".encode(), 0)
+
+    def release(self) -> None:
+        os.close(self.fd)
+
+
+_PRINT = threading.Lock()
+
+
+def say_console(line: str) -> None:
+    """One line on the runner's console (thread-safe)."""
+    with _PRINT:
+        print(line, flush=True)
