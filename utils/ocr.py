@@ -24,7 +24,8 @@ import math
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -34,6 +35,9 @@ from utils.fileio import atomic_write_bytes
 from utils.images import load_image
 
 DEFAULT_MAX_SIDE = 1280
+ENGINES = ("openvino", "onnxruntime")
+PRECISIONS = ("f32", "bf16")
+DEFAULT_ENGINE = "openvino"
 DEFAULT_CACHE_ENV = "OCR_CACHE_DIR"
 CACHE_VERSION = 1
 
@@ -48,18 +52,35 @@ class OcrSettings:
     det_side: int | None = None  # longest side the text detector sees (recognition still reads max_side crops)
     rotate: int = 0  # degrees (0, 90, 180, 270) the image is turned counter-clockwise before OCR; boxes come back
     # in the upright image's pixels
+    engine: str = DEFAULT_ENGINE  # inference engine of the shipped models: "openvino" or "onnxruntime"
+    rec_batch: int = 6  # text lines per recognition batch (rapidocr's rec_batch_num; lines are padded per batch)
+    precision: str = "f32"  # openvino's inference precision: "f32" (the texts onnxruntime reads) or "bf16"
+    # (faster where the CPU has AMX / AVX512-BF16, slightly different texts); onnxruntime always runs f32
 
     def __post_init__(self) -> None:
         if self.rotate not in (0, 90, 180, 270):
             raise ValueError(f"rotate must be 0, 90, 180 or 270, not {self.rotate!r}")
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, not {self.engine!r}")
+        if int(self.rec_batch) < 1:
+            raise ValueError(f"rec_batch must be >= 1, not {self.rec_batch!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, not {self.precision!r}")
 
     def key(self) -> str:
         """A short stable hash of the settings (and the cache format version)."""
         d = asdict(self)
-        if not d["rotate"]:  # upright OCR keeps the key it had before ``rotate`` existed
-            del d["rotate"]
+        for name, value in _KEY_LEGACY.items():  # a field at the value it had before it existed keeps the old key
+            if d[name] == value:
+                del d[name]
+        if self.engine == "onnxruntime":  # precision is openvino's setting (and always named in its key)
+            d.pop("precision", None)
         raw = json.dumps({**d, "v": CACHE_VERSION}, sort_keys=True)
         return hashlib.sha1(raw.encode()).hexdigest()[:10]
+
+
+#: Fields added after the cache format was fixed, with the behaviour they had before: left out of the key there.
+_KEY_LEGACY: dict[str, Any] = {"rotate": 0, "engine": "onnxruntime", "rec_batch": 6}
 
 
 @dataclass
@@ -146,19 +167,14 @@ class OcrEngine:
         if self._engine is None:
             from rapidocr import RapidOCR
 
-            params = {
-                "Global.log_level": "error",
-                "Global.text_score": self.settings.text_score,
-                "Global.use_cls": self.settings.use_cls,
-                "EngineConfig.onnxruntime.intra_op_num_threads": self.threads,
-                "EngineConfig.onnxruntime.inter_op_num_threads": 1,
-                # rapidocr turns onnxruntime's memory arena off; on: the same boxes and texts (checked on 20 dev
-                # images), detection 1.8x and OCR 1.4x faster, about 0.4 GB more memory per worker
-                "EngineConfig.onnxruntime.enable_cpu_mem_arena": True,
-            }
-            if self.settings.det_side:
-                params.update({"Det.limit_type": "max", "Det.limit_side_len": int(self.settings.det_side)})
-            self._engine = RapidOCR(params=params)
+            engine = RapidOCR(params=rapidocr_params(self.settings, self.threads))
+            if self.settings.engine == "openvino":
+                with _openvino_precision(self.settings.precision):  # compiled now, with the precision asked
+                    engine._load_det_model()
+                    if self.settings.use_cls:
+                        engine._load_cls_model()
+                    engine._load_rec_model()
+            self._engine = engine
         return self._engine
 
     def run_image(self, image) -> OcrResult:
@@ -187,6 +203,73 @@ class OcrEngine:
             return self.run_image(image)
         res = self.run_image(image.rotate(rotate, expand=True))
         return unrotate(res, image.width, image.height, rotate)
+
+
+def shipped_models() -> dict[str, Path]:
+    """The ONNX models inside the rapidocr wheel, by task ("det", "cls", "rec"): OpenVINO reads them as they are
+    (no download, no conversion), the recogniser's character list included (ONNX metadata)."""
+    import rapidocr
+
+    root = Path(rapidocr.__file__).parent / "models"
+    out: dict[str, Path] = {}
+    for task in ("det", "cls", "rec"):
+        found = sorted(root.glob(f"*_{task}_*.onnx")) or sorted(root.glob(f"*{task}*.onnx"))
+        if len(found) != 1:
+            raise RuntimeError(f"expected one shipped {task} model in {root}, found {[f.name for f in found]}")
+        out[task] = found[0]
+    return out
+
+
+@contextmanager
+def _openvino_precision(precision: str) -> Iterator[None]:
+    """While open, rapidocr's OpenVINO sessions compile with ``INFERENCE_PRECISION_HINT`` = ``precision``.
+
+    rapidocr passes no precision to OpenVINO, whose CPU plugin then picks bf16 on CPUs with AMX / AVX512-BF16:
+    on this project's Xeon 3.4x less CPU than onnxruntime but other texts on half of 20 dev images (dims_real_dev
+    F1 -0.013, 6 seeds); f32 reads what onnxruntime reads (20 of 20 images) at 2.0x less CPU."""
+    import rapidocr.inference_engine.openvino.main as ov_main
+
+    plain = ov_main.CPUConfig
+
+    class WithPrecision(plain):  # type: ignore[misc, valid-type]
+        def get_config(self) -> dict[str, Any]:
+            return {**super().get_config(), "INFERENCE_PRECISION_HINT": precision}
+
+    ov_main.CPUConfig = WithPrecision
+    try:
+        yield
+    finally:
+        ov_main.CPUConfig = plain
+
+
+def rapidocr_params(settings: OcrSettings, threads: int = 1) -> dict[str, Any]:
+    """rapidocr's ``params`` for ``settings``, run on ``threads`` threads."""
+    params: dict[str, Any] = {
+        "Global.log_level": "error",
+        "Global.text_score": settings.text_score,
+        "Global.use_cls": settings.use_cls,
+        "Rec.rec_batch_num": int(settings.rec_batch),
+        "EngineConfig.onnxruntime.intra_op_num_threads": threads,
+        "EngineConfig.onnxruntime.inter_op_num_threads": 1,
+        # rapidocr turns onnxruntime's memory arena off; on: the same boxes and texts (checked on 20 dev
+        # images), detection 1.8x and OCR 1.4x faster, about 0.4 GB more memory per worker
+        "EngineConfig.onnxruntime.enable_cpu_mem_arena": True,
+    }
+    if settings.det_side:
+        params.update({"Det.limit_type": "max", "Det.limit_side_len": int(settings.det_side)})
+    if settings.engine == "openvino":
+        try:
+            import openvino  # noqa: F401
+        except ImportError as e:
+            raise ImportError("OcrSettings(engine='openvino') needs the openvino package (pip install openvino); "
+                              "engine='onnxruntime' runs without it") from e
+        from rapidocr.utils.typings import EngineType
+
+        params["EngineConfig.openvino.inference_num_threads"] = threads
+        for task, path in shipped_models().items():
+            params[f"{task.capitalize()}.engine_type"] = EngineType.OPENVINO
+            params[f"{task.capitalize()}.model_path"] = str(path)
+    return params
 
 
 def unrotate(res: OcrResult, width: int, height: int, rotate: int) -> OcrResult:
@@ -292,10 +375,10 @@ def ocr_to_cache(path: Path, f: Path | None, engine: OcrEngine, rotate: int | No
 _WORKER: OcrEngine | None = None
 
 
-def _worker_init(settings: OcrSettings) -> None:
+def _worker_init(settings: OcrSettings, threads: int = 1) -> None:
     global _WORKER
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    _WORKER = OcrEngine(settings, threads=1)
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    _WORKER = OcrEngine(settings, threads=threads)
 
 
 def _worker_run(args: tuple[str, str | None, int]) -> tuple[str, dict[str, Any] | None]:
@@ -311,13 +394,36 @@ def default_workers() -> int:
     return max(1, min(2, os.cpu_count() or 1))
 
 
+Progress = Callable[[int, int], None]
+
+
+def tqdm_progress(desc: str = "OCR") -> Progress:
+    """A ``progress`` callback for ``ocr_many`` drawing a tqdm bar on stderr (closed when the last image is done)."""
+    from tqdm import tqdm
+
+    bar: list[Any] = []
+
+    def update(done: int, total: int) -> None:
+        if not bar:
+            bar.append(tqdm(total=total, desc=desc, unit="img", file=sys.stderr, mininterval=1.0))
+        bar[0].update(done - bar[0].n)
+        if done >= total:
+            bar[0].close()
+
+    return update
+
+
 def ocr_many(
     paths: Iterable[Path],
     cache_dir: Path | None = None,
     settings: OcrSettings | None = None,
     workers: int | None = None,
+    threads: int = 1,
+    progress: Progress | None = None,
 ) -> Iterator[tuple[Path, OcrResult | None]]:
-    """OCR many images (cache first), yielding (path, result) in input order; uses ``workers`` processes."""
+    """OCR many images (cache first), yielding (path, result) in input order; uses ``workers`` processes of
+    ``threads`` inference threads each. ``progress(done, total)`` is called as cache misses finish (``total`` =
+    the number of misses; never called when everything is cached): e.g. ``tqdm_progress()``."""
     settings = settings or OcrSettings()
     paths = [Path(p) for p in paths]
     todo: dict[Path, Path | None] = {}  # cache miss -> its cache file (hashed once, here)
@@ -332,12 +438,13 @@ def ocr_many(
     workers = default_workers() if workers is None else max(1, int(workers))
     computed: dict[Path, OcrResult | None] = {}
     upright = replace(settings, rotate=0)  # engines and pools serve every rotation
+    threads = max(1, int(threads))
     if todo and (workers == 1 or len(todo) == 1):
-        engine = get_engine(upright, threads=1 if workers == 1 else default_workers())
+        engine = get_engine(upright, threads=threads * workers)
         it: Iterator[tuple[Path, OcrResult | None]] = (
             (p, ocr_to_cache(p, f, engine, settings.rotate)) for p, f in todo.items())
     elif todo:
-        pool = get_pool(upright, workers)
+        pool = get_pool(upright, workers, threads)
         jobs = [(str(p), str(f) if f else None, settings.rotate) for p, f in todo.items()]
         it = (
             (Path(p), OcrResult.from_json(d) if d is not None else None)
@@ -352,17 +459,19 @@ def ocr_many(
         while p not in computed:
             q, r = next(it)
             computed[q] = r
+            if progress is not None:
+                progress(len(computed), len(todo))
         yield p, computed[p]
 
 
-_POOLS: dict[tuple[OcrSettings, int], ProcessPoolExecutor] = {}
+_POOLS: dict[tuple[OcrSettings, int, int], ProcessPoolExecutor] = {}
 
 
-def get_pool(settings: OcrSettings, workers: int) -> ProcessPoolExecutor:
+def get_pool(settings: OcrSettings, workers: int, threads: int = 1) -> ProcessPoolExecutor:
     """A process pool kept for the life of this process (models load once per worker, not once per batch)."""
-    key = (settings, int(workers))
+    key = (settings, int(workers), int(threads))
     if key not in _POOLS:
-        _POOLS[key] = ProcessPoolExecutor(workers, initializer=_worker_init, initargs=(settings,))
+        _POOLS[key] = ProcessPoolExecutor(workers, initializer=_worker_init, initargs=(settings, int(threads)))
     return _POOLS[key]
 
 
