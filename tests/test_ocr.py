@@ -197,7 +197,10 @@ def test_openvino_and_onnxruntime_read_the_shipped_models_alike(label: Path, tmp
     from utils.ocr import rapidocr_params, shipped_models
 
     assert set(shipped_models()) == {"det", "cls", "rec"} and all(p.is_file() for p in shipped_models().values())
-    assert rapidocr_params(OcrSettings(engine="openvino"), 2)["EngineConfig.openvino.inference_num_threads"] == 2
+    ov_params = rapidocr_params(OcrSettings(engine="openvino"), 2)
+    assert ov_params["EngineConfig.openvino.inference_num_threads"] == 2
+    # no pinning: two worker processes pinned to the same core ran at 56% of the CPU they could use
+    assert ov_params["EngineConfig.openvino.enable_cpu_pinning"] is False
     assert "Det.engine_type" not in rapidocr_params(OcrSettings(engine="onnxruntime"))
     ov = OcrEngine(OcrSettings(engine="openvino")).run_path(label)
     ort = OcrEngine(OcrSettings(engine="onnxruntime")).run_path(label)
@@ -217,3 +220,12 @@ def test_ocr_many_reports_progress_on_cache_misses_only(label: Path, tmp_path: P
     list(ocr_many([label, other], tmp_path / "cache", OcrSettings(), workers=1,
                   progress=lambda done, total: seen.append((done, total))))
     assert seen == []  # all cached
+
+
+@pytest.mark.parametrize("precision", ["bf16-det", "bf16"])
+def test_faster_openvino_precisions_still_read_a_clean_label(label: Path, precision: str) -> None:
+    res = OcrEngine(OcrSettings(engine="openvino", precision=precision)).run_path(label)
+    assert res is not None
+    text = res.text.replace(" ", "").lower()
+    assert "16oz" in text and "454g" in text and "220-240v" in text
+    assert len({OcrSettings(precision=p).key() for p in ("f32", "bf16", "bf16-det")}) == 3

@@ -1,11 +1,22 @@
-"""OCR with rapidocr 3.x (onnxruntime, models shipped in the wheel): text boxes with positions and scores.
+"""OCR with rapidocr 3.x (models shipped in the wheel, run by OpenVINO or onnxruntime): text boxes with positions
+and scores.
+
+The engine: OpenVINO (``OcrSettings.engine``, default) runs the same ONNX models as onnxruntime, read as they are,
+at f32 the same texts (20 of 20 dev images) for half the CPU (0.94 vs 1.80 CPU s per image on this project's Xeon;
+the detector 0.52 vs 1.41 s, the recogniser the same 0.37 s). Its threads must not be pinned to cores, or two
+worker processes share one. ``precision`` "bf16-det" / "bf16" are faster still on CPUs with AMX / AVX512-BF16 at
+slightly different texts (``_openvino_precision``). Measured on the rest (``bench/ocr_speed.py --cpu-time``, CPU
+per image relative to the default): no 180-degree classifier 0.95x (no gain), recognition batches of 1 / 16 / 32
+lines 0.80x / 0.77x / 0.76x of rapidocr's 6, ``det_side`` 1120 / 960 1.06x / 1.31x (fewer answers read, below);
+two workers of one thread beat one worker of two threads and two of two.
 
 Results are cached per image on disk (one small JSON per image, keyed by the image's file name, content and the
 OCR settings), so a rerun over the same images costs nothing. Images are downscaled to ``max_side`` (1280) before
 OCR: on the 494 dev images the OCR oracle was 76.4% at 1280 vs 75.8% at full resolution and 73.4% at 1024, with the
 ranker's F1 unchanged vs full resolution, while the median OCR time per image fell from 4.9 s to 1.0 s (shared
-machine). Both cores are used by a small process pool kept alive between calls, each worker with one onnxruntime
-thread and onnxruntime's memory arena on (rapidocr turns it off; on, the same output 1.34x faster on 2 workers).
+machine). Both cores are used by a small process pool kept alive between calls, each worker with one inference
+thread (``threads``); onnxruntime runs with its memory arena on (rapidocr turns it off; on, the same output 1.34x
+faster on 2 workers).
 ``det_side`` lets only the text detector see a smaller image (960: 1.4x faster again, but the dev oracle fell from
 82.0% to 78.4%, so it is off by default). ``rotate`` OCRs the image turned by 90/180/270 degrees and maps the boxes
 back into the upright image (``utils.ranker.ocr_lookup`` uses it as a fallback for images whose upright OCR reads
@@ -36,7 +47,9 @@ from utils.images import load_image
 
 DEFAULT_MAX_SIDE = 1280
 ENGINES = ("openvino", "onnxruntime")
-PRECISIONS = ("f32", "bf16")
+PRECISIONS = ("f32", "bf16", "bf16-det")
+#: (detector, classifier and recogniser) precision per ``OcrSettings.precision``
+PRECISION_PER_MODEL = {"f32": ("f32", "f32"), "bf16": ("bf16", "bf16"), "bf16-det": ("bf16", "f32")}
 DEFAULT_ENGINE = "openvino"
 DEFAULT_CACHE_ENV = "OCR_CACHE_DIR"
 CACHE_VERSION = 1
@@ -54,8 +67,9 @@ class OcrSettings:
     # in the upright image's pixels
     engine: str = DEFAULT_ENGINE  # inference engine of the shipped models: "openvino" or "onnxruntime"
     rec_batch: int = 6  # text lines per recognition batch (rapidocr's rec_batch_num; lines are padded per batch)
-    precision: str = "f32"  # openvino's inference precision: "f32" (the texts onnxruntime reads) or "bf16"
-    # (faster where the CPU has AMX / AVX512-BF16, slightly different texts); onnxruntime always runs f32
+    precision: str = "f32"  # openvino's inference precision: "f32" (the texts onnxruntime reads), "bf16-det"
+    # (the detector in bf16) or "bf16" (all models): faster where the CPU has AMX / AVX512-BF16, slightly different
+    # texts (see PRECISION_PER_MODEL); onnxruntime always runs f32
 
     def __post_init__(self) -> None:
         if self.rotate not in (0, 90, 180, 270):
@@ -168,9 +182,11 @@ class OcrEngine:
             from rapidocr import RapidOCR
 
             engine = RapidOCR(params=rapidocr_params(self.settings, self.threads))
-            if self.settings.engine == "openvino":
-                with _openvino_precision(self.settings.precision):  # compiled now, with the precision asked
+            if self.settings.engine == "openvino":  # compiled now, each model with the precision asked
+                det, rec = PRECISION_PER_MODEL[self.settings.precision]
+                with _openvino_precision(det):
                     engine._load_det_model()
+                with _openvino_precision(rec):
                     if self.settings.use_cls:
                         engine._load_cls_model()
                     engine._load_rec_model()
@@ -224,9 +240,11 @@ def shipped_models() -> dict[str, Path]:
 def _openvino_precision(precision: str) -> Iterator[None]:
     """While open, rapidocr's OpenVINO sessions compile with ``INFERENCE_PRECISION_HINT`` = ``precision``.
 
-    rapidocr passes no precision to OpenVINO, whose CPU plugin then picks bf16 on CPUs with AMX / AVX512-BF16:
-    on this project's Xeon 3.4x less CPU than onnxruntime but other texts on half of 20 dev images (dims_real_dev
-    F1 -0.013, 6 seeds); f32 reads what onnxruntime reads (20 of 20 images) at 2.0x less CPU."""
+    rapidocr passes no precision to OpenVINO, whose CPU plugin then picks bf16 on CPUs with AMX / AVX512-BF16. On
+    this project's Xeon (one thread, 20 dev images at 1280 px, CPU seconds per image): onnxruntime 1.80, openvino
+    f32 0.94 (the same texts as onnxruntime on 20 of 20 images), detector bf16 0.70 (15 of 20), all bf16 0.56 (10
+    of 20). Against f32, 6 fold seeds: bf16-det dev +0.003, dims_real_dev -0.003, dims_dev -0.007; bf16 dev
+    +0.003, dims_real_dev -0.002, dims_dev -0.009 (dims_dev's oracle unchanged)."""
     import rapidocr.inference_engine.openvino.main as ov_main
 
     plain = ov_main.CPUConfig
@@ -266,6 +284,9 @@ def rapidocr_params(settings: OcrSettings, threads: int = 1) -> dict[str, Any]:
         from rapidocr.utils.typings import EngineType
 
         params["EngineConfig.openvino.inference_num_threads"] = threads
+        # OpenVINO pins its inference threads to cores; two worker processes would then share one core (2 workers
+        # on 2 cores ran at 56% of the CPU they could use: 0.86 images/s for 1.30 CPU s per image)
+        params["EngineConfig.openvino.enable_cpu_pinning"] = False
         for task, path in shipped_models().items():
             params[f"{task.capitalize()}.engine_type"] = EngineType.OPENVINO
             params[f"{task.capitalize()}.model_path"] = str(path)
