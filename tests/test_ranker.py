@@ -266,7 +266,7 @@ def test_images_that_read_no_quantity_get_a_turned_second_ocr(tmp_path: Path, mo
     turned = {"vertical": [_box("12 oz", 40)], "blank": []}
     calls: list[tuple[int, list[str]]] = []
 
-    def fake_ocr_many(paths, cache_dir, settings, workers):
+    def fake_ocr_many(paths, cache_dir, settings, workers, *_, **__):
         names = [Path(p).stem for p in paths]
         calls.append((settings.rotate, names))
         src = turned if settings.rotate else upright
@@ -339,3 +339,84 @@ def test_pair_model_learns_each_familys_unit_convention() -> None:
     # too few labelled pairs: no model, picks stand
     few = PairModel().fit(build_table(rows.head(PairModel.MIN_PAIRS - 1), lookup, priors))
     assert few.model is None and few.resolve(test, np.ones(len(test.answers)), partner) == partner
+
+
+def test_abstain_policy_follows_the_expected_share_of_empty_truths() -> None:
+    from utils.ranker import abstain_threshold, empty_weight_for
+
+    rng = np.random.default_rng(0)
+    n = 400
+    has = rng.random(n) > 0.25  # a quarter of the rows show nothing: empty truth
+    best = np.where(has, rng.uniform(0.3, 1.0, n), rng.uniform(0.0, 0.6, n))
+    correct = has & (rng.random(n) < best)
+    # nothing expected empty: never abstain (an empty answer to a row with a value costs as much as a wrong one)
+    assert abstain_threshold(best, correct, has, 0.0)[0] == 0.0
+    # challenge-like rows (every label has a value): never abstain, whatever share is asked for
+    assert abstain_threshold(best[has], correct[has], has[has], 0.3)[0] == 0.0
+    low = abstain_threshold(best, correct, has, 0.05)[0]
+    mid = abstain_threshold(best, correct, has, float((~has).mean()))[0]
+    high = abstain_threshold(best, correct, has, 0.6)[0]
+    assert 0.0 <= low <= mid <= high and high > low  # the more empty truths expected, the more it abstains
+    assert mid == tune_threshold(best, correct, has)[0]  # the training share: the plain tuning
+    assert empty_weight_for(has, float((~has).mean())) == pytest.approx(1.0)
+    assert f1_counts(correct, best >= 0, has, 2.0) < f1_counts(correct, best >= 0, has, 1.0)  # empties weigh more
+
+
+def test_empty_share_defaults_to_the_training_labels_share() -> None:
+    from utils.ranker import expected_empty_share
+
+    rows = pd.DataFrame({"entity_value": ["1.0 volt", "", "2.0 volt", "3.0 volt"]})
+    assert expected_empty_share(rows, RankerConfig()) == 0.25
+    assert expected_empty_share(rows.iloc[[0, 2]], RankerConfig()) == 0.0
+    assert expected_empty_share(rows, RankerConfig(empty_share=0.0)) == 0.0
+    with pytest.raises(ValueError, match="empty_share"):
+        expected_empty_share(rows, RankerConfig(empty_share=1.0))
+
+
+def test_prior_answer_is_the_groups_commonest_label_else_the_entitys() -> None:
+    labels = pd.DataFrame({
+        "group_id": ["g1"] * 6 + ["g2"] * 2 + ["g3"] * 10,
+        "entity_name": ["width"] * 8 + ["voltage"] * 10,
+        "entity_value": ["10.0 centimetre"] * 4 + ["4.0 inch"] * 2 + ["2.0 inch"] * 2 + ["12.0 volt"] * 10,
+    })
+    p = Priors.from_labels(labels)
+    assert p.prior_answer("g1", "width") == ("10.0 centimetre", pytest.approx(4 / 6))
+    # g2 has fewer than MIN_GROUP_ANSWERS width labels: the entity's commonest over all groups
+    assert p.prior_answer("g2", "width") == ("10.0 centimetre", pytest.approx(4 / 8))
+    assert p.prior_answer("unknown", "voltage")[0] == "12.0 volt"
+    assert p.prior_answer("g1", "wattage") == ("", 0.0)
+
+
+def test_rows_without_a_candidate_answer_from_the_prior() -> None:
+    from utils.ranker import Ranker, _Constant
+
+    labels = pd.DataFrame({"group_id": ["7"] * 6, "entity_name": "depth", "entity_value": ["3.0 inch"] * 6})
+    priors = Priors.from_labels(labels)
+    boxes = {"read": [_box("Depth 5 cm", 10)], "blank": [], "missing": None}
+    rows = pd.DataFrame({"image_link": list(boxes), "entity_name": "depth", "group_id": 7})
+    table = build_table(rows, lambda k: None if boxes[k] is None else OcrResult(400, 400, boxes[k]), priors)
+    cfg = {"prior_answer": True}
+    ranker = Ranker(_Constant(0.4), 0.0, priors, cfg, {})
+    assert ranker.predict_table(table) == ["5.0 centimetre", "3.0 inch", "3.0 inch"]
+    # the prior's share must pass the abstain threshold like any answer; the setting turns it off
+    assert Ranker(_Constant(0.4), 0.3, priors, cfg, {}).predict_table(table) == ["5.0 centimetre", "3.0 inch",
+                                                                                "3.0 inch"]
+    assert Ranker(_Constant(0.9), 1.01, priors, cfg, {}).predict_table(table) == ["", "", ""]
+    assert Ranker(_Constant(0.4), 0.0, priors, {"prior_answer": False}, {}).predict_table(table)[1:] == ["", ""]
+
+
+def test_amount_features_rank_amounts_across_units() -> None:
+    from utils.ranker import AMOUNT_FEATURES, amount_features, feature_names
+
+    ocr = OcrResult(400, 400, [_box("Height 30 cm (11.8 in)", 10), _box("Width 10 in", 60), _box("Depth 5 cm", 110)])
+    cands = extract_candidates(ocr, "height")
+    f = {c.answer: dict(zip(AMOUNT_FEATURES, row)) for c, row in zip(cands, amount_features(cands, ocr))}
+    # 30 cm and its printed conversion are one amount, the largest; 10 in (25.4 cm) is the middle one, 5 cm the least
+    assert f["30.0 centimetre"] == f["11.8 inch"] == {"amt_rank": 0.0, "amt_rank_rev": 1.0, "amt_is_max": 1.0,
+                                                      "amt_is_min": 0.0, "amt_n": 3.0}
+    assert f["10.0 inch"]["amt_rank"] == 0.5 and not f["10.0 inch"]["amt_is_max"] and not f["10.0 inch"]["amt_is_min"]
+    assert f["5.0 centimetre"]["amt_is_min"] == 1.0
+    # within one unit "11.8 inch" ranks above "10 inch" and "30 cm" above "5 cm", but nothing compares 10 in to 30 cm
+    names = feature_names()
+    assert names[-len(AMOUNT_FEATURES):] == AMOUNT_FEATURES
+    assert amount_features([], ocr).shape == (0, len(AMOUNT_FEATURES))
