@@ -420,3 +420,34 @@ def test_amount_features_rank_amounts_across_units() -> None:
     names = feature_names()
     assert names[-len(AMOUNT_FEATURES):] == AMOUNT_FEATURES
     assert amount_features([], ocr).shape == (0, len(AMOUNT_FEATURES))
+
+
+def test_pair_model_tells_a_one_line_pair_from_a_two_line_pair() -> None:
+    """Challenge dimensions: the first unit of "10 cm / 3.9 in" printed in one line, the second when the two are
+    printed in two lines. Print order alone cannot say both; print order within one line can."""
+    from utils.ranker import PairModel
+
+    rows, boxes = [], {}
+    for k in range(12):
+        cm = 10 + 2 * k
+        inch = round(cm / 2.54, 1)
+        for name, first, second, label in (
+            (f"one_cm{k}", f"{cm} cm", f"{inch} in", f"{cm} centimetre"),
+            (f"one_in{k}", f"{inch} in", f"{cm} cm", f"{inch} inch"),
+            (f"two_cm{k}", f"{cm} cm", f"{inch} in", f"{inch} inch"),
+            (f"two_in{k}", f"{inch} in", f"{cm} cm", f"{cm} centimetre"),
+        ):
+            one = name.startswith("one")
+            boxes[name] = ([_box(f"Width {first} / {second}", 10)] if one else
+                           [_box(f"Width {first}", 10), _box(second, 200)])
+            rows.append({"image_link": name, "entity_name": "width", "group_id": "g", "entity_value": label})
+    rows = pd.DataFrame(rows)
+    lookup = lambda k: OcrResult(400, 400, boxes[k])  # noqa: E731
+    table = build_table(rows, lookup, Priors())
+    pm = PairModel().fit(table)
+    assert pm.n_pairs == len(rows)
+    truth = rows["entity_value"].tolist()
+    for picks in (truth, [next(a for a in set(table.answers[k] for k in np.where(table.row == r)[0]) if a != t)
+                          for r, t in enumerate(truth)]):
+        got = pm.resolve(table, np.ones(len(table.answers)), list(picks))
+        assert [same_answer(a, t) for a, t in zip(got, truth)] == [True] * len(truth)
