@@ -180,31 +180,42 @@ def evaluate(s: Sets, cfg: RankerConfig, seed: int) -> dict[str, object]:
     return out
 
 
-def rapidocr_default_speed(paths: list[Path]) -> float:
-    """Images/s of rapidocr with its defaults on the full-resolution files, one at a time in this process (engine
-    construction, i.e. model loading, included)."""
+def _cpu_now() -> float:
+    """CPU seconds used so far by this process and its reaped children (finished worker processes)."""
+    import resource
+
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def rapidocr_default_speed(paths: list[Path]) -> tuple[float, float]:
+    """(images/s, CPU seconds per image) of rapidocr with its defaults on the full-resolution files, one at a time
+    in this process (engine construction, i.e. model loading, included)."""
     from rapidocr import RapidOCR
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _cpu_now()
     engine = RapidOCR(params={"Global.log_level": "error"})
     for p in paths:
         engine(str(p))
-    return len(paths) / (time.perf_counter() - t0)
+    return len(paths) / (time.perf_counter() - t0), (_cpu_now() - c0) / len(paths)
 
 
-def backend_speed(links: list[str], image_dir: Path, cfg: RankerConfig) -> tuple[float, float]:
-    """(images/s, share of images OCR'd again turned) of the backend's uncached OCR of ``links``, as ``ocr_lookup``
-    runs it: fresh workers (model loading included) and the turned second pass."""
+def backend_speed(links: list[str], image_dir: Path, cfg: RankerConfig) -> tuple[float, float, float]:
+    """(images/s, CPU seconds per image, share of images OCR'd again turned) of the backend's uncached OCR of
+    ``links``, as ``ocr_lookup`` runs it: fresh workers (model loading included) and the turned second pass. The
+    CPU time counts the workers (stopped at the end, so that their time is reaped)."""
     from utils.ocr import shutdown_pools
 
     shutdown_pools()
     with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _cpu_now()
         ocr = ocr_lookup(links, image_dir, replace(cfg, cache_dir=tmp))
         sec = time.perf_counter() - t0
+        shutdown_pools()
+        cpu = _cpu_now() - c0
         upright = cfg.ocr_settings().key()
         turned = sum(1 for d in Path(tmp).iterdir() if d.name != upright for _ in d.iterdir())
-    return len(ocr) / sec, turned / len(FALLBACK_ROTATIONS) / max(1, len(ocr))
+    return len(ocr) / sec, cpu / max(1, len(ocr)), turned / len(FALLBACK_ROTATIONS) / max(1, len(ocr))
 
 
 def speed_sample(rows: pd.DataFrame, n: int) -> list[str]:
@@ -214,14 +225,16 @@ def speed_sample(rows: pd.DataFrame, n: int) -> list[str]:
 
 
 def speed_ratio(dev: pd.DataFrame, image_dir: Path, n: int, cfg: RankerConfig) -> dict[str, float]:
-    """The issue's speed figure: backend images/s over rapidocr-defaults images/s on the same ``n`` images."""
+    """The issue's speed figure: backend images/s over rapidocr-defaults images/s on the same ``n`` images; and the
+    same ratio in CPU seconds per image (robust to a busy machine, where wall-clock ratios swing by 2x)."""
     from utils.images import cached_image
 
     links = speed_sample(dev, n)
     paths = [cached_image(image_dir, link) for link in links]
-    base = rapidocr_default_speed([p for p in paths if p is not None])
-    ours, again = backend_speed(links, image_dir, cfg)
-    return {"backend": ours, "rapidocr_defaults": base, "ratio": ours / base, "turned": again}
+    base, base_cpu = rapidocr_default_speed([p for p in paths if p is not None])
+    ours, ours_cpu, again = backend_speed(links, image_dir, cfg)
+    return {"backend": ours, "rapidocr_defaults": base, "ratio": ours / base, "turned": again,
+            "backend_cpu": ours_cpu, "rapidocr_defaults_cpu": base_cpu, "cpu_ratio": base_cpu / ours_cpu}
 
 
 def _fmt(v: float | None) -> str:
@@ -238,17 +251,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--speed-images", type=int, default=20, help="dev images timed uncached (0 = skip)")
     ap.add_argument("--no-speed", action="store_true", help="skip the speed ratio")
     ap.add_argument("--speed-repeats", type=int, default=1, help="measure the speed ratio this many times")
+    ap.add_argument("--engine", default=RankerConfig.engine, help="OCR engine: openvino or onnxruntime")
+    ap.add_argument("--precision", default=RankerConfig.precision, help="openvino's precision: f32 or bf16")
     ap.add_argument("--speed-only", action="store_true", help="only the speed ratio")
     ap.add_argument("--per-entity", action="store_true", help="print per-entity tables (first seed)")
     a = ap.parse_args(argv)
 
-    cfg = RankerConfig(cache_dir=a.cache_dir, folds=a.folds, workers=2)
+    cfg = RankerConfig(cache_dir=a.cache_dir, folds=a.folds, workers=2, engine=a.engine, precision=a.precision)
     if a.speed_only:
         dev = read_set(a.data, "dev")
         for _ in range(a.speed_repeats):
             sp = speed_ratio(dev, a.data / "dev/images", a.speed_images, cfg)
             print(f"speed on {a.speed_images} dev images: backend {sp['backend']:.2f} images/s ({sp['turned']:.0%} "
-                  f"turned) vs rapidocr defaults {sp['rapidocr_defaults']:.2f}: ratio {sp['ratio']:.2f}x", flush=True)
+                  f"turned) vs rapidocr defaults {sp['rapidocr_defaults']:.2f}: ratio {sp['ratio']:.2f}x; CPU s per "
+                  f"image {sp['backend_cpu']:.2f} vs {sp['rapidocr_defaults_cpu']:.2f}: {sp['cpu_ratio']:.2f}x",
+                  flush=True)
         return 0
     s = load_sets(a.data, cfg)
     lookup = s.lookup.get
@@ -279,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
         sp = speed_ratio(s.dev, a.data / "dev/images", a.speed_images, cfg)
         print(f"\nspeed on {a.speed_images} dev images, uncached, 2 cores: backend {sp['backend']:.2f} images/s "
               f"({sp['turned']:.0%} OCR'd again turned) vs rapidocr defaults at full resolution one at a time "
-              f"{sp['rapidocr_defaults']:.2f} images/s: ratio {sp['ratio']:.2f}x")
+              f"{sp['rapidocr_defaults']:.2f} images/s: ratio {sp['ratio']:.2f}x (CPU seconds per image "
+              f"{sp['backend_cpu']:.2f} vs {sp['rapidocr_defaults_cpu']:.2f}: {sp['cpu_ratio']:.2f}x less)")
 
     today = []
     for k in keys:

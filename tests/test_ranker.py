@@ -113,10 +113,19 @@ def test_fit_predict_round_trip(synth: dict, tmp_path: Path, monkeypatch: pytest
     backend = get_backend("ocr")
     assert isinstance(backend, OcrBackend)
     settings = {"cache_dir": str(synth["cache"]), "workers": 1, "folds": 3, "batch_size": 4}
-    out = backend.fit(synth["train"], synth["val"], synth["dir"], tmp_path / "art", **settings)
+    seen: list[tuple[int, int]] = []
+    out = backend.fit(synth["train"], synth["val"], synth["dir"], tmp_path / "art",
+                      progress=lambda done, total: seen.append((done, total)), **settings)
     assert (out / ARTIFACT_MODEL).is_file()
     meta = json.loads((out / ARTIFACT_JSON).read_text())
     assert meta["settings"]["max_side"] == DEFAULT_MAX_SIDE and "val/f1" in meta["metrics"] and "threshold" in meta
+    # each training image OCR'd once, with progress; the fit's images/s and total time in the metrics
+    n_images = synth["train"]["image_link"].nunique() + synth["val"]["image_link"].nunique()
+    assert seen and seen[-1] == (n_images, n_images)
+    m = meta["metrics"]
+    assert m["fit_images"] == n_images and m["fit_images_per_s"] > 0 and m["fit_seconds"] >= m["fit_ocr_seconds"] > 0
+    # the training labels have empty values (images that show no weight): the abstain policy expects that share
+    assert m["train/empty_share"] == pytest.approx((synth["train"]["entity_value"] == "").mean())
     assert meta["metrics"]["train/oracle"] > 0.6
 
     test = pd.concat([synth["test"], pd.DataFrame([
@@ -277,7 +286,7 @@ def test_images_that_read_no_quantity_get_a_turned_second_ocr(tmp_path: Path, mo
     out = ranker_mod.ocr_lookup(links, tmp_path, RankerConfig(workers=1))
     assert calls[0] == (0, ["weight", "length", "vertical", "blank", "missing"])
     # "30 cm" is a quantity (for a dimension), so asking that image for a weight does not turn it
-    assert calls[1:] == [(r, ["vertical", "blank"]) for r in ranker_mod.FALLBACK_ROTATIONS]
+    assert calls[1:] == [(90, ["vertical", "blank"])]  # one turned pass (270 as well read nothing more)
     assert [b.text for b in out[links[2]].boxes] == ["NET WT"] + ["12 oz"] * len(ranker_mod.FALLBACK_ROTATIONS)
     assert [c.answer for c in extract_candidates(out[links[2]], "item_weight")][0] == "12.0 ounce"
     assert [b.text for b in out[links[0]].boxes] == ["Net Wt 16 oz"] and out[links[5]] is None
