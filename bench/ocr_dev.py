@@ -22,9 +22,13 @@ defaults on the full-resolution image, one image at a time in one process (engin
 this run on the same images; the ratio of their images/s is the figure (absolute images/s differ several-fold
 between machines).
 
+The CPU seconds per image of both are printed too (the workers' included): wall-clock ratios swing by half on a
+shared machine, CPU ratios by a tenth. The speed part should not run under ``nice`` (a neighbour at normal priority
+takes the cores from the workers first).
+
 OCR results are cached (``--cache-dir``, default ``$OCR_CACHE_DIR`` or ``.cache/ocr`` in the repo, git-ignored).
 
-    nice python bench/ocr_dev.py [--data ../shared/data/amazon] [--seeds 0 1 2] [--speed-images 20]
+    python bench/ocr_dev.py [--data ../shared/data/amazon] [--seeds 0 1 2] [--speed-images 20] [--precision f32]
 """
 
 from __future__ import annotations

@@ -8,12 +8,13 @@ denominator. Besides speed, each configuration's texts are compared with the fir
 images with the very same text lines): a quick sign of changed output, not an accuracy figure (``bench/ocr_dev.py``
 measures that).
 
-The choices (``--choices``, default all): the engine (openvino / onnxruntime), openvino's precision (f32 /
-bf16), the 180-degree classifier, the
-recognition batch size, the detector's side length, the OCR'd image's longest side, and threads per worker against
-the number of workers.
+The choices (``--choices``, default all but max_side and combos): the engine (openvino / onnxruntime),
+openvino's precision (f32 / bf16), the 180-degree classifier, the recognition batch size, the detector's side
+length, the OCR'd image's longest side, and threads per worker against the number of workers. ``--cpu-time``
+instead gives CPU seconds per image on one thread (robust to a busy machine). Do not ``nice`` a wall-clock run:
+a neighbour at normal priority then takes the cores from the workers first.
 
-    nice python bench/ocr_speed.py [--images 20] [--choices engine cls rec_batch det_side workers]
+    python bench/ocr_speed.py [--images 20] [--rounds 2] [--choices engine precision cls rec_batch det_side workers]
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     texts: dict[str, list[list[str]]] = {}
     bases: list[float] = []
     for r in range(a.rounds):
-        base = rapidocr_default_speed(paths)
+        base = rapidocr_default_speed(paths)[0]
         bases.append(base)
         print(f"round {r + 1}: rapidocr defaults, full resolution, one at a time: {base:.2f} images/s", flush=True)
         k = r % len(confs)
