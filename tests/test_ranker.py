@@ -419,7 +419,7 @@ def test_amount_features_rank_amounts_across_units() -> None:
 
     ocr = OcrResult(400, 400, [_box("Height 30 cm (11.8 in)", 10), _box("Width 10 in", 60), _box("Depth 5 cm", 110)])
     cands = extract_candidates(ocr, "height")
-    f = {c.answer: dict(zip(AMOUNT_FEATURES, row)) for c, row in zip(cands, amount_features(cands, ocr))}
+    f = {c.answer: dict(zip(AMOUNT_FEATURES, row)) for c, row in zip(cands, amount_features(cands))}
     # 30 cm and its printed conversion are one amount, the largest; 10 in (25.4 cm) is the middle one, 5 cm the least
     assert f["30.0 centimetre"] == f["11.8 inch"] == {"amt_rank": 0.0, "amt_rank_rev": 1.0, "amt_is_max": 1.0,
                                                       "amt_is_min": 0.0, "amt_n": 3.0}
@@ -428,7 +428,7 @@ def test_amount_features_rank_amounts_across_units() -> None:
     # within one unit "11.8 inch" ranks above "10 inch" and "30 cm" above "5 cm", but nothing compares 10 in to 30 cm
     names = feature_names()
     assert names[-len(AMOUNT_FEATURES):] == AMOUNT_FEATURES
-    assert amount_features([], ocr).shape == (0, len(AMOUNT_FEATURES))
+    assert amount_features([]).shape == (0, len(AMOUNT_FEATURES))
 
 
 def test_pair_model_tells_a_one_line_pair_from_a_two_line_pair() -> None:

@@ -22,7 +22,8 @@ faster on 2 workers).
 back into the upright image (``utils.ranker.ocr_lookup`` uses it as a fallback for images whose upright OCR reads
 no quantity).
 
-CLI: ``python -m utils.ocr IMAGE_DIR CACHE_DIR [--max-side 1280] [--workers 2]`` OCRs every image in a folder.
+CLI: ``python -m utils.ocr IMAGE_DIR CACHE_DIR [--max-side 1280] [--workers 2] [--engine openvino] [--precision
+f32]`` OCRs every image in a folder.
 """
 
 from __future__ import annotations
@@ -514,16 +515,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE, help="longest side before OCR; 0 = full")
     ap.add_argument("--workers", type=int, default=default_workers())
     ap.add_argument("--limit", type=int, default=0, help="only the first N images (sorted by name)")
+    ap.add_argument("--engine", default=DEFAULT_ENGINE, choices=ENGINES)
+    ap.add_argument("--precision", default=OcrSettings.precision, choices=PRECISIONS, help="openvino's precision")
     a = ap.parse_args(argv)
     if not a.image_dir.is_dir():
         ap.error(f"not a folder: {a.image_dir}")
     files = sorted(p for p in a.image_dir.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".webp"})
     if a.limit:
         files = files[: a.limit]
-    settings = OcrSettings(max_side=a.max_side or None)
+    settings = OcrSettings(max_side=a.max_side or None, engine=a.engine, precision=a.precision)
     t0 = time.perf_counter()
     n = bad = 0
-    for _, res in ocr_many(files, a.cache_dir, settings, a.workers):
+    for _, res in ocr_many(files, a.cache_dir, settings, a.workers, progress=tqdm_progress()):
         n += 1
         bad += res is None
     dt = time.perf_counter() - t0

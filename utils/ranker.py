@@ -2,10 +2,10 @@
 
 Per row (image + entity) the candidates from ``utils.candidates`` get a feature vector (unit, value plausibility
 learned from training labels, text height and position, orientation, neighbouring keywords, repetition, rank by
-size, dimension-string position ...). A small scikit-learn classifier scores each candidate as "is the label"; the
-row's answer is its best candidate when that score reaches a threshold tuned for F1 on out-of-fold predictions
-(folds by ``group_id``), else ``""`` (abstain: an empty answer costs less than a wrong one). Training rows with an
-empty ``entity_value`` are abstain labels: all their candidates are negatives. When the image declares one amount
+size and by amount across units, dimension-string position ...). A small scikit-learn classifier scores each
+candidate as "is the label"; the row's answer is its best candidate when that score reaches the abstain threshold
+(see below; 0 for the challenge's labels), else ``""``. Training rows with an empty ``entity_value`` are abstain
+labels: all their candidates are negatives. When the image declares one amount
 right after "Net Wt" (or a translation) and the ranker picked another amount, the declared one is answered
 (``RankerConfig.net_rule``; a pick that is the declared amount in another unit is kept): +0.007 / +0.011 dev F1 on
 two CV seeds, dims_dev unchanged. Last, when the answer has a printed conversion among the row's candidates
@@ -336,7 +336,7 @@ def _base(c: Candidate) -> float:
         return c.value
 
 
-def amount_features(cands: list[Candidate], ocr: OcrResult | None = None) -> np.ndarray:
+def amount_features(cands: list[Candidate]) -> np.ndarray:
     """Per candidate (``AMOUNT_FEATURES``): its amount's rank among the row's distinct amounts, largest first, in
     base units with printed conversions merged (within ``CONVERSION_TOL``), scaled to 0-1 from both ends; whether
     it is the largest, the smallest; how many distinct amounts the row reads. ``value_rank`` ranks within one unit
@@ -421,7 +421,7 @@ def row_features(cands: list[Candidate], ocr: OcrResult, entity: str, priors: Pr
             f += [hits[self_g], float(any(hits[d] for d in _DIMS if d != entity) if entity in _DIMS else 0)]
         rows.append(f)
     return np.hstack([np.asarray(rows, dtype=float), declared_features(cands),
-                      amount_features(cands, ocr)])
+                      amount_features(cands)])
 
 
 # ---- data assembly -----------------------------------------------------------------------------------------------
