@@ -143,17 +143,23 @@ def test_one_worker_pool_serves_every_rotation(tmp_path: Path) -> None:
         assert f"{i}5kg" in res.text.replace(" ", "").lower()
 
 
-def test_rotation_is_part_of_the_cache_key() -> None:
+def test_rotation_engine_and_batch_are_part_of_the_cache_key() -> None:
     import hashlib
     import json
 
     from utils.models.ocr.engine import CACHE_VERSION
 
     before = {"max_side": 1280, "text_score": 0.5, "use_cls": True, "det_side": None, "v": CACHE_VERSION}
-    assert OcrSettings().key() == hashlib.sha1(json.dumps(before, sort_keys=True).encode()).hexdigest()[:10]
+    # onnxruntime with rapidocr's batch of 6 keeps the key it had before engines were a setting
+    legacy = OcrSettings(engine="onnxruntime", rec_batch=6)
+    assert legacy.key() == hashlib.sha1(json.dumps(before, sort_keys=True).encode()).hexdigest()[:10]
     assert len({OcrSettings(rotate=r).key() for r in (0, 90, 180, 270)}) == 4
+    assert len({legacy.key(), OcrSettings(engine="openvino", rec_batch=6).key(),
+                OcrSettings(engine="onnxruntime", rec_batch=16).key()}) == 3
     with pytest.raises(ValueError, match="rotate"):
         OcrSettings(rotate=45)
+    with pytest.raises(ValueError, match="engine"):
+        OcrSettings(engine="tensorflow")
 
 
 def test_result_json_round_trip() -> None:
@@ -184,3 +190,42 @@ def test_ocr_many_hashes_each_image_once_and_never_caches_missing(tmp_path: Path
     assert hashed == [img, missing]  # the cache check and the write after OCR share one hash
     assert out[missing] is None and out[img] is not None and "12v" in out[img].text.replace(" ", "").lower()
     assert [f.name.split(".")[0] for f in (tmp_path / "cache").rglob("*.json")] == ["a"]
+
+
+def test_openvino_and_onnxruntime_read_the_shipped_models_alike(label: Path, tmp_path: Path) -> None:
+    """Both engines run the models inside the rapidocr wheel (no download): the same lines, nearly the same boxes."""
+    from utils.models.ocr.engine import rapidocr_params, shipped_models
+
+    assert set(shipped_models()) == {"det", "cls", "rec"} and all(p.is_file() for p in shipped_models().values())
+    ov_params = rapidocr_params(OcrSettings(engine="openvino"), 2)
+    assert ov_params["EngineConfig.openvino.inference_num_threads"] == 2
+    # no pinning: two worker processes pinned to the same core ran at 56% of the CPU they could use
+    assert ov_params["EngineConfig.openvino.enable_cpu_pinning"] is False
+    assert "Det.engine_type" not in rapidocr_params(OcrSettings(engine="onnxruntime"))
+    ov = OcrEngine(OcrSettings(engine="openvino")).run_path(label)
+    ort = OcrEngine(OcrSettings(engine="onnxruntime")).run_path(label)
+    assert ov is not None and ort is not None
+    assert [b.text for b in ov.boxes] == [b.text for b in ort.boxes]
+    for a, b in zip(ov.boxes, ort.boxes):
+        assert max(abs(p - q) for pa, pb in zip(a.quad, b.quad) for p, q in zip(pa, pb)) < 3.0
+
+
+def test_ocr_many_reports_progress_on_cache_misses_only(label: Path, tmp_path: Path) -> None:
+    other = render(tmp_path / "other.jpg", [("12 V", 20, 40)])
+    seen: list[tuple[int, int]] = []
+    list(ocr_many([label, other, label], tmp_path / "cache", OcrSettings(), workers=1,
+                  progress=lambda done, total: seen.append((done, total))))
+    assert seen == [(1, 2), (2, 2)]  # two distinct images OCR'd
+    seen.clear()
+    list(ocr_many([label, other], tmp_path / "cache", OcrSettings(), workers=1,
+                  progress=lambda done, total: seen.append((done, total))))
+    assert seen == []  # all cached
+
+
+@pytest.mark.parametrize("precision", ["bf16-det", "bf16"])
+def test_faster_openvino_precisions_still_read_a_clean_label(label: Path, precision: str) -> None:
+    res = OcrEngine(OcrSettings(engine="openvino", precision=precision)).run_path(label)
+    assert res is not None
+    text = res.text.replace(" ", "").lower()
+    assert "16oz" in text and "454g" in text and "220-240v" in text
+    assert len({OcrSettings(precision=p).key() for p in ("f32", "bf16", "bf16-det")}) == 3

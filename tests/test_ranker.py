@@ -113,10 +113,19 @@ def test_fit_predict_round_trip(synth: dict, tmp_path: Path, monkeypatch: pytest
     backend = get_backend("ocr")
     assert isinstance(backend, OcrBackend)
     settings = {"cache_dir": str(synth["cache"]), "workers": 1, "folds": 3, "batch_size": 4}
-    out = backend.fit(synth["train"], synth["val"], synth["dir"], tmp_path / "art", **settings)
+    seen: list[tuple[int, int]] = []
+    out = backend.fit(synth["train"], synth["val"], synth["dir"], tmp_path / "art",
+                      progress=lambda done, total: seen.append((done, total)), **settings)
     assert (out / ARTIFACT_MODEL).is_file()
     meta = json.loads((out / ARTIFACT_JSON).read_text())
     assert meta["settings"]["max_side"] == DEFAULT_MAX_SIDE and "val/f1" in meta["metrics"] and "threshold" in meta
+    # each training image OCR'd once, with progress; the fit's images/s and total time in the metrics
+    n_images = synth["train"]["image_link"].nunique() + synth["val"]["image_link"].nunique()
+    assert seen and seen[-1] == (n_images, n_images)
+    m = meta["metrics"]
+    assert m["fit_images"] == n_images and m["fit_images_per_s"] > 0 and m["fit_seconds"] >= m["fit_ocr_seconds"] > 0
+    # the training labels have empty values (images that show no weight): the abstain policy expects that share
+    assert m["train/empty_share"] == pytest.approx((synth["train"]["entity_value"] == "").mean())
     assert meta["metrics"]["train/oracle"] > 0.6
 
     test = pd.concat([synth["test"], pd.DataFrame([
@@ -266,7 +275,7 @@ def test_images_that_read_no_quantity_get_a_turned_second_ocr(tmp_path: Path, mo
     turned = {"vertical": [_box("12 oz", 40)], "blank": []}
     calls: list[tuple[int, list[str]]] = []
 
-    def fake_ocr_many(paths, cache_dir, settings, workers):
+    def fake_ocr_many(paths, cache_dir, settings, workers, *_, **__):
         names = [Path(p).stem for p in paths]
         calls.append((settings.rotate, names))
         src = turned if settings.rotate else upright
@@ -277,7 +286,7 @@ def test_images_that_read_no_quantity_get_a_turned_second_ocr(tmp_path: Path, mo
     out = ranker_mod.ocr_lookup(links, tmp_path, RankerConfig(workers=1))
     assert calls[0] == (0, ["weight", "length", "vertical", "blank", "missing"])
     # "30 cm" is a quantity (for a dimension), so asking that image for a weight does not turn it
-    assert calls[1:] == [(r, ["vertical", "blank"]) for r in ranker_mod.FALLBACK_ROTATIONS]
+    assert calls[1:] == [(90, ["vertical", "blank"])]  # one turned pass (270 as well read nothing more)
     assert [b.text for b in out[links[2]].boxes] == ["NET WT"] + ["12 oz"] * len(ranker_mod.FALLBACK_ROTATIONS)
     assert [c.answer for c in extract_candidates(out[links[2]], "item_weight")][0] == "12.0 ounce"
     assert [b.text for b in out[links[0]].boxes] == ["Net Wt 16 oz"] and out[links[5]] is None
@@ -339,3 +348,115 @@ def test_pair_model_learns_each_familys_unit_convention() -> None:
     # too few labelled pairs: no model, picks stand
     few = PairModel().fit(build_table(rows.head(PairModel.MIN_PAIRS - 1), lookup, priors))
     assert few.model is None and few.resolve(test, np.ones(len(test.answers)), partner) == partner
+
+
+def test_abstain_policy_follows_the_expected_share_of_empty_truths() -> None:
+    from utils.models.ocr.ranker import abstain_threshold, empty_weight_for
+
+    rng = np.random.default_rng(0)
+    n = 400
+    has = rng.random(n) > 0.25  # a quarter of the rows show nothing: empty truth
+    best = np.where(has, rng.uniform(0.3, 1.0, n), rng.uniform(0.0, 0.6, n))
+    correct = has & (rng.random(n) < best)
+    # nothing expected empty: never abstain (an empty answer to a row with a value costs as much as a wrong one)
+    assert abstain_threshold(best, correct, has, 0.0)[0] == 0.0
+    # challenge-like rows (every label has a value): never abstain, whatever share is asked for
+    assert abstain_threshold(best[has], correct[has], has[has], 0.3)[0] == 0.0
+    low = abstain_threshold(best, correct, has, 0.05)[0]
+    mid = abstain_threshold(best, correct, has, float((~has).mean()))[0]
+    high = abstain_threshold(best, correct, has, 0.6)[0]
+    assert 0.0 <= low <= mid <= high and high > low  # the more empty truths expected, the more it abstains
+    assert mid == tune_threshold(best, correct, has)[0]  # the training share: the plain tuning
+    assert empty_weight_for(has, float((~has).mean())) == pytest.approx(1.0)
+    assert f1_counts(correct, best >= 0, has, 2.0) < f1_counts(correct, best >= 0, has, 1.0)  # empties weigh more
+
+
+def test_empty_share_defaults_to_the_training_labels_share() -> None:
+    from utils.models.ocr.ranker import expected_empty_share
+
+    rows = pd.DataFrame({"entity_value": ["1.0 volt", "", "2.0 volt", "3.0 volt"]})
+    assert expected_empty_share(rows, RankerConfig()) == 0.25
+    assert expected_empty_share(rows.iloc[[0, 2]], RankerConfig()) == 0.0
+    assert expected_empty_share(rows, RankerConfig(empty_share=0.0)) == 0.0
+    with pytest.raises(ValueError, match="empty_share"):
+        expected_empty_share(rows, RankerConfig(empty_share=1.0))
+
+
+def test_prior_answer_is_the_groups_commonest_label_else_the_entitys() -> None:
+    labels = pd.DataFrame({
+        "group_id": ["g1"] * 6 + ["g2"] * 2 + ["g3"] * 10,
+        "entity_name": ["width"] * 8 + ["voltage"] * 10,
+        "entity_value": ["10.0 centimetre"] * 4 + ["4.0 inch"] * 2 + ["2.0 inch"] * 2 + ["12.0 volt"] * 10,
+    })
+    p = Priors.from_labels(labels)
+    assert p.prior_answer("g1", "width") == ("10.0 centimetre", pytest.approx(4 / 6))
+    # g2 has fewer than MIN_GROUP_ANSWERS width labels: the entity's commonest over all groups
+    assert p.prior_answer("g2", "width") == ("10.0 centimetre", pytest.approx(4 / 8))
+    assert p.prior_answer("unknown", "voltage")[0] == "12.0 volt"
+    assert p.prior_answer("g1", "wattage") == ("", 0.0)
+
+
+def test_rows_without_a_candidate_answer_from_the_prior() -> None:
+    from utils.models.ocr.ranker import Ranker, _Constant
+
+    labels = pd.DataFrame({"group_id": ["7"] * 6, "entity_name": "depth", "entity_value": ["3.0 inch"] * 6})
+    priors = Priors.from_labels(labels)
+    boxes = {"read": [_box("Depth 5 cm", 10)], "blank": [], "missing": None}
+    rows = pd.DataFrame({"image_link": list(boxes), "entity_name": "depth", "group_id": 7})
+    table = build_table(rows, lambda k: None if boxes[k] is None else OcrResult(400, 400, boxes[k]), priors)
+    cfg = {"prior_answer": True}
+    ranker = Ranker(_Constant(0.4), 0.0, priors, cfg, {})
+    assert ranker.predict_table(table) == ["5.0 centimetre", "3.0 inch", "3.0 inch"]
+    # the prior's share must pass the abstain threshold like any answer; the setting turns it off
+    assert Ranker(_Constant(0.4), 0.3, priors, cfg, {}).predict_table(table) == ["5.0 centimetre", "3.0 inch",
+                                                                                "3.0 inch"]
+    assert Ranker(_Constant(0.9), 1.01, priors, cfg, {}).predict_table(table) == ["", "", ""]
+    assert Ranker(_Constant(0.4), 0.0, priors, {"prior_answer": False}, {}).predict_table(table)[1:] == ["", ""]
+
+
+def test_amount_features_rank_amounts_across_units() -> None:
+    from utils.models.ocr.ranker import AMOUNT_FEATURES, amount_features, feature_names
+
+    ocr = OcrResult(400, 400, [_box("Height 30 cm (11.8 in)", 10), _box("Width 10 in", 60), _box("Depth 5 cm", 110)])
+    cands = extract_candidates(ocr, "height")
+    f = {c.answer: dict(zip(AMOUNT_FEATURES, row)) for c, row in zip(cands, amount_features(cands))}
+    # 30 cm and its printed conversion are one amount, the largest; 10 in (25.4 cm) is the middle one, 5 cm the least
+    assert f["30.0 centimetre"] == f["11.8 inch"] == {"amt_rank": 0.0, "amt_rank_rev": 1.0, "amt_is_max": 1.0,
+                                                      "amt_is_min": 0.0, "amt_n": 3.0}
+    assert f["10.0 inch"]["amt_rank"] == 0.5 and not f["10.0 inch"]["amt_is_max"] and not f["10.0 inch"]["amt_is_min"]
+    assert f["5.0 centimetre"]["amt_is_min"] == 1.0
+    # within one unit "11.8 inch" ranks above "10 inch" and "30 cm" above "5 cm", but nothing compares 10 in to 30 cm
+    names = feature_names()
+    assert names[-len(AMOUNT_FEATURES):] == AMOUNT_FEATURES
+    assert amount_features([]).shape == (0, len(AMOUNT_FEATURES))
+
+
+def test_pair_model_tells_a_one_line_pair_from_a_two_line_pair() -> None:
+    """Challenge dimensions: the first unit of "10 cm / 3.9 in" printed in one line, the second when the two are
+    printed in two lines. Print order alone cannot say both; print order within one line can."""
+    from utils.models.ocr.ranker import PairModel
+
+    rows, boxes = [], {}
+    for k in range(12):
+        cm = 10 + 2 * k
+        inch = round(cm / 2.54, 1)
+        for name, first, second, label in (
+            (f"one_cm{k}", f"{cm} cm", f"{inch} in", f"{cm} centimetre"),
+            (f"one_in{k}", f"{inch} in", f"{cm} cm", f"{inch} inch"),
+            (f"two_cm{k}", f"{cm} cm", f"{inch} in", f"{inch} inch"),
+            (f"two_in{k}", f"{inch} in", f"{cm} cm", f"{cm} centimetre"),
+        ):
+            one = name.startswith("one")
+            boxes[name] = ([_box(f"Width {first} / {second}", 10)] if one else
+                           [_box(f"Width {first}", 10), _box(second, 200)])
+            rows.append({"image_link": name, "entity_name": "width", "group_id": "g", "entity_value": label})
+    rows = pd.DataFrame(rows)
+    lookup = lambda k: OcrResult(400, 400, boxes[k])  # noqa: E731
+    table = build_table(rows, lookup, Priors())
+    pm = PairModel().fit(table)
+    assert pm.n_pairs == len(rows)
+    truth = rows["entity_value"].tolist()
+    for picks in (truth, [next(a for a in set(table.answers[k] for k in np.where(table.row == r)[0]) if a != t)
+                          for r, t in enumerate(truth)]):
+        got = pm.resolve(table, np.ones(len(table.answers)), list(picks))
+        assert [same_answer(a, t) for a, t in zip(got, truth)] == [True] * len(truth)

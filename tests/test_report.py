@@ -122,3 +122,25 @@ def test_browser_widgets(case) -> None:  # type: ignore[no-untyped-def]
     assert "#21" in caption.value and "missed" in caption.value
     show.value = "correct"
     assert slider.max == 2 and "correct" in caption.value
+
+
+def test_unit_confusion_counts_answered_against_labelled_units(case) -> None:  # type: ignore[no-untyped-def]
+    test, labels, predictions, _ = case
+    conf = report.unit_confusion(score(predictions, labels).rows)
+    cell = conf.set_index(["entity_name", "label_unit", "answer_unit"])["n"]
+    assert cell[("item_weight", "gram", "gram")] == 1
+    assert cell[("item_weight", "ounce", "gram")] == 1  # "16.0 ounce" answered in grams
+    assert cell[("width", "centimetre", "centimetre")] == 2
+    assert cell[("voltage", "volt", report.NO_UNIT)] == 1  # missed
+    assert "wattage" not in set(conf["entity_name"])  # its labels are empty: no labelled unit
+    assert int(conf["n"].sum()) == 6
+
+
+def test_write_report_shows_the_unit_confusion(case, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    test, labels, predictions, image_dir = case
+    files = report.write_report(tmp_path / "out", score(predictions, labels), test, image_dir, n_worst=0)
+    assert files.units_png is not None and files.units_png.name in files.report_md.read_text()
+    with Image.open(files.units_png) as image:
+        assert image.format == "PNG" and image.width > 300
+    nothing = labels.assign(entity_value="")
+    assert report.plot_unit_confusion(score(predictions, nothing).rows, tmp_path / "none.png") is None

@@ -10,6 +10,8 @@ per-row frame with ``correct``) and the test table (for ``image_link``). Plots u
 - ``write_gallery(rows, image_dir, path)`` -> a static HTML gallery (thumbnails inline): the browser's fallback.
 - ``browser(rows, image_dir, interactive)`` -> an ipywidgets browser of image / prediction / truth, or the static
   gallery as HTML where no widget frontend runs (papermill, plain Python).
+- ``unit_confusion(rows)`` -> per entity, how often each labelled unit was answered with each unit (or nothing);
+  ``plot_unit_confusion(rows, path)`` draws it as one small matrix per entity.
 - ``write_report(out_dir, report, test, image_dir)`` -> ``report.md`` + the PNGs, the gallery and the F1 table.
 """
 
@@ -52,6 +54,7 @@ class ReportFiles:
     mistakes_png: Path | None
     gallery_html: Path
     table_csv: Path
+    units_png: Path | None = None  # the unit confusion per entity (None when no row has a labelled unit)
 
 
 def _pick(frame: pd.DataFrame, aliases: tuple[str, ...], what: str) -> str:
@@ -128,6 +131,83 @@ def plot_f1(table: pd.DataFrame, path: str | Path, title: str = "F1 per entity")
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
     return out
+
+
+NO_UNIT = "(empty)"
+
+
+def _unit_of(text: Any) -> str:
+    """The unit of an answer or label ("" when it has none: empty, or not "<number> <unit>"); a range label
+    ("[1.0, 2.0] volt") names its unit last."""
+    text = "" if text is None or (isinstance(text, float) and math.isnan(text)) else str(text).strip()
+    if not text:
+        return ""
+    parsed = _number_unit(text)
+    if parsed is not None:
+        return parsed[1]
+    tail = text.rsplit("]", 1)
+    return tail[1].strip() if len(tail) == 2 and text.startswith("[") else ""
+
+
+def unit_confusion(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per entity, labelled unit x answered unit: counts of the rows whose label has a unit (columns
+    ``entity_name, label_unit, answer_unit, n``; ``answer_unit`` is ``NO_UNIT`` for an empty answer)."""
+    frame = normalize_rows(rows)
+    label = frame["entity_value"].map(_unit_of)
+    answer = frame["prediction"].map(_unit_of).replace("", NO_UNIT)
+    out = pd.DataFrame({"entity_name": frame["entity_name"], "label_unit": label, "answer_unit": answer})
+    out = out[out["label_unit"] != ""]
+    return (out.groupby(["entity_name", "label_unit", "answer_unit"]).size().rename("n").reset_index()
+            .sort_values(["entity_name", "label_unit", "answer_unit"], ignore_index=True))
+
+
+def plot_unit_confusion(rows: pd.DataFrame, path: str | Path, title: str = "Answered unit vs labelled unit"
+                        ) -> Path | None:
+    """One small matrix per entity: rows are labelled units, columns the answered units (last: no answer), each
+    cell the share of the labelled unit's rows, with its count. None (no file) when no row has a labelled unit."""
+    conf = unit_confusion(rows)
+    if conf.empty:
+        return None
+    entities = sorted(conf["entity_name"].unique())
+    cols = min(4, len(entities))
+    nrows = math.ceil(len(entities) / cols)
+    fig = Figure(figsize=(3.6 * cols, 3.2 * nrows))
+    for k, entity in enumerate(entities):
+        ax = fig.add_subplot(nrows, cols, k + 1)
+        sub = conf[conf["entity_name"] == entity]
+        labels = sorted(set(sub["label_unit"]) | set(sub["answer_unit"]) - {NO_UNIT})  # square: the diagonal is
+        answers = labels + ([NO_UNIT] if (sub["answer_unit"] == NO_UNIT).any() else [])  # the right unit
+        table = sub.pivot_table(index="label_unit", columns="answer_unit", values="n", aggfunc="sum", fill_value=0)
+        table = table.reindex(index=labels, columns=answers, fill_value=0)
+        share = table.div(table.sum(axis=1).clip(lower=1), axis=0)
+        ax.imshow(share.to_numpy(), cmap="Blues", vmin=0, vmax=1, aspect="auto")
+        for i in range(len(labels)):
+            for j in range(len(answers)):
+                n = int(table.iat[i, j])
+                if n:
+                    ax.text(j, i, str(n), ha="center", va="center", fontsize=8,
+                            color="white" if share.iat[i, j] > 0.6 else "black")
+        ax.set_xticks(range(len(answers)), [_short_unit(u) for u in answers], rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(len(labels)), [_short_unit(u) for u in labels], fontsize=7)
+        ax.set_title(entity, fontsize=9)
+        ax.set_xlabel("answered", fontsize=7)
+        ax.set_ylabel("labelled", fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    return out
+
+
+_SHORT_UNITS = {"centimetre": "cm", "millimetre": "mm", "metre": "m", "inch": "in", "foot": "ft", "yard": "yd",
+                "gram": "g", "kilogram": "kg", "milligram": "mg", "microgram": "µg", "ounce": "oz", "pound": "lb",
+                "ton": "t", "volt": "V", "kilovolt": "kV", "millivolt": "mV", "watt": "W", "kilowatt": "kW",
+                "millilitre": "ml", "litre": "l", "fluid ounce": "fl oz", "gallon": "gal", "cup": "cup"}
+
+
+def _short_unit(unit: str) -> str:
+    return _SHORT_UNITS.get(unit, unit)
 
 
 def _number_unit(text: str) -> tuple[float, str] | None:
@@ -330,6 +410,7 @@ def write_report(
     mistakes = worst_mistakes(rows, n_worst)
     mistakes_png = plot_mistakes(mistakes, image_dir, out / "worst_mistakes.png") if n_worst > 0 else None
     gallery = write_gallery(rows, image_dir, out / "gallery.html")
+    units_png = plot_unit_confusion(rows, out / "unit_confusion.png")
     lines = [
         f"# {title}",
         "",
@@ -351,7 +432,12 @@ def write_report(
                 f"{row.entity_value or '(empty)'} |"
             )
         lines += ["", f"![worst mistakes]({mistakes_png.name})", ""]
+    if units_png is not None:
+        lines += ["## Answered unit against labelled unit", "",
+                  "Per entity, each labelled unit's rows by the unit answered (last column: no answer); a wrong "
+                  "unit is often a printed conversion (\"100 g (3.53 oz)\") answered in the other unit.", "",
+                  f"![unit confusion]({units_png.name})", ""]
     lines += [f"Browse every prediction with its image: [{gallery.name}]({gallery.name})", ""]
     report_md = out / "report.md"
     report_md.write_text("\n".join(lines), encoding="utf-8")
-    return ReportFiles(report_md, f1_png, mistakes_png, gallery, table_csv)
+    return ReportFiles(report_md, f1_png, mistakes_png, gallery, table_csv, units_png)

@@ -1,17 +1,29 @@
-"""OCR with rapidocr 3.x (onnxruntime, models shipped in the wheel): text boxes with positions and scores.
+"""OCR with rapidocr 3.x (models shipped in the wheel, run by OpenVINO or onnxruntime): text boxes with positions
+and scores.
+
+The engine: OpenVINO (``OcrSettings.engine``, default) runs the same ONNX models as onnxruntime, read as they are,
+at f32 the same texts (20 of 20 dev images) for half the CPU (0.94 vs 1.80 CPU s per image on this project's Xeon;
+the detector 0.52 vs 1.41 s, the recogniser the same 0.37 s). Its threads must not be pinned to cores, or two
+worker processes share one. ``precision`` "bf16-det" / "bf16" are faster still on CPUs with AMX / AVX512-BF16 at
+slightly different texts (``_openvino_precision``). Measured on the rest (``bench/ocr_speed.py --cpu-time``, CPU
+per image relative to the default): no 180-degree classifier 0.95x (no gain), recognition batches of 1 / 16 / 32
+lines 0.80x / 0.77x / 0.76x of rapidocr's 6, ``det_side`` 1120 / 960 1.06x / 1.31x (fewer answers read, below);
+two workers of one thread beat one worker of two threads and two of two.
 
 Results are cached per image on disk (one small JSON per image, keyed by the image's file name, content and the
 OCR settings), so a rerun over the same images costs nothing. Images are downscaled to ``max_side`` (1280) before
 OCR: on the 494 dev images the OCR oracle was 76.4% at 1280 vs 75.8% at full resolution and 73.4% at 1024, with the
 ranker's F1 unchanged vs full resolution, while the median OCR time per image fell from 4.9 s to 1.0 s (shared
-machine). Both cores are used by a small process pool kept alive between calls, each worker with one onnxruntime
-thread and onnxruntime's memory arena on (rapidocr turns it off; on, the same output 1.34x faster on 2 workers).
+machine). Both cores are used by a small process pool kept alive between calls, each worker with one inference
+thread (``threads``); onnxruntime runs with its memory arena on (rapidocr turns it off; on, the same output 1.34x
+faster on 2 workers).
 ``det_side`` lets only the text detector see a smaller image (960: 1.4x faster again, but the dev oracle fell from
 82.0% to 78.4%, so it is off by default). ``rotate`` OCRs the image turned by 90/180/270 degrees and maps the boxes
 back into the upright image (``utils.models.ocr.ranker.ocr_lookup`` uses it as a fallback for images whose upright OCR reads
 no quantity).
 
-CLI: ``python -m utils.ocr IMAGE_DIR CACHE_DIR [--max-side 1280] [--workers 2]`` OCRs every image in a folder.
+CLI: ``python -m utils.models.ocr.engine IMAGE_DIR CACHE_DIR [--max-side 1280] [--workers 2] [--engine openvino] [--precision
+f32]`` OCRs every image in a folder.
 """
 
 from __future__ import annotations
@@ -19,12 +31,14 @@ from __future__ import annotations
 import argparse
 import atexit
 import hashlib
+import importlib.util
 import json
 import math
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -34,6 +48,11 @@ from utils.env.fileio import atomic_write_bytes
 from utils.data.images import load_image
 
 DEFAULT_MAX_SIDE = 1280
+ENGINES = ("openvino", "onnxruntime")
+PRECISIONS = ("f32", "bf16", "bf16-det")
+#: (detector, classifier and recogniser) precision per ``OcrSettings.precision``
+PRECISION_PER_MODEL = {"f32": ("f32", "f32"), "bf16": ("bf16", "bf16"), "bf16-det": ("bf16", "f32")}
+DEFAULT_ENGINE = "openvino"
 DEFAULT_CACHE_ENV = "OCR_CACHE_DIR"
 CACHE_VERSION = 1
 
@@ -48,18 +67,36 @@ class OcrSettings:
     det_side: int | None = None  # longest side the text detector sees (recognition still reads max_side crops)
     rotate: int = 0  # degrees (0, 90, 180, 270) the image is turned counter-clockwise before OCR; boxes come back
     # in the upright image's pixels
+    engine: str = DEFAULT_ENGINE  # inference engine of the shipped models: "openvino" or "onnxruntime"
+    rec_batch: int = 6  # text lines per recognition batch (rapidocr's rec_batch_num; lines are padded per batch)
+    precision: str = "f32"  # openvino's inference precision: "f32" (the texts onnxruntime reads), "bf16-det"
+    # (the detector in bf16) or "bf16" (all models): faster where the CPU has AMX / AVX512-BF16, slightly different
+    # texts (see PRECISION_PER_MODEL); onnxruntime always runs f32
 
     def __post_init__(self) -> None:
         if self.rotate not in (0, 90, 180, 270):
             raise ValueError(f"rotate must be 0, 90, 180 or 270, not {self.rotate!r}")
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, not {self.engine!r}")
+        if int(self.rec_batch) < 1:
+            raise ValueError(f"rec_batch must be >= 1, not {self.rec_batch!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, not {self.precision!r}")
 
     def key(self) -> str:
         """A short stable hash of the settings (and the cache format version)."""
         d = asdict(self)
-        if not d["rotate"]:  # upright OCR keeps the key it had before ``rotate`` existed
-            del d["rotate"]
+        for name, value in _KEY_LEGACY.items():  # a field at the value it had before it existed keeps the old key
+            if d[name] == value:
+                del d[name]
+        if self.engine == "onnxruntime":  # precision is openvino's setting (and always named in its key)
+            d.pop("precision", None)
         raw = json.dumps({**d, "v": CACHE_VERSION}, sort_keys=True)
         return hashlib.sha1(raw.encode()).hexdigest()[:10]
+
+
+#: Fields added after the cache format was fixed, with the behaviour they had before: left out of the key there.
+_KEY_LEGACY: dict[str, Any] = {"rotate": 0, "engine": "onnxruntime", "rec_batch": 6}
 
 
 @dataclass
@@ -146,19 +183,16 @@ class OcrEngine:
         if self._engine is None:
             from rapidocr import RapidOCR
 
-            params = {
-                "Global.log_level": "error",
-                "Global.text_score": self.settings.text_score,
-                "Global.use_cls": self.settings.use_cls,
-                "EngineConfig.onnxruntime.intra_op_num_threads": self.threads,
-                "EngineConfig.onnxruntime.inter_op_num_threads": 1,
-                # rapidocr turns onnxruntime's memory arena off; on: the same boxes and texts (checked on 20 dev
-                # images), detection 1.8x and OCR 1.4x faster, about 0.4 GB more memory per worker
-                "EngineConfig.onnxruntime.enable_cpu_mem_arena": True,
-            }
-            if self.settings.det_side:
-                params.update({"Det.limit_type": "max", "Det.limit_side_len": int(self.settings.det_side)})
-            self._engine = RapidOCR(params=params)
+            engine = RapidOCR(params=rapidocr_params(self.settings, self.threads))
+            if self.settings.engine == "openvino":  # compiled now, each model with the precision asked
+                det, rec = PRECISION_PER_MODEL[self.settings.precision]
+                with _openvino_precision(det):
+                    engine._load_det_model()
+                with _openvino_precision(rec):
+                    if self.settings.use_cls:
+                        engine._load_cls_model()
+                    engine._load_rec_model()
+            self._engine = engine
         return self._engine
 
     def run_image(self, image) -> OcrResult:
@@ -187,6 +221,76 @@ class OcrEngine:
             return self.run_image(image)
         res = self.run_image(image.rotate(rotate, expand=True))
         return unrotate(res, image.width, image.height, rotate)
+
+
+def shipped_models() -> dict[str, Path]:
+    """The ONNX models inside the rapidocr wheel, by task ("det", "cls", "rec"): OpenVINO reads them as they are
+    (no download, no conversion), the recogniser's character list included (ONNX metadata)."""
+    import rapidocr
+
+    root = Path(rapidocr.__file__).parent / "models"
+    out: dict[str, Path] = {}
+    for task in ("det", "cls", "rec"):
+        found = sorted(root.glob(f"*_{task}_*.onnx")) or sorted(root.glob(f"*{task}*.onnx"))
+        if len(found) != 1:
+            raise RuntimeError(f"expected one shipped {task} model in {root}, found {[f.name for f in found]}")
+        out[task] = found[0]
+    return out
+
+
+@contextmanager
+def _openvino_precision(precision: str) -> Iterator[None]:
+    """While open, rapidocr's OpenVINO sessions compile with ``INFERENCE_PRECISION_HINT`` = ``precision``.
+
+    rapidocr passes no precision to OpenVINO, whose CPU plugin then picks bf16 on CPUs with AMX / AVX512-BF16. On
+    this project's Xeon (one thread, 20 dev images at 1280 px, CPU seconds per image): onnxruntime 1.80, openvino
+    f32 0.94 (the same texts as onnxruntime on 20 of 20 images), detector bf16 0.70 (15 of 20), all bf16 0.56 (10
+    of 20). Against f32, 6 fold seeds: bf16-det dev +0.003, dims_real_dev -0.003, dims_dev -0.007; bf16 dev
+    +0.003, dims_real_dev -0.002, dims_dev -0.009 (dims_dev's oracle unchanged)."""
+    import rapidocr.inference_engine.openvino.main as ov_main
+
+    plain = ov_main.CPUConfig
+
+    class WithPrecision(plain):  # type: ignore[misc, valid-type]
+        def get_config(self) -> dict[str, Any]:
+            return {**super().get_config(), "INFERENCE_PRECISION_HINT": precision}
+
+    ov_main.CPUConfig = WithPrecision
+    try:
+        yield
+    finally:
+        ov_main.CPUConfig = plain
+
+
+def rapidocr_params(settings: OcrSettings, threads: int = 1) -> dict[str, Any]:
+    """rapidocr's ``params`` for ``settings``, run on ``threads`` threads."""
+    params: dict[str, Any] = {
+        "Global.log_level": "error",
+        "Global.text_score": settings.text_score,
+        "Global.use_cls": settings.use_cls,
+        "Rec.rec_batch_num": int(settings.rec_batch),
+        "EngineConfig.onnxruntime.intra_op_num_threads": threads,
+        "EngineConfig.onnxruntime.inter_op_num_threads": 1,
+        # rapidocr turns onnxruntime's memory arena off; on: the same boxes and texts (checked on 20 dev
+        # images), detection 1.8x and OCR 1.4x faster, about 0.4 GB more memory per worker
+        "EngineConfig.onnxruntime.enable_cpu_mem_arena": True,
+    }
+    if settings.det_side:
+        params.update({"Det.limit_type": "max", "Det.limit_side_len": int(settings.det_side)})
+    if settings.engine == "openvino":
+        if importlib.util.find_spec("openvino") is None:
+            raise ImportError("OcrSettings(engine='openvino') needs the openvino package (pip install openvino); "
+                              "engine='onnxruntime' runs without it")
+        from rapidocr.utils.typings import EngineType
+
+        params["EngineConfig.openvino.inference_num_threads"] = threads
+        # OpenVINO pins its inference threads to cores; two worker processes would then share one core (2 workers
+        # on 2 cores ran at 56% of the CPU they could use: 0.86 images/s for 1.30 CPU s per image)
+        params["EngineConfig.openvino.enable_cpu_pinning"] = False
+        for task, path in shipped_models().items():
+            params[f"{task.capitalize()}.engine_type"] = EngineType.OPENVINO
+            params[f"{task.capitalize()}.model_path"] = str(path)
+    return params
 
 
 def unrotate(res: OcrResult, width: int, height: int, rotate: int) -> OcrResult:
@@ -292,10 +396,10 @@ def ocr_to_cache(path: Path, f: Path | None, engine: OcrEngine, rotate: int | No
 _WORKER: OcrEngine | None = None
 
 
-def _worker_init(settings: OcrSettings) -> None:
+def _worker_init(settings: OcrSettings, threads: int = 1) -> None:
     global _WORKER
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    _WORKER = OcrEngine(settings, threads=1)
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    _WORKER = OcrEngine(settings, threads=threads)
 
 
 def _worker_run(args: tuple[str, str | None, int]) -> tuple[str, dict[str, Any] | None]:
@@ -311,13 +415,36 @@ def default_workers() -> int:
     return max(1, min(2, os.cpu_count() or 1))
 
 
+Progress = Callable[[int, int], None]
+
+
+def tqdm_progress(desc: str = "OCR") -> Progress:
+    """A ``progress`` callback for ``ocr_many`` drawing a tqdm bar on stderr (closed when the last image is done)."""
+    from tqdm import tqdm
+
+    bar: list[Any] = []
+
+    def update(done: int, total: int) -> None:
+        if not bar:
+            bar.append(tqdm(total=total, desc=desc, unit="img", file=sys.stderr, mininterval=1.0))
+        bar[0].update(done - bar[0].n)
+        if done >= total:
+            bar[0].close()
+
+    return update
+
+
 def ocr_many(
     paths: Iterable[Path],
     cache_dir: Path | None = None,
     settings: OcrSettings | None = None,
     workers: int | None = None,
+    threads: int = 1,
+    progress: Progress | None = None,
 ) -> Iterator[tuple[Path, OcrResult | None]]:
-    """OCR many images (cache first), yielding (path, result) in input order; uses ``workers`` processes."""
+    """OCR many images (cache first), yielding (path, result) in input order; uses ``workers`` processes of
+    ``threads`` inference threads each. ``progress(done, total)`` is called as cache misses finish (``total`` =
+    the number of misses; never called when everything is cached): e.g. ``tqdm_progress()``."""
     settings = settings or OcrSettings()
     paths = [Path(p) for p in paths]
     todo: dict[Path, Path | None] = {}  # cache miss -> its cache file (hashed once, here)
@@ -332,12 +459,13 @@ def ocr_many(
     workers = default_workers() if workers is None else max(1, int(workers))
     computed: dict[Path, OcrResult | None] = {}
     upright = replace(settings, rotate=0)  # engines and pools serve every rotation
+    threads = max(1, int(threads))
     if todo and (workers == 1 or len(todo) == 1):
-        engine = get_engine(upright, threads=1 if workers == 1 else default_workers())
+        engine = get_engine(upright, threads=threads * workers)
         it: Iterator[tuple[Path, OcrResult | None]] = (
             (p, ocr_to_cache(p, f, engine, settings.rotate)) for p, f in todo.items())
     elif todo:
-        pool = get_pool(upright, workers)
+        pool = get_pool(upright, workers, threads)
         jobs = [(str(p), str(f) if f else None, settings.rotate) for p, f in todo.items()]
         it = (
             (Path(p), OcrResult.from_json(d) if d is not None else None)
@@ -352,17 +480,19 @@ def ocr_many(
         while p not in computed:
             q, r = next(it)
             computed[q] = r
+            if progress is not None:
+                progress(len(computed), len(todo))
         yield p, computed[p]
 
 
-_POOLS: dict[tuple[OcrSettings, int], ProcessPoolExecutor] = {}
+_POOLS: dict[tuple[OcrSettings, int, int], ProcessPoolExecutor] = {}
 
 
-def get_pool(settings: OcrSettings, workers: int) -> ProcessPoolExecutor:
+def get_pool(settings: OcrSettings, workers: int, threads: int = 1) -> ProcessPoolExecutor:
     """A process pool kept for the life of this process (models load once per worker, not once per batch)."""
-    key = (settings, int(workers))
+    key = (settings, int(workers), int(threads))
     if key not in _POOLS:
-        _POOLS[key] = ProcessPoolExecutor(workers, initializer=_worker_init, initargs=(settings,))
+        _POOLS[key] = ProcessPoolExecutor(workers, initializer=_worker_init, initargs=(settings, int(threads)))
     return _POOLS[key]
 
 
@@ -384,16 +514,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE, help="longest side before OCR; 0 = full")
     ap.add_argument("--workers", type=int, default=default_workers())
     ap.add_argument("--limit", type=int, default=0, help="only the first N images (sorted by name)")
+    ap.add_argument("--engine", default=DEFAULT_ENGINE, choices=ENGINES)
+    ap.add_argument("--precision", default=OcrSettings.precision, choices=PRECISIONS, help="openvino's precision")
     a = ap.parse_args(argv)
     if not a.image_dir.is_dir():
         ap.error(f"not a folder: {a.image_dir}")
     files = sorted(p for p in a.image_dir.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".webp"})
     if a.limit:
         files = files[: a.limit]
-    settings = OcrSettings(max_side=a.max_side or None)
+    settings = OcrSettings(max_side=a.max_side or None, engine=a.engine, precision=a.precision)
     t0 = time.perf_counter()
     n = bad = 0
-    for _, res in ocr_many(files, a.cache_dir, settings, a.workers):
+    for _, res in ocr_many(files, a.cache_dir, settings, a.workers, progress=tqdm_progress()):
         n += 1
         bad += res is None
     dt = time.perf_counter() - t0

@@ -2,19 +2,27 @@
 
 Per row (image + entity) the candidates from ``utils.models.ocr.candidates`` get a feature vector (unit, value plausibility
 learned from training labels, text height and position, orientation, neighbouring keywords, repetition, rank by
-size, dimension-string position ...). A small scikit-learn classifier scores each candidate as "is the label"; the
-row's answer is its best candidate when that score reaches a threshold tuned for F1 on out-of-fold predictions
-(folds by ``group_id``), else ``""`` (abstain: an empty answer costs less than a wrong one). Training rows with an
-empty ``entity_value`` are abstain labels: all their candidates are negatives. When the image declares one amount
+size and by amount across units, dimension-string position ...). A small scikit-learn classifier scores each
+candidate as "is the label"; the row's answer is its best candidate when that score reaches the abstain threshold
+(see below; 0 for the challenge's labels), else ``""``. Training rows with an empty ``entity_value`` are abstain
+labels: all their candidates are negatives. When the image declares one amount
 right after "Net Wt" (or a translation) and the ranker picked another amount, the declared one is answered
 (``RankerConfig.net_rule``; a pick that is the declared amount in another unit is kept): +0.007 / +0.011 dev F1 on
 two CV seeds, dims_dev unchanged. Last, when the answer has a printed conversion among the row's candidates
 ("100 g (3.53 oz)"), ``PairModel`` chooses the unit (``RankerConfig.pair_model``): +0.003 dev and +0.007 dims_dev
 F1, means over 6 CV seeds.
 
-OCR (``ocr_lookup``) is upright first; an image whose boxes read no quantity at all is OCR'd again turned 90 and
-270 degrees (``RankerConfig.rotate_fallback``): vertical print, and a second reading of lines the upright pass
-misread ("10//5A" read again as "100W/5A"). +0.011 dev F1 (3 seeds), dims_dev unchanged.
+OCR (``ocr_lookup``) is upright first; an image whose boxes read no quantity at all is OCR'd again turned 90
+degrees (``RankerConfig.rotate_fallback``): vertical print, and a second reading of lines the upright pass misread
+("10//5A" read again as "100W/5A"). +0.011 dev F1 (3 seeds), dims_dev unchanged. A third pass turned 270 degrees
+(until this round) added nothing the 180-degree classifier does not already turn: without it, dev F1 0.855 ->
+0.856, dims_real_dev and dims_dev unchanged (6 seeds; one dev row fewer with its answer among the candidates), for
+half the cost of the turned pass.
+
+The abstain policy is explicit (``RankerConfig.empty_share``): under the challenge's F1 an empty answer to a row
+whose truth has a value costs what a wrong one does, so only rows with an empty truth reward abstaining. The
+threshold is fitted to the share of empty truths expected (default: the training labels' share, 0 for the
+challenge's labels: never abstain), and a row with no candidate at all answers its group's commonest label.
 """
 
 from __future__ import annotations
@@ -35,7 +43,16 @@ import pandas as pd
 
 from utils.models.ocr.candidates import Candidate, extract_candidates, same_answer
 from utils.data.images import cached_image
-from utils.models.ocr.engine import DEFAULT_MAX_SIDE, OcrResult, OcrSettings, default_cache_dir, ocr_many
+from utils.models.ocr.engine import (
+    DEFAULT_ENGINE,
+    DEFAULT_MAX_SIDE,
+    OcrResult,
+    OcrSettings,
+    Progress,
+    default_cache_dir,
+    ocr_many,
+    tqdm_progress,
+)
 
 ARTIFACT_MODEL = "ranker.joblib"
 ARTIFACT_JSON = "ranker.json"
@@ -55,11 +72,19 @@ class RankerConfig:
         default=0, metadata={"help": "longest side the text detector sees (0 = max_side); recognition still reads "
                                      "the max_side image"}
     )
-    workers: int = field(default=2, metadata={"help": "OCR processes (one onnxruntime thread each)"})
+    workers: int = field(default=2, metadata={"help": "OCR processes"})
+    threads: int = field(default=1, metadata={"help": "inference threads per OCR process"})
+    engine: str = field(default=DEFAULT_ENGINE, metadata={"help": "OCR inference engine: 'openvino' or "
+                                                                   "'onnxruntime' (same shipped models)"})
+    precision: str = field(default=OcrSettings.precision, metadata={"help": "openvino's inference precision: "
+                                                                           "'f32' (onnxruntime's texts) or 'bf16' "
+                                                                           "(faster on CPUs with AMX)"})
+    rec_batch: int = field(default=OcrSettings.rec_batch, metadata={"help": "text lines per recognition batch"})
+    use_cls: bool = field(default=OcrSettings.use_cls, metadata={"help": "rapidocr's 180-degree text classifier"})
     rotate_fallback: bool = field(
-        default=True, metadata={"help": "OCR an image again turned 90 and 270 degrees when its upright OCR reads no "
-                                        "quantity at all; its rows then read the boxes of all three passes "
-                                        "(vertical print, and a second reading of misread lines)"}
+        default=True, metadata={"help": "OCR an image again turned 90 degrees when its upright OCR reads no "
+                                        "quantity at all; its rows then read the boxes of both passes (vertical "
+                                        "print, and a second reading of misread lines)"}
     )
     model: str = field(default="hgb", metadata={"help": "'hgb' (HistGradientBoosting) or 'logreg'"})
     per_family: bool = field(
@@ -68,7 +93,20 @@ class RankerConfig:
     )
     folds: int = field(default=5, metadata={"help": "group folds for out-of-fold threshold tuning"})
     threshold: float | None = field(
-        default=None, metadata={"help": "fixed abstain threshold; None = tune for F1 on out-of-fold scores"}
+        default=None, metadata={"help": "fixed abstain threshold; None = fitted to empty_share (see there)"}
+    )
+    empty_share: float | None = field(
+        default=None, metadata={"help": "share of rows with an empty truth expected where the backend is used; "
+                                        "None = the training labels' share (0 for the challenge's labels). 0: "
+                                        "never abstain (an empty answer costs as much as a wrong one when the "
+                                        "truth has a value); above 0: the abstain threshold is tuned for F1 on "
+                                        "out-of-fold scores with the empty-labelled rows weighted to this share"}
+    )
+    prior_answer: bool = field(
+        default=True, metadata={"help": "a row with no candidate (nothing read, no image) answers the commonest "
+                                        "label of its product group and entity in the training labels (of the "
+                                        "entity alone for a group with few labels), when its share passes the "
+                                        "abstain threshold"}
     )
     prior_csv: str | None = field(
         default=None, metadata={"help": "extra labels (train.csv) for value-plausibility priors; rows of fit's "
@@ -98,7 +136,8 @@ class RankerConfig:
         return cls(**settings)
 
     def ocr_settings(self) -> OcrSettings:
-        return OcrSettings(max_side=self.max_side or None, det_side=self.det_side or None)
+        return OcrSettings(max_side=self.max_side or None, det_side=self.det_side or None, engine=self.engine,
+                           precision=self.precision, rec_batch=self.rec_batch, use_cls=self.use_cls)
 
     def cache_path(self) -> Path | None:
         return Path(self.cache_dir) if self.cache_dir else default_cache_dir()
@@ -118,11 +157,13 @@ class Priors:
         self.hist: dict[tuple[str, str], np.ndarray] = {}
         self.value_counts: dict[tuple[str, str], Counter] = {}
         self.group_units: dict[tuple[str, str], Counter] = {}  # (group_id, entity) -> unit counts
+        self.group_answers: dict[tuple[str, str], Counter] = {}  # (group_id, entity) -> label counts
+        self.entity_answers: dict[str, Counter] = {}  # entity -> label counts
 
     @classmethod
     def from_labels(cls, labels: pd.DataFrame) -> Priors:
         """Learn from a table with ``entity_name,entity_value`` (empty and range values are skipped)."""
-        from utils.core.units import parse_value
+        from utils.core.units import format_value, parse_value
 
         p = cls()
         nb = int((_HI - _LO) / _BIN) + 1
@@ -138,9 +179,26 @@ class Priors:
             h = p.hist.setdefault((ent, u), np.zeros(nb))
             h[_bin(v)] += 1
             p.value_counts.setdefault((ent, u), Counter())[round(v, 4)] += 1
+            answer = format_value(v, u)
+            p.entity_answers.setdefault(ent, Counter())[answer] += 1
             if grp:
                 p.group_units.setdefault((grp, ent), Counter())[u] += 1
+                p.group_answers.setdefault((grp, ent), Counter())[answer] += 1
         return p
+
+    #: a product group with fewer labels for the entity answers from the entity's labels alone
+    MIN_GROUP_ANSWERS = 5
+
+    def prior_answer(self, group: str, entity: str) -> tuple[str, float]:
+        """The commonest label for this product group and entity (for the entity alone when the group has fewer
+        than ``MIN_GROUP_ANSWERS`` labels), and its share among those labels: ("", 0.0) when none is known."""
+        counts = getattr(self, "group_answers", {}).get((str(group), entity), Counter())
+        if sum(counts.values()) < self.MIN_GROUP_ANSWERS:
+            counts = getattr(self, "entity_answers", {}).get(entity, Counter())
+        if not counts:
+            return "", 0.0
+        answer, n = counts.most_common(1)[0]
+        return answer, n / sum(counts.values())
 
     def group_features(self, group: str, entity: str, unit: str) -> tuple[float, float]:
         """(log share of the unit among this product group's labels for the entity, log1p of their count)."""
@@ -233,6 +291,7 @@ def feature_names() -> list[str]:
         names += [f"kw_{where}_{k}" for k in KEYWORDS]
         names += [f"kw_{where}_self", f"kw_{where}_otherdim"]
     names += DECLARED_FEATURES
+    names += AMOUNT_FEATURES
     return names
 
 
@@ -260,6 +319,44 @@ def declared_features(cands: list[Candidate]) -> np.ndarray:
         out[k, 0], out[k, 1] = 1.0, float(not between)
     firsts = {c.answer for c, f in zip(cands, out[:, 1]) if f}
     out[:, 2] = len(firsts)
+    return out
+
+
+#: Columns of ``amount_features``: where a candidate's amount stands among the row's distinct amounts, converted so
+#: that a printed conversion ("10 cm (3.9 in)") is one amount.
+AMOUNT_FEATURES = ["amt_rank", "amt_rank_rev", "amt_is_max", "amt_is_min", "amt_n"]
+
+
+def _base(c: Candidate) -> float:
+    from utils.core.units import to_base
+
+    try:
+        return to_base(c.value, c.unit)
+    except ValueError:
+        return c.value
+
+
+def amount_features(cands: list[Candidate]) -> np.ndarray:
+    """Per candidate (``AMOUNT_FEATURES``): its amount's rank among the row's distinct amounts, largest first, in
+    base units with printed conversions merged (within ``CONVERSION_TOL``), scaled to 0-1 from both ends; whether
+    it is the largest, the smallest; how many distinct amounts the row reads. ``value_rank`` ranks within one unit
+    only, so "30 cm" and "10 in" never meet there. (Which printed length the catalogue calls width, height or depth
+    is partly a habit of size: on the dimension rows of dims_real_dev the label is the largest printed length for
+    79% of depth rows, 69% of height rows, and spread over all places for width.)"""
+    n = len(cands)
+    out = np.zeros((n, len(AMOUNT_FEATURES)))
+    if n == 0:
+        return out
+    logs = np.log10(np.array([max(_base(c), 1e-12) for c in cands]))
+    tol = math.log10(1 + CONVERSION_TOL)
+    distinct: list[float] = []  # log10 amounts, largest first, conversions merged
+    for v in sorted(set(np.round(logs, 6).tolist()), reverse=True):
+        if not distinct or distinct[-1] - v > tol:
+            distinct.append(v)
+    m = len(distinct)
+    for k, v in enumerate(logs):
+        rank = next(i for i, d in enumerate(distinct) if abs(d - v) <= tol + 1e-9)
+        out[k] = [rank / max(m - 1, 1), (m - 1 - rank) / max(m - 1, 1), float(rank == 0), float(rank == m - 1), m]
     return out
 
 
@@ -323,7 +420,8 @@ def row_features(cands: list[Candidate], ocr: OcrResult, entity: str, priors: Pr
             f += [hits[key] for key in KEYWORDS]
             f += [hits[self_g], float(any(hits[d] for d in _DIMS if d != entity) if entity in _DIMS else 0)]
         rows.append(f)
-    return np.hstack([np.asarray(rows, dtype=float), declared_features(cands)])
+    return np.hstack([np.asarray(rows, dtype=float), declared_features(cands),
+                      amount_features(cands)])
 
 
 # ---- data assembly -----------------------------------------------------------------------------------------------
@@ -342,6 +440,8 @@ class CandidateTable:
     n_rows: int
     has_truth: np.ndarray  # per row: label non-empty
     oracle: np.ndarray  # per row: some candidate equals the label
+    entities: list[str] = field(default_factory=list)  # per row: entity_name ([] for a table built before)
+    groups: list[str] = field(default_factory=list)  # per row: group_id as text ("" when unknown)
 
 
 def build_table(rows: pd.DataFrame, lookup: OcrLookup, priors: Priors) -> CandidateTable:
@@ -363,7 +463,8 @@ def build_table(rows: pd.DataFrame, lookup: OcrLookup, priors: Priors) -> Candid
         answers += [c.answer for c in cands]
     X = np.vstack(Xs) if Xs else np.zeros((0, len(feature_names())))
     has = np.array([bool(t) for t in truths], dtype=bool)
-    return CandidateTable(X, np.asarray(ys, dtype=int), np.asarray(rid, dtype=int), answers, len(rows), has, oracle)
+    return CandidateTable(X, np.asarray(ys, dtype=int), np.asarray(rid, dtype=int), answers, len(rows), has, oracle,
+                          [str(e) for e in rows["entity_name"]], groups)
 
 
 def build_table_oof_priors(rows: pd.DataFrame, lookup: OcrLookup, extra: pd.DataFrame | None, folds: np.ndarray
@@ -385,8 +486,9 @@ def build_table_oof_priors(rows: pd.DataFrame, lookup: OcrLookup, extra: pd.Data
     for p in parts[1:]:
         t = _concat(t, p)
     pos = np.concatenate(order)  # table row r belongs to rows.iloc[pos[r]]
-    return CandidateTable(t.X, t.y, pos[t.row], t.answers, len(rows), t.has_truth[np.argsort(pos)],
-                          t.oracle[np.argsort(pos)])
+    back = np.argsort(pos)
+    return CandidateTable(t.X, t.y, pos[t.row], t.answers, len(rows), t.has_truth[back], t.oracle[back],
+                          [t.entities[i] for i in back], [t.groups[i] for i in back])
 
 
 def _make_model(kind: str, seed: int):
@@ -491,6 +593,21 @@ def best_per_row(table: CandidateTable, scores: np.ndarray) -> tuple[list[str], 
     return best_ans, best_sc
 
 
+def prior_answers(table: CandidateTable, best_sc: np.ndarray, answers: list[str], priors: Priors,
+                  threshold: float) -> list[str]:
+    """``answers`` where each row without a candidate (best score -1: nothing read, no image) answers the prior's
+    commonest label for its group and entity (``Priors.prior_answer``) when that label's share passes
+    ``threshold`` (0: always)."""
+    out = list(answers)
+    for r in np.where(best_sc < 0)[0]:
+        if out[r]:
+            continue
+        answer, share = priors.prior_answer(table.groups[r] if table.groups else "", table.entities[r])
+        if answer and share >= threshold:
+            out[r] = answer
+    return out
+
+
 def apply_net_rule(table: CandidateTable, answers: list[str]) -> list[str]:
     """Per answered row: when exactly one distinct answer directly follows a net-quantity declaration ("NET WT.
     3 kg") and the ranker picked a different amount, answer the declared one. A pick that is the declared amount in
@@ -508,23 +625,47 @@ def apply_net_rule(table: CandidateTable, answers: list[str]) -> list[str]:
     return out
 
 
-def f1_counts(correct: np.ndarray, predicted: np.ndarray, has_truth: np.ndarray) -> float:
-    """The challenge F1 from per-row booleans (a wrong non-empty answer is a FP; an empty one with truth a FN)."""
-    tp = int((predicted & correct).sum())
-    fp = int((predicted & ~correct).sum())
-    fn = int((~predicted & has_truth).sum())
-    return 2 * tp / max(2 * tp + fp + fn, 1)
+def f1_counts(correct: np.ndarray, predicted: np.ndarray, has_truth: np.ndarray, empty_weight: float = 1.0
+              ) -> float:
+    """The challenge F1 from per-row booleans (a wrong non-empty answer is a FP; an empty one with truth a FN);
+    rows with an empty truth count ``empty_weight`` times (to stand for another share of them)."""
+    w = np.where(has_truth, 1.0, float(empty_weight))
+    tp = float((w * (predicted & correct)).sum())
+    fp = float((w * (predicted & ~correct)).sum())
+    fn = float((w * (~predicted & has_truth)).sum())
+    return 2 * tp / max(2 * tp + fp + fn, 1e-12) if 2 * tp + fp + fn > 0 else 0.0
 
 
-def tune_threshold(best_sc: np.ndarray, correct: np.ndarray, has_truth: np.ndarray) -> tuple[float, float]:
-    """The abstain threshold with the best F1 on these rows, and that F1."""
+def empty_weight_for(has_truth: np.ndarray, empty_share: float) -> float:
+    """The weight that makes the empty-truth rows among ``has_truth`` stand for ``empty_share`` of all rows
+    (1.0 when there are none, or none with a value)."""
+    n_empty, n_has = int((~has_truth).sum()), int(has_truth.sum())
+    if n_empty == 0 or n_has == 0 or not 0.0 < empty_share < 1.0:
+        return 1.0
+    return empty_share / (1.0 - empty_share) * n_has / n_empty
+
+
+def tune_threshold(best_sc: np.ndarray, correct: np.ndarray, has_truth: np.ndarray, empty_weight: float = 1.0
+                   ) -> tuple[float, float]:
+    """The abstain threshold with the best F1 on these rows (empty-truth rows weighted ``empty_weight``), and that
+    F1. Ties go to the lowest threshold: without empty truths that is 0, never abstain (an empty answer to a row
+    with a value costs what a wrong one does)."""
     cands = np.unique(np.concatenate([[0.0], best_sc[best_sc >= 0]]))
     best_t, best_f = 0.0, -1.0
     for t in cands:
-        f = f1_counts(correct, best_sc >= t, has_truth)
+        f = f1_counts(correct, best_sc >= t, has_truth, empty_weight)
         if f > best_f + 1e-12:
             best_t, best_f = float(t), f
     return best_t, best_f
+
+
+def abstain_threshold(best_sc: np.ndarray, correct: np.ndarray, has_truth: np.ndarray, empty_share: float
+                      ) -> tuple[float, float]:
+    """The abstain policy: (threshold, out-of-fold F1 at it) for the expected share of empty truths. With
+    ``empty_share`` 0, or no empty-labelled row to learn from, 0.0: every row with a candidate is answered."""
+    if empty_share <= 0.0 or has_truth.all():
+        return 0.0, f1_counts(correct, best_sc >= 0, has_truth)
+    return tune_threshold(best_sc, correct, has_truth, empty_weight_for(has_truth, empty_share))
 
 
 def _row_correct(rows: pd.DataFrame, answers: list[str]) -> np.ndarray:
@@ -582,18 +723,29 @@ def _conversion(a: str, b: str) -> bool:
     return pa is not None and pb is not None and pa[1] != pb[1] and bool(_same_amount(a, b))
 
 
+def _box_index(table: CandidateTable, k: int) -> int:
+    """The OCR box (line) candidate ``k`` was read from (its first box), from the ``read_order`` feature."""
+    names = feature_names()
+    return int(math.floor(table.X[k, names.index("read_order")] * table.X[k, names.index("n_boxes")] + 1e-6))
+
+
 class PairModel:
     """Which unit of a printed conversion ("100 g (3.53 oz)", "10 cm / 3.9 in") the label takes.
 
     Labels differ by source: challenge weights follow the product group's catalogue habit more than print order,
+    challenge dimensions lean to inch and to the first unit of a one-line pair but the second of a two-line one,
     while hand-labelled dimensions take the first printed unit. A pointwise ranker sees this weakly (the two
     candidates share nearly all features), so a logistic regression on the differences between the two members
-    decides instead: the product group's unit share among training labels, which is printed first, which is in
-    brackets, which is metric, each apart for dimensions and for the other entities. Trained on the rows whose
-    label is one member of a conversion pair, both orders of each pair (antisymmetric, no intercept).
+    decides instead: the unit's share among the product group's training labels (shrunk toward the entity's share
+    by the group's label count) and among all the entity's labels (train.csv: 190,000 labels, not just the pairs
+    fitted on), which is in brackets, which is printed first, the same when both are in one text line, which is
+    metric; each apart for dimensions and for the other entities. Trained on the rows whose label is one member of
+    a conversion pair, both orders of each pair (antisymmetric, no intercept). The entity share and the one-line
+    order: dims_real_dev F1 0.683 -> 0.719 (dimension rows 0.652 -> 0.700), dev 0.857 -> 0.855, dims_dev
+    unchanged (6 fold seeds).
     """
 
-    COLUMNS = ("group_unit_share", "paren")
+    COLUMNS = ("group_unit_share", "unit_share", "paren")
     MIN_PAIRS = 4  # fewer labelled pairs: no model (the ranker's pick stands)
 
     def __init__(self, C: float = 1.0) -> None:
@@ -612,6 +764,9 @@ class PairModel:
         d.append(float(np.sign(table.X[j, order] - table.X[i, order])))  # +1: i printed first
         ui, uj = parse_value(table.answers[i]), parse_value(table.answers[j])
         d.append(float(bool(ui and ui[1] in METRIC_UNITS)) - float(bool(uj and uj[1] in METRIC_UNITS)))
+        # printed in one text line ("10 cm (3.9 in)"), the label leans to the first; in two lines, to the second
+        # (dims_real_dev: first 71% of 58 one-line pairs, 35% of 31 two-line pairs)
+        d.append(float(_box_index(table, i) == _box_index(table, j)) * d[len(PairModel.COLUMNS)])
         dims = float(any(table.X[i, names.index(f"ent_{e}")] for e in _DIMS))
         v = np.asarray(d)
         return np.concatenate([v * dims, v * (1.0 - dims)])
@@ -681,7 +836,10 @@ class Ranker:
         if self.config.get("net_rule", False):
             out = apply_net_rule(table, out)
         pairs = getattr(self, "pairs", None)  # a ranker saved before pair models has none
-        return pairs.resolve(table, scores, out) if pairs is not None else out
+        out = pairs.resolve(table, scores, out) if pairs is not None else out
+        if self.config.get("prior_answer", False) and table.entities:
+            out = prior_answers(table, sc, out, self.priors, self.threshold)
+        return out
 
     def predict_rows(self, rows: pd.DataFrame, lookup: OcrLookup) -> list[str]:
         return self.predict_table(build_table(rows, lookup, self.priors))
@@ -694,21 +852,34 @@ def fit_ranker(rows: pd.DataFrame, lookup: OcrLookup, cfg: RankerConfig, priors:
     k = max(2, min(cfg.folds, rows["group_id"].nunique())) if len(rows) else 2
     metrics: dict[str, float] = {"rows": float(len(rows)), "candidates": float(len(table.y)),
                                  "oracle": float(table.oracle.mean()) if len(rows) else 0.0}
-    if cfg.threshold is None and rows["group_id"].nunique() >= 2:
+    empty_share = expected_empty_share(rows, cfg)
+    metrics["empty_share"] = empty_share
+    if cfg.threshold is None and empty_share > 0 and rows["group_id"].nunique() >= 2:
         folds = group_folds(rows["group_id"].to_numpy(), k, cfg.seed)
         sc = oof_scores(table, folds, cfg.model, cfg.seed, cfg.per_family)
         ans, best = best_per_row(table, sc)
         correct = _row_correct(rows, ans)
-        thr, f1 = tune_threshold(best, correct, table.has_truth)
+        thr, f1 = abstain_threshold(best, correct, table.has_truth, empty_share)
         metrics.update(oof_f1=f1, oof_f1_no_abstain=f1_counts(correct, best >= 0, table.has_truth))
-    else:
-        thr = float(cfg.threshold if cfg.threshold is not None else 0.5)
+    else:  # nothing to tune: a fixed threshold, or never abstain
+        thr = float(cfg.threshold if cfg.threshold is not None else 0.0)
     model = _fit_model(table.X, table.y, cfg.model, cfg.seed, cfg.per_family)
     metrics["threshold"] = thr
     pairs = PairModel().fit(table) if cfg.pair_model else None
     if pairs is not None:
         metrics["pairs"] = float(pairs.n_pairs)
     return Ranker(model, thr, priors, asdict(cfg), metrics, pairs)
+
+
+def expected_empty_share(rows: pd.DataFrame, cfg: RankerConfig) -> float:
+    """``cfg.empty_share``, or (None) the share of ``rows`` whose label is empty."""
+    if cfg.empty_share is not None:
+        if not 0.0 <= cfg.empty_share < 1.0:
+            raise ValueError(f"empty_share must be in [0, 1), not {cfg.empty_share!r}")
+        return float(cfg.empty_share)
+    if not len(rows):
+        return 0.0
+    return float((rows["entity_value"].fillna("").astype(str) == "").mean())
 
 
 def cross_validate(rows: pd.DataFrame, lookup: OcrLookup, cfg: RankerConfig, priors: Priors,
@@ -743,19 +914,20 @@ def _subset(t: CandidateTable, row_idx: np.ndarray) -> CandidateTable:
     keep = np.array([int(r) in pos for r in t.row], dtype=bool)
     return CandidateTable(t.X[keep], t.y[keep], np.array([pos[int(r)] for r in t.row[keep]], dtype=int),
                           [a for a, k in zip(t.answers, keep) if k], len(row_idx), t.has_truth[row_idx],
-                          t.oracle[row_idx])
+                          t.oracle[row_idx], [t.entities[int(i)] for i in row_idx] if t.entities else [],
+                          [t.groups[int(i)] for i in row_idx] if t.groups else [])
 
 
 def _concat(a: CandidateTable, b: CandidateTable) -> CandidateTable:
     return CandidateTable(np.vstack([a.X, b.X]), np.concatenate([a.y, b.y]),
                           np.concatenate([a.row, b.row + a.n_rows]).astype(int), a.answers + b.answers,
                           a.n_rows + b.n_rows, np.concatenate([a.has_truth, b.has_truth]),
-                          np.concatenate([a.oracle, b.oracle]))
+                          np.concatenate([a.oracle, b.oracle]), a.entities + b.entities, a.groups + b.groups)
 
 
 # ---- OCR lookups -------------------------------------------------------------------------------------------------
 
-FALLBACK_ROTATIONS = (90, 270)
+FALLBACK_ROTATIONS = (90,)  # 270 too: nothing more (the 180-degree classifier turns such lines)
 
 
 def reads_a_quantity(ocr: OcrResult) -> bool:
@@ -766,26 +938,28 @@ def reads_a_quantity(ocr: OcrResult) -> bool:
     return any(extract_candidates(ocr, ent) for ent in one_per_unit_set)
 
 
-def ocr_lookup(links: list[str], image_dir: Path, cfg: RankerConfig) -> dict[str, OcrResult | None]:
+def ocr_lookup(links: list[str], image_dir: Path, cfg: RankerConfig, progress: Progress | None = None
+               ) -> dict[str, OcrResult | None]:
     """OCR (through the cache) every distinct image of ``links``; a dict link -> result (None = no image).
 
     With ``cfg.rotate_fallback``, an image whose upright boxes read no quantity at all (``reads_a_quantity``) is
     OCR'd again turned by each of ``FALLBACK_ROTATIONS``, and its result holds the boxes of all passes (in upright
     coordinates). The decision rests on the image alone, so a row's answer never depends on which rows share its
     batch or shard. On dev, 71 of 494 images were OCR'd again, and the share of rows whose answer is among the
-    candidates rose from 82.4% to 83.4%.
+    candidates rose from 82.4% to 83.4%. ``progress(done, total)`` follows the upright pass's cache misses (see
+    ``utils.models.ocr.engine.ocr_many``; ``utils.models.ocr.engine.tqdm_progress()`` draws a bar on stderr).
     """
     uniq = list(dict.fromkeys(links))
     paths = {u: cached_image(image_dir, u) for u in uniq}  # None: a link naming no usable file
     usable = [p for p in paths.values() if p is not None]
     settings = cfg.ocr_settings()
-    res = dict(ocr_many(usable, cfg.cache_path(), settings, cfg.workers))
+    res = dict(ocr_many(usable, cfg.cache_path(), settings, cfg.workers, cfg.threads, progress))
     out = {u: (None if p is None else res[p]) for u, p in paths.items()}
     again = [u for u, r in out.items() if r is not None and not reads_a_quantity(r)] if cfg.rotate_fallback else []
     if not again:
         return out
-    turned = [dict(ocr_many([paths[u] for u in again], cfg.cache_path(), replace(settings, rotate=r), cfg.workers))
-              for r in FALLBACK_ROTATIONS]
+    turned = [dict(ocr_many([paths[u] for u in again], cfg.cache_path(), replace(settings, rotate=r), cfg.workers,
+                            cfg.threads)) for r in FALLBACK_ROTATIONS]
     for u in again:
         first, more = out[u], [t[paths[u]] for t in turned]
         boxes = first.boxes + [b for m in more if m is not None for b in m.boxes]
@@ -806,8 +980,12 @@ class OcrBackend:
 
     name = "ocr"
 
-    def fit(self, train: pd.DataFrame, val: pd.DataFrame, image_dir: Path, out_dir: Path, **settings: Any) -> Path:
-        """Fit the ranker on ``train`` (threshold from out-of-fold scores), report ``val``, refit on both, save."""
+    def fit(self, train: pd.DataFrame, val: pd.DataFrame, image_dir: Path, out_dir: Path,
+            progress: Progress | None = None, **settings: Any) -> Path:
+        """Fit the ranker on ``train`` (abstain policy per ``empty_share``), report ``val``, refit on both, save.
+
+        The OCR of the training images shows ``progress(done, total)`` (default: a tqdm bar on stderr); the saved
+        metrics hold ``fit_images``, ``fit_ocr_seconds``, ``fit_images_per_s`` and ``fit_seconds`` (the total)."""
         import joblib
 
         cfg = RankerConfig.from_settings(**settings)
@@ -829,7 +1007,10 @@ class OcrBackend:
             extra = extra[[c for c in cols if c in extra]]
         extra_l = [extra] if extra is not None else []
         priors = Priors.from_labels(pd.concat([train[cols]] + extra_l, ignore_index=True))  # val labels unseen
-        ocr = ocr_lookup(list(train["image_link"]) + list(val["image_link"]), Path(image_dir), cfg)
+        t_ocr = time.perf_counter()
+        ocr = ocr_lookup(list(train["image_link"]) + list(val["image_link"]), Path(image_dir), cfg,
+                         progress=progress if progress is not None else tqdm_progress("fit OCR"))
+        ocr_seconds = time.perf_counter() - t_ocr
         lookup = ocr.get
         k = max(2, min(cfg.folds, train["group_id"].nunique()))
         folds = group_folds(train["group_id"].to_numpy(), k, cfg.seed)
@@ -850,6 +1031,9 @@ class OcrBackend:
             final.metrics = {**ranker.metrics}
             ranker = final
         metrics["fit_seconds"] = time.perf_counter() - t0
+        # each training image is read once (the lookup above); images/s over the OCR step, cache hits included
+        metrics.update(fit_images=float(len(ocr)), fit_ocr_seconds=ocr_seconds,
+                       fit_images_per_s=len(ocr) / max(ocr_seconds, 1e-9))
         ranker.metrics = {k: float(v) for k, v in metrics.items()}
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -875,7 +1059,10 @@ class OcrBackend:
 
 def _saved_runtime(ranker: Ranker) -> dict[str, Any]:
     """The OCR settings the ranker was fitted with (so predict OCRs the same way unless overridden)."""
-    return {k: ranker.config[k] for k in ("max_side", "det_side", "rotate_fallback", "cache_dir") if k in ranker.config}
+    keys = ("max_side", "det_side", "rotate_fallback", "cache_dir", "engine", "precision", "rec_batch", "use_cls")
+    saved = {k: ranker.config[k] for k in keys if k in ranker.config}
+    saved.setdefault("engine", "onnxruntime")  # a ranker saved before engines were a setting OCR'd with it
+    return saved
 
 
 def load_ranker(artifact_dir: Path) -> Ranker:
