@@ -47,18 +47,14 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from utils.models.ocr.candidates import extract_candidates, same_answer  # noqa: E402
 from utils.core.metrics import score  # noqa: E402
-from utils.models.ocr.ranker import (  # noqa: E402
-    FALLBACK_ROTATIONS,
-    Priors,
-    RankerConfig,
-    _subset,
-    build_table,
-    fit_ranker,
-    group_folds,
-    ocr_lookup,
-)
+from utils.models.ocr.backend import FALLBACK_ROTATIONS, ocr_lookup  # noqa: E402
+from utils.models.ocr.candidates import extract_candidates, same_answer  # noqa: E402
+from utils.models.ocr.config import RankerConfig  # noqa: E402
+from utils.models.ocr.features import build_table, subset_rows  # noqa: E402
+from utils.models.ocr.pairs import same_amount_any_unit  # noqa: E402
+from utils.models.ocr.priors import Priors  # noqa: E402
+from utils.models.ocr.ranker import fit_ranker, group_folds  # noqa: E402
 
 DIMS = ("width", "height", "depth")
 SETS = ("dev", "dims_real_dev", "dims_dev")
@@ -127,10 +123,8 @@ def amount_f1(rows: pd.DataFrame, answers: list[str]) -> float:
     """F1 where an answer is right when it is the label's amount in any unit (within the conversion tolerance): what
     was read, whatever the unit convention ("10 cm" for a label "3.9 inch" counts). dims_dev labels the first
     printed unit, challenge labels follow the catalogue; this figure is the reading check free of that."""
-    from utils.models.ocr.ranker import _same_amount
-
     truths = rows["entity_value"].fillna("").tolist()
-    right = [bool(a and t and (same_answer(a, t) or _same_amount(a, t))) for a, t in zip(answers, truths)]
+    right = [bool(a and t and (same_answer(a, t) or same_amount_any_unit(a, t))) for a, t in zip(answers, truths)]
     tp = sum(right)
     fp = sum(1 for a, r in zip(answers, right) if a and not r)
     fn = sum(1 for a, t in zip(answers, truths) if not a and t)
@@ -165,8 +159,8 @@ def evaluate(s: Sets, cfg: RankerConfig, seed: int) -> dict[str, object]:
         if not len(te):
             continue
         ranker = fit_ranker(chal.iloc[tr].reset_index(drop=True), s.lookup.get, cfg, s.priors,
-                            table=_subset(table, tr))
-        for i, a in zip(te, ranker.predict_table(_subset(table, te))):
+                            table=subset_rows(table, tr))
+        for i, a in zip(te, ranker.predict_table(subset_rows(table, te))):
             ans[i] = a
         d = ranker.predict_table(dims_table)
         dims_ans = dims_ans or d
@@ -208,7 +202,7 @@ def backend_speed(links: list[str], image_dir: Path, cfg: RankerConfig) -> tuple
     """(images/s, CPU seconds per image, share of images OCR'd again turned) of the backend's uncached OCR of
     ``links``, as ``ocr_lookup`` runs it: fresh workers (model loading included) and the turned second pass. The
     CPU time counts the workers (stopped at the end, so that their time is reaped)."""
-    from utils.models.ocr.engine import shutdown_pools
+    from utils.models.ocr.reading import shutdown_pools
 
     shutdown_pools()
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,7 +1,7 @@
 """OCR speed choices, each as a ratio to rapidocr's defaults, measured in one run on the same images.
 
 Absolute images/s differ several-fold between machines, so every figure here is a ratio: the images/s of a
-configuration (uncached OCR through ``utils.models.ocr.engine.ocr_many``, fresh worker processes so model loading counts, no
+configuration (uncached OCR through ``utils.models.ocr.reading.ocr_many``, fresh worker processes so model loading counts, no
 turned second pass) over the images/s of rapidocr called with its defaults on the full-resolution files, one image
 at a time in one process (engine construction included). The baseline runs first and last; its mean is the
 denominator. Besides speed, each configuration's texts are compared with the first configuration's (share of
@@ -34,7 +34,8 @@ import pandas as pd  # noqa: E402
 
 from bench.ocr_dev import rapidocr_default_speed, speed_sample  # noqa: E402
 from utils.data.images import cached_image  # noqa: E402
-from utils.models.ocr.engine import OcrSettings, ocr_many, shutdown_pools  # noqa: E402
+from utils.models.ocr.engine import OcrSettings, shutdown_pools  # noqa: E402
+from utils.models.ocr.reading import ocr_many
 
 BASE = OcrSettings()  # the backend's defaults
 

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 import utils.data.tables as data
+from utils.core.units import ENTITIES
 from utils.data.tables import (
     DataValidationError,
     balanced_sample,
@@ -20,7 +21,6 @@ from utils.data.tables import (
     load_train,
     make_prompt,
 )
-from utils.core.units import ENTITIES
 
 TRAIN_ROWS = [
     ("https://m.media-amazon.com/images/I/a.jpg", "748919", "item_weight", "500.0 gram"),

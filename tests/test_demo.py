@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from utils.data import demo
-from utils.data.tables import load_test, load_train
-from utils.data.images import image_path
 from utils.core.units import ENTITY_UNIT_MAP, parse_value
+from utils.data import demo
+from utils.data.images import image_path
+from utils.data.tables import load_test, load_train
 
 
 @pytest.fixture(scope="module")
@@ -106,11 +106,13 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_the_answer_is_readable_in_the_image(small: demo.DemoData) -> None:
     """OCR finds the labelled number in most images: the ground truth is really printed there."""
-    ocr = pytest.importorskip("utils.models.ocr.engine")
+    from utils.models.ocr.engine import OcrSettings
+    from utils.models.ocr.reading import ocr_many
+
     train = pd.read_csv(small.train_csv, keep_default_na=False)
     answered = train[train["entity_value"] != ""].head(8)
     paths = [image_path(small.image_dir, link) for link in answered["image_link"]]
-    results = dict(ocr.ocr_many(paths, None, ocr.OcrSettings(), workers=1))
+    results = dict(ocr_many(paths, None, OcrSettings(), workers=1))
     found = 0
     for path, value in zip(paths, answered["entity_value"]):
         number = parse_value(value)[0]

@@ -18,8 +18,8 @@ from PIL import Image
 from tests.image_server import ImageServer
 from utils.data import download as D
 from utils.data import images as I
-from utils.data.images import InvalidImage, image_filename, image_path, load_image, validate_image_bytes
 from utils.data.download import DownloadSummary, clean_temp_files, download_images
+from utils.data.images import InvalidImage, image_filename, image_path, load_image, validate_image_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 # the test server is on the loopback interface, which the downloader refuses unless allowed explicitly

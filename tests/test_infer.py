@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 import torch
 
-from utils.models.backend import get_backend
 from utils.data.tables import make_prompt
+from utils.models.backend import get_backend
 from utils.models.paligemma.backend import PaliGemmaBackend
 from utils.models.paligemma.infer import InferConfig, generate_answers, iter_answers
 from utils.models.paligemma.load import ModelConfig, load_base_model, load_processor, prepare_for_training, save_adapter

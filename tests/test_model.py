@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from utils.models.paligemma import load as M
 from utils.data.tables import make_prompt
+from utils.models.paligemma import load as M
 from utils.models.paligemma.load import (
     LORA_TARGETS,
     ModelConfig,

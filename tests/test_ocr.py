@@ -1,4 +1,6 @@
-"""Tests for utils.models.ocr.engine: rapidocr on rendered images, box geometry, the per-image disk cache."""
+"""Tests for utils.models.ocr.engine and .reading: rapidocr on rendered images, box geometry, the per-image disk cache.
+
+Images are read through ``ocr_many``, the route production takes (one worker: the process's shared engine)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from utils.models.ocr.engine import OcrBox, OcrEngine, OcrResult, OcrSettings, cache_file, ocr_image_file, ocr_many
+from utils.models.ocr.engine import OcrBox, OcrEngine, OcrResult, OcrSettings, get_engine
+from utils.models.ocr.reading import cache_file, ocr_many
 
 
 def render(path: Path, lines: list[tuple[str, int, int]], size: tuple[int, int] = (640, 240)) -> Path:
@@ -24,9 +27,18 @@ def render(path: Path, lines: list[tuple[str, int, int]], size: tuple[int, int] 
     return path
 
 
+SETTINGS = OcrSettings(max_side=1280)
+
+
+def ocr_one(path: Path, cache_dir: Path | None, settings: OcrSettings = SETTINGS) -> OcrResult | None:
+    """One image through ``ocr_many`` with one worker (this process's engine for ``settings``)."""
+    return dict(ocr_many([path], cache_dir, settings, workers=1))[Path(path)]
+
+
 @pytest.fixture(scope="module")
 def engine() -> OcrEngine:
-    return OcrEngine(OcrSettings(max_side=1280), threads=1)
+    """The engine ``ocr_one`` runs in this process (its ``calls`` count the images it OCR'd)."""
+    return get_engine(SETTINGS, threads=1)
 
 
 @pytest.fixture()
@@ -35,7 +47,7 @@ def label(tmp_path: Path) -> Path:
 
 
 def test_ocr_reads_rendered_text_with_geometry(label: Path, tmp_path: Path, engine: OcrEngine) -> None:
-    res = ocr_image_file(label, tmp_path / "cache", engine=engine)
+    res = ocr_one(label, tmp_path / "cache")
     assert res is not None and (res.width, res.height) == (640, 240)
     text = res.text.replace(" ", "").lower()
     assert "16oz" in text and "454g" in text and "220-240v" in text
@@ -49,14 +61,13 @@ def test_ocr_reads_rendered_text_with_geometry(label: Path, tmp_path: Path, engi
     assert 25 < top.height < 70  # a 40 px font
 
 
-def test_cache_hit_means_no_second_ocr_call(label: Path, tmp_path: Path) -> None:
+def test_cache_hit_means_no_second_ocr_call(label: Path, tmp_path: Path, engine: OcrEngine) -> None:
     cache = tmp_path / "cache"
-    first = OcrEngine(OcrSettings(max_side=1280))
-    a = ocr_image_file(label, cache, engine=first)
-    assert first.calls == 1 and cache_file(cache, label, first.settings).is_file()
-    second = OcrEngine(OcrSettings(max_side=1280))
-    b = ocr_image_file(label, cache, engine=second)
-    assert second.calls == 0 and b is not None and a is not None
+    calls = engine.calls
+    a = ocr_one(label, cache)
+    assert engine.calls == calls + 1 and cache_file(cache, label, SETTINGS).is_file()
+    b = ocr_one(label, cache)
+    assert engine.calls == calls + 1 and b is not None and a is not None
     assert [x.text for x in b.boxes] == [x.text for x in a.boxes]
     # other settings or a changed file are misses
     assert cache_file(cache, label, OcrSettings(max_side=640)) != cache_file(cache, label, OcrSettings())
@@ -65,27 +76,26 @@ def test_cache_hit_means_no_second_ocr_call(label: Path, tmp_path: Path) -> None
     copy.parent.mkdir()
     shutil.copyfile(label, copy)
     os.utime(copy, (time.time() + 5, time.time() + 5))
-    assert cache_file(cache, copy, second.settings) == cache_file(cache, label, second.settings)
-    assert ocr_image_file(copy, cache, engine=second) is not None and second.calls == 0
+    assert cache_file(cache, copy, SETTINGS) == cache_file(cache, label, SETTINGS)
+    assert ocr_one(copy, cache) is not None and engine.calls == calls + 1
     copy.write_bytes(label.read_bytes() + b"\0")
-    assert not cache_file(cache, copy, second.settings).is_file()
+    assert not cache_file(cache, copy, SETTINGS).is_file()
 
 
 def test_missing_and_bad_images(tmp_path: Path, engine: OcrEngine) -> None:
     missing = tmp_path / "nope.jpg"
-    assert ocr_image_file(missing, tmp_path / "c", engine=engine) is None
+    assert ocr_one(missing, tmp_path / "c") is None
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not an image")
+    assert ocr_one(bad, tmp_path / "c") is None
     calls = engine.calls
-    assert ocr_image_file(bad, tmp_path / "c", engine=engine) is None
-    assert ocr_image_file(bad, tmp_path / "c", engine=engine) is None  # cached as unreadable
+    assert ocr_one(bad, tmp_path / "c") is None  # cached as unreadable
     assert engine.calls == calls
 
 
 def test_downscale_before_ocr(tmp_path: Path) -> None:
     big = render(tmp_path / "big.jpg", [("500 ml", 100, 100)], size=(1600, 400))
-    eng = OcrEngine(OcrSettings(max_side=800))
-    res = ocr_image_file(big, None, engine=eng)
+    res = ocr_one(big, None, OcrSettings(max_side=800))
     assert res is not None and max(res.width, res.height) == 800
     assert "500ml" in res.text.replace(" ", "").lower()
 
@@ -119,7 +129,7 @@ def test_unrotate_maps_turned_pixels_back(turn: int) -> None:
 def test_turned_ocr_reads_vertical_print_in_upright_coordinates(tmp_path: Path) -> None:
     flat = render(tmp_path / "flat.jpg", [("500 ml", 20, 20)], size=(240, 100))
     Image.open(flat).rotate(90, expand=True).save(tmp_path / "vertical.jpg", quality=95)  # reads bottom to top
-    res = ocr_image_file(tmp_path / "vertical.jpg", tmp_path / "cache", OcrSettings(rotate=270))
+    res = ocr_one(tmp_path / "vertical.jpg", tmp_path / "cache", OcrSettings(rotate=270))
     assert res is not None and (res.width, res.height) == (100, 240)
     b = [b for b in res.boxes if "500ml" in b.text.replace(" ", "").lower()][0]
     assert b.y1 - b.y0 > 2 * (b.x1 - b.x0) and 0 <= b.x0 and b.x1 <= 100 and 0 <= b.y0 and b.y1 <= 240
@@ -127,17 +137,17 @@ def test_turned_ocr_reads_vertical_print_in_upright_coordinates(tmp_path: Path) 
 
 
 def test_one_worker_pool_serves_every_rotation(tmp_path: Path) -> None:
-    import utils.models.ocr.engine
+    import utils.models.ocr.reading
 
     paths = []
     for i in (1, 2):
         flat = render(tmp_path / f"f{i}.jpg", [(f"{i}5 kg", 20, 20)], size=(200, 100))
         Image.open(flat).rotate(90, expand=True).save(tmp_path / f"v{i}.jpg", quality=95)
         paths.append(tmp_path / f"v{i}.jpg")
-    utils.models.ocr.engine.shutdown_pools()
+    utils.models.ocr.reading.shutdown_pools()
     list(ocr_many(paths, tmp_path / "cache", OcrSettings(), workers=2))
     turned = list(ocr_many(paths, tmp_path / "cache", OcrSettings(rotate=270), workers=2))
-    assert len(utils.models.ocr.engine._POOLS) == 1  # no second set of workers (and models) for the turned pass
+    assert len(utils.models.ocr.reading._POOLS) == 1  # no second set of workers (and models) for the turned pass
     for i, (p, res) in zip((1, 2), turned):
         assert p == paths[i - 1] and res is not None and (res.width, res.height) == (100, 200)
         assert f"{i}5kg" in res.text.replace(" ", "").lower()
@@ -168,24 +178,24 @@ def test_result_json_round_trip() -> None:
     assert back.boxes[0].text == "5 V" and back.boxes[0].quad == r.boxes[0].quad and back.height == 20
 
 
-def test_real_dev_images(amazon_dir: Path, tmp_path: Path, engine: OcrEngine) -> None:
+def test_real_dev_images(amazon_dir: Path, tmp_path: Path) -> None:
     import pandas as pd
 
     labels = pd.read_csv(amazon_dir / "dev" / "labels.csv").head(2)
     for url in labels["image_link"]:
-        res = ocr_image_file(amazon_dir / "dev" / "images" / url.rsplit("/", 1)[-1], tmp_path, engine=engine)
+        res = ocr_one(amazon_dir / "dev" / "images" / url.rsplit("/", 1)[-1], tmp_path)
         assert res is not None and len(res.boxes) > 0 and res.width > 0
 
 
 def test_ocr_many_hashes_each_image_once_and_never_caches_missing(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    import utils.models.ocr.engine
+    import utils.models.ocr.reading
 
     img = render(tmp_path / "a.jpg", [("12 V", 20, 60)], size=(320, 160))
     missing = tmp_path / "gone.jpg"
     hashed: list[Path] = []
-    real = utils.models.ocr.engine.cache_file
-    monkeypatch.setattr(utils.models.ocr.engine, "cache_file", lambda d, image, s: hashed.append(Path(image)) or real(d, image, s))
+    real = utils.models.ocr.reading.cache_file
+    monkeypatch.setattr(utils.models.ocr.reading, "cache_file", lambda d, image, s: hashed.append(Path(image)) or real(d, image, s))
     out = dict(ocr_many([img, missing, img], tmp_path / "cache", OcrSettings(), workers=1))
     assert hashed == [img, missing]  # the cache check and the write after OCR share one hash
     assert out[missing] is None and out[img] is not None and "12v" in out[img].text.replace(" ", "").lower()

@@ -12,12 +12,12 @@ import pandas as pd
 import pytest
 
 import utils.models.backend as backends
+from utils.core.sanity import check_submission
+from utils.core.units import normalize_prediction
 from utils.models.backend import Backend, available_backends, get_backend, register_backend
 from utils.pipeline.predict import run_shard
-from utils.core.sanity import check_submission
 from utils.pipeline.shards import MergeError, ShardWriter, done_marker_path, read_shard, shard_path, shard_rows
 from utils.pipeline.submission import build_submission
-from utils.core.units import normalize_prediction
 
 from . import tables
 
@@ -209,7 +209,7 @@ def test_unknown_backend_lists_the_choices() -> None:
         get_backend("gpt")
     assert set(available_backends()) >= {"ocr", "paligemma"}
     assert backends.BACKENDS["paligemma"] == "utils.models.paligemma.backend:PaliGemmaBackend"
-    assert backends.BACKENDS["ocr"] == "utils.models.ocr.ranker:OcrBackend"
+    assert backends.BACKENDS["ocr"] == "utils.models.ocr.backend:OcrBackend"
 
 
 def test_registered_backend_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -240,7 +240,7 @@ def test_registry_errors(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_backends_are_imported_lazily() -> None:
     code = (
         "import sys, utils.pipeline.predict, utils.models.backend; "
-        "print(sorted(m for m in ('torch', 'transformers', 'onnxruntime', 'rapidocr', 'utils.models.paligemma.infer', 'utils.models.ocr.ranker') "
+        "print(sorted(m for m in ('torch', 'transformers', 'onnxruntime', 'rapidocr', 'utils.models.paligemma.infer', 'utils.models.ocr.backend') "
         "if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)

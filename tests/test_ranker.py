@@ -1,4 +1,5 @@
-"""Tests for utils.models.ocr.ranker: priors, threshold tuning, group folds, and the OcrBackend fit/predict round trip."""
+"""Tests for the ocr backend's ranking (utils.models.ocr: priors, features, policy, ranker, pairs, backend): priors,
+threshold tuning, group folds, the saved artifact, and the OcrBackend fit/predict round trip."""
 
 from __future__ import annotations
 
@@ -10,22 +11,14 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
+from utils.models.ocr.backend import OcrBackend
 from utils.models.ocr.candidates import extract_candidates, same_answer
+from utils.models.ocr.config import RankerConfig
 from utils.models.ocr.engine import DEFAULT_MAX_SIDE, OcrBox, OcrResult
-from utils.models.ocr.ranker import (
-    ARTIFACT_JSON,
-    ARTIFACT_MODEL,
-    OcrBackend,
-    Priors,
-    RankerConfig,
-    apply_net_rule,
-    build_table,
-    declared_features,
-    f1_counts,
-    group_folds,
-    load_ranker,
-    tune_threshold,
-)
+from utils.models.ocr.features import build_table, declared_features
+from utils.models.ocr.policy import f1_counts, tune_threshold
+from utils.models.ocr.priors import Priors
+from utils.models.ocr.ranker import ARTIFACT_JSON, MODELS_DIR, apply_net_rule, group_folds, load_ranker
 
 URL = "https://m.media-amazon.com/images/I/{}.jpg"
 
@@ -116,7 +109,7 @@ def test_fit_predict_round_trip(synth: dict, tmp_path: Path, monkeypatch: pytest
     seen: list[tuple[int, int]] = []
     out = backend.fit(synth["train"], synth["val"], synth["dir"], tmp_path / "art",
                       progress=lambda done, total: seen.append((done, total)), **settings)
-    assert (out / ARTIFACT_MODEL).is_file()
+    assert (out / MODELS_DIR).is_dir() and (out / ARTIFACT_JSON).is_file()
     meta = json.loads((out / ARTIFACT_JSON).read_text())
     assert meta["settings"]["max_side"] == DEFAULT_MAX_SIDE and "val/f1" in meta["metrics"] and "threshold" in meta
     # each training image OCR'd once, with progress; the fit's images/s and total time in the metrics
@@ -207,22 +200,20 @@ def test_net_rule_overrides_a_different_amount_but_not_a_conversion() -> None:
     assert apply_net_rule(table, ["", "", ""]) == ["", "", ""]  # an abstention stays one
 
 
-def _family_set(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _family_set(n: int, rng: np.random.Generator) -> tuple[pd.DataFrame, np.ndarray]:
     """Candidates where the right one is the FIRST printed for dimensions and the SECOND for weights: the opposite
-    conventions seen in dims_dev and dev. Column ``read_order`` carries it; the entity one-hot names the family."""
-    from utils.models.ocr.ranker import feature_names
+    conventions seen in dims_dev and dev. Column ``read_order`` carries it; the entity columns name the family."""
+    from utils.models.ocr.features import feature_names
 
-    names = feature_names()
-    X = np.zeros((2 * n, len(names)))
+    X = pd.DataFrame(0.0, index=range(2 * n), columns=feature_names())
     y = np.zeros(2 * n, dtype=int)
-    order, noise = names.index("read_order"), names.index("height_rel")
     for i in range(n):
         ent = "width" if i % 2 else "item_weight"
         for j, first in enumerate((1.0, 0.0)):
             r = 2 * i + j
-            X[r, names.index(f"ent_{ent}")] = 1
-            X[r, order] = 0.2 if first else 0.8
-            X[r, noise] = rng.random()
+            X.loc[r, f"ent_{ent}"] = 1.0
+            X.loc[r, "read_order"] = 0.2 if first else 0.8
+            X.loc[r, "height_rel"] = rng.random()
             y[r] = int(first == (ent == "width"))
     return X, y
 
@@ -266,7 +257,7 @@ def test_images_that_read_no_quantity_get_a_turned_second_ocr(tmp_path: Path, mo
                                                               ) -> None:
     """Only an image whose upright boxes read no quantity for any entity is OCR'd again, once per fallback
     rotation, and its rows then read the boxes of every pass."""
-    import utils.models.ocr.ranker as ranker_mod
+    import utils.models.ocr.backend as ranker_mod
 
     for name in ("weight", "length", "vertical", "blank"):
         Image.new("RGB", (60, 60), "white").save(tmp_path / f"{name}.jpg")
@@ -318,7 +309,7 @@ def _pair_rows(n: int) -> tuple[pd.DataFrame, dict[str, list[OcrBox]]]:
 
 
 def test_pair_model_learns_each_familys_unit_convention() -> None:
-    from utils.models.ocr.ranker import PairModel
+    from utils.models.ocr.pairs import PairModel
 
     rows, boxes = _pair_rows(8)
     habits = pd.DataFrame({"group_id": ["us"] * 20 + ["eu"] * 20, "entity_name": "item_weight",
@@ -351,7 +342,7 @@ def test_pair_model_learns_each_familys_unit_convention() -> None:
 
 
 def test_abstain_policy_follows_the_expected_share_of_empty_truths() -> None:
-    from utils.models.ocr.ranker import abstain_threshold, empty_weight_for
+    from utils.models.ocr.policy import abstain_threshold, empty_weight_for
 
     rng = np.random.default_rng(0)
     n = 400
@@ -372,14 +363,14 @@ def test_abstain_policy_follows_the_expected_share_of_empty_truths() -> None:
 
 
 def test_empty_share_defaults_to_the_training_labels_share() -> None:
-    from utils.models.ocr.ranker import expected_empty_share
+    from utils.models.ocr.policy import expected_empty_share
 
     rows = pd.DataFrame({"entity_value": ["1.0 volt", "", "2.0 volt", "3.0 volt"]})
-    assert expected_empty_share(rows, RankerConfig()) == 0.25
-    assert expected_empty_share(rows.iloc[[0, 2]], RankerConfig()) == 0.0
-    assert expected_empty_share(rows, RankerConfig(empty_share=0.0)) == 0.0
+    assert expected_empty_share(rows, None) == 0.25
+    assert expected_empty_share(rows.iloc[[0, 2]], None) == 0.0
+    assert expected_empty_share(rows, 0.0) == 0.0
     with pytest.raises(ValueError, match="empty_share"):
-        expected_empty_share(rows, RankerConfig(empty_share=1.0))
+        expected_empty_share(rows, 1.0)
 
 
 def test_prior_answer_is_the_groups_commonest_label_else_the_entitys() -> None:
@@ -397,7 +388,7 @@ def test_prior_answer_is_the_groups_commonest_label_else_the_entitys() -> None:
 
 
 def test_rows_without_a_candidate_answer_from_the_prior() -> None:
-    from utils.models.ocr.ranker import Ranker, _Constant
+    from utils.models.ocr.ranker import ConstantScorer, Ranker
 
     labels = pd.DataFrame({"group_id": ["7"] * 6, "entity_name": "depth", "entity_value": ["3.0 inch"] * 6})
     priors = Priors.from_labels(labels)
@@ -405,17 +396,17 @@ def test_rows_without_a_candidate_answer_from_the_prior() -> None:
     rows = pd.DataFrame({"image_link": list(boxes), "entity_name": "depth", "group_id": 7})
     table = build_table(rows, lambda k: None if boxes[k] is None else OcrResult(400, 400, boxes[k]), priors)
     cfg = {"prior_answer": True}
-    ranker = Ranker(_Constant(0.4), 0.0, priors, cfg, {})
+    ranker = Ranker(ConstantScorer(0.4), 0.0, priors, cfg, {})
     assert ranker.predict_table(table) == ["5.0 centimetre", "3.0 inch", "3.0 inch"]
     # the prior's share must pass the abstain threshold like any answer; the setting turns it off
-    assert Ranker(_Constant(0.4), 0.3, priors, cfg, {}).predict_table(table) == ["5.0 centimetre", "3.0 inch",
+    assert Ranker(ConstantScorer(0.4), 0.3, priors, cfg, {}).predict_table(table) == ["5.0 centimetre", "3.0 inch",
                                                                                 "3.0 inch"]
-    assert Ranker(_Constant(0.9), 1.01, priors, cfg, {}).predict_table(table) == ["", "", ""]
-    assert Ranker(_Constant(0.4), 0.0, priors, {"prior_answer": False}, {}).predict_table(table)[1:] == ["", ""]
+    assert Ranker(ConstantScorer(0.9), 1.01, priors, cfg, {}).predict_table(table) == ["", "", ""]
+    assert Ranker(ConstantScorer(0.4), 0.0, priors, {"prior_answer": False}, {}).predict_table(table)[1:] == ["", ""]
 
 
 def test_amount_features_rank_amounts_across_units() -> None:
-    from utils.models.ocr.ranker import AMOUNT_FEATURES, amount_features, feature_names
+    from utils.models.ocr.features import AMOUNT_FEATURES, amount_features, feature_names
 
     ocr = OcrResult(400, 400, [_box("Height 30 cm (11.8 in)", 10), _box("Width 10 in", 60), _box("Depth 5 cm", 110)])
     cands = extract_candidates(ocr, "height")
@@ -434,7 +425,7 @@ def test_amount_features_rank_amounts_across_units() -> None:
 def test_pair_model_tells_a_one_line_pair_from_a_two_line_pair() -> None:
     """Challenge dimensions: the first unit of "10 cm / 3.9 in" printed in one line, the second when the two are
     printed in two lines. Print order alone cannot say both; print order within one line can."""
-    from utils.models.ocr.ranker import PairModel
+    from utils.models.ocr.pairs import PairModel
 
     rows, boxes = [], {}
     for k in range(12):
@@ -460,3 +451,80 @@ def test_pair_model_tells_a_one_line_pair_from_a_two_line_pair() -> None:
                           for r, t in enumerate(truth)]):
         got = pm.resolve(table, np.ones(len(table.answers)), list(picks))
         assert [same_answer(a, t) for a, t in zip(got, truth)] == [True] * len(truth)
+
+
+def test_the_artifact_is_sklearn_models_and_json_and_loads_to_the_same_answers(synth: dict, tmp_path: Path,
+                                                                                capsys: pytest.CaptureFixture[str]
+                                                                                ) -> None:
+    from utils.models.ocr.backend import ocr_lookup
+    from utils.models.ocr.ranker import ARTIFACT_FORMAT, PRIORS_JSON, ArtifactFormatError, save_ranker
+    from utils.pipeline.stages import read_fit_summary
+
+    settings = {"cache_dir": str(synth["cache"]), "workers": 1, "folds": 3}
+    out = OcrBackend().fit(synth["train"], synth["val"], synth["dir"], tmp_path / "art", **settings)
+    meta = json.loads((out / ARTIFACT_JSON).read_text())
+    assert meta["format"] == ARTIFACT_FORMAT and meta["scorer"]["kind"] in {"family", "model", "constant"}
+    assert json.loads((out / PRIORS_JSON).read_text())["unit_counts"]["item_weight"]
+    for f in (out / MODELS_DIR).glob("*.joblib"):  # scikit-learn objects only: no class of this project pickled
+        assert b"utils." not in f.read_bytes(), f.name
+    # stage 02 shows the fit's summary: validation F1, OCR speed; the console hears how the OCR went
+    summary = read_fit_summary(out)
+    assert 0.0 <= summary["metrics"]["val_f1"] <= 1.0 and summary["metrics"]["fit_images_per_s"] > 0
+    assert "» [02] OCR of 16 training images" in capsys.readouterr().out
+
+    ranker = load_ranker(out)
+    rows = synth["test"]
+    lookup = ocr_lookup(list(rows["image_link"]), synth["dir"], RankerConfig(**settings)).get
+    saved_again = load_ranker(save_ranker(ranker, tmp_path / "again"))
+    assert saved_again.predict_rows(rows, lookup) == ranker.predict_rows(rows, lookup)
+    assert saved_again.priors.to_json() == ranker.priors.to_json()
+
+    # an artifact of the format before (a pickle of the ranker class) or another format: refit, said plainly
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "ranker.joblib").write_bytes(b"\x80\x04old pickle")
+    with pytest.raises(ArtifactFormatError, match="older format.*refit"):
+        load_ranker(old)
+    meta["format"] = 1
+    (tmp_path / "again" / ARTIFACT_JSON).write_text(json.dumps(meta))
+    with pytest.raises(ArtifactFormatError, match="format 1.*refit"):
+        load_ranker(tmp_path / "again")
+    meta["format"], meta["features"] = ARTIFACT_FORMAT, meta["features"][:-1]
+    (tmp_path / "again" / ARTIFACT_JSON).write_text(json.dumps(meta))
+    with pytest.raises(ArtifactFormatError, match="other features.*refit"):
+        load_ranker(tmp_path / "again")
+
+
+def test_warm_reads_ahead_into_the_cache_the_shard_then_hits(synth: dict, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """``warm`` (an idle slot helping a running shard) OCRs the rows' images the way predict will: predict then
+    reads every image, turned pass included, from the cache."""
+    import utils.models.ocr.engine
+
+    settings = {"cache_dir": str(synth["cache"]), "workers": 1, "folds": 3}
+    be = OcrBackend()
+    out = be.fit(synth["train"], synth["val"], synth["dir"], tmp_path / "art", **settings)
+    rows = synth["test"].drop(columns="entity_value")
+    fresh = {**settings, "cache_dir": str(tmp_path / "fresh")}
+    calls: list[int] = []
+    real = utils.models.ocr.engine.OcrEngine.run_image
+    monkeypatch.setattr(utils.models.ocr.engine.OcrEngine, "run_image",
+                        lambda self, im: calls.append(1) or real(self, im))
+    be.warm(rows.iloc[::-1], synth["dir"], out, **fresh)
+    assert len(calls) >= rows["image_link"].nunique()  # each image read (and the ones that read nothing, turned)
+    calls.clear()
+    answers = [x for b in be.predict(rows, synth["dir"], out, **fresh) for x in b]
+    assert calls == [] and [i for i, _ in answers] == list(rows["index"])
+
+
+def test_the_fit_ocr_progress_reaches_the_console(capsys: pytest.CaptureFixture[str]) -> None:
+    """The default progress of the fit's OCR: a bar on stderr and ``» `` lines (which run_all.sh echoes) on stdout,
+    the first at once, the last at the end."""
+    from utils.models.ocr.backend import console_progress
+
+    update = console_progress("02 fit OCR", "images")
+    for done in range(1, 6):
+        update(done, 5)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("» [02 fit OCR]")]
+    assert lines[0].startswith("» [02 fit OCR] 1/5 images") and lines[-1].startswith("» [02 fit OCR] 5/5 images")
+    assert len(lines) == 2  # throttled: nothing between the first and the last within 30 s

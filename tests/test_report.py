@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from utils.pipeline import report
 from utils.core.metrics import score
+from utils.pipeline import gallery, outcomes, report
 
 LINK = "https://demo.invalid/images/{}.jpg"
 
@@ -43,25 +43,25 @@ def case(tmp_path: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, Path
 def test_worst_mistakes_order(case) -> None:  # type: ignore[no-untyped-def]
     test, labels, predictions, _ = case
     result = score(predictions, labels)
-    worst = report.worst_mistakes(report.normalize_rows(result.rows, test), n=10)
+    worst = outcomes.worst_mistakes(outcomes.normalize_rows(result.rows, test), n=10)
     assert list(worst["index"]) == [12, 17, 15, 21, 22]
     assert list(worst["kind"]) == ["wrong value"] * 3 + ["missed", "false alarm"]
-    assert list(report.worst_mistakes(result.rows, n=2)["index"]) == [12, 17]
+    assert list(outcomes.worst_mistakes(result.rows, n=2)["index"]) == [12, 17]
 
 
 def test_mistake_kind() -> None:
-    assert report.mistake_kind("1.0 volt", "2.0 volt") == "wrong value"
-    assert report.mistake_kind("", "2.0 volt") == "missed"
-    assert report.mistake_kind("1.0 volt", "") == "false alarm"
+    assert outcomes.mistake_kind("1.0 volt", "2.0 volt") == "wrong value"
+    assert outcomes.mistake_kind("", "2.0 volt") == "missed"
+    assert outcomes.mistake_kind("1.0 volt", "") == "false alarm"
 
 
 def test_normalize_rows_joins_links_and_rejects_bad_input(case) -> None:  # type: ignore[no-untyped-def]
     test, labels, predictions, _ = case
-    rows = report.normalize_rows(score(predictions, labels).rows, test)
-    assert set(report.ROW_COLUMNS) <= set(rows.columns) and "image_link" in rows.columns
+    rows = outcomes.normalize_rows(score(predictions, labels).rows, test)
+    assert set(outcomes.ROW_COLUMNS) <= set(rows.columns) and "image_link" in rows.columns
     assert rows.set_index("index").loc[17, "image_link"] == LINK.format("x17")
     with pytest.raises(ValueError, match="prediction"):
-        report.normalize_rows(pd.DataFrame({"index": [1], "entity_value": ["1.0 volt"]}))
+        outcomes.normalize_rows(pd.DataFrame({"index": [1], "entity_value": ["1.0 volt"]}))
 
 
 def test_plot_f1_writes_a_png(case, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -99,21 +99,21 @@ def test_write_report(case, tmp_path: Path) -> None:  # type: ignore[no-untyped-
 
 def test_gallery_puts_mistakes_first(case) -> None:  # type: ignore[no-untyped-def]
     test, labels, predictions, image_dir = case
-    html = report.gallery_html(score(predictions, labels).rows, image_dir, max_rows=5)
+    html = gallery.gallery_html(score(predictions, labels).rows, image_dir, max_rows=5)
     assert "5 of 8 rows" in html
     assert html.count("#d62728") == 5  # the five mistakes, no correct row
 
 
 def test_browser_static_fallback(case) -> None:  # type: ignore[no-untyped-def]
     test, labels, predictions, image_dir = case
-    shown = report.browser(report.normalize_rows(score(predictions, labels).rows, test), image_dir, interactive=False)
+    shown = gallery.browser(outcomes.normalize_rows(score(predictions, labels).rows, test), image_dir, interactive=False)
     assert "data:image/jpeg;base64," in shown.data
 
 
 def test_browser_widgets(case) -> None:  # type: ignore[no-untyped-def]
     pytest.importorskip("ipywidgets")
     test, labels, predictions, image_dir = case
-    box = report.browser(report.normalize_rows(score(predictions, labels).rows, test), image_dir, interactive=True)
+    box = gallery.browser(outcomes.normalize_rows(score(predictions, labels).rows, test), image_dir, interactive=True)
     (show, slider), picture, caption = box.children[0].children, box.children[1], box.children[2]
     assert "#10" in caption.value and picture.value[:2] == b"\xff\xd8"  # first row by index, a JPEG
     show.value = "mistakes"

@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from utils.data.tables import load_test
 from utils.core.sanity import Problem, check_submission
-from utils.sanity import main
 from utils.core.units import ENTITY_UNIT_MAP, format_value, normalize_prediction
+from utils.data.tables import load_test
+from utils.sanity import main
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -24,6 +24,7 @@ from utils.pipeline.shards import (
     shard_path,
     shard_rows,
 )
+
 from .tables import synthetic_test
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,12 +11,12 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from utils.models import backend as backends
-from utils.data import census
-from utils.pipeline import show, stages
 from utils.core.sanity import check_submission
-from utils.pipeline.shards import MergeError, shard_path
 from utils.core.units import normalize_prediction
+from utils.data import census
+from utils.models import backend as backends
+from utils.pipeline import show, stages
+from utils.pipeline.shards import MergeError, shard_path
 
 
 class AnswerKeyBackend:
@@ -109,6 +109,29 @@ def test_prepare_needs_a_test_csv(tmp_path: Path) -> None:
 def test_later_stages_need_stage_01(tmp_path: Path, fake_backend: str) -> None:
     with pytest.raises(stages.StageError, match="01_prepare_data"):
         stages.finetune(backend=fake_backend, work_dir=str(tmp_path / "nothing"))
+
+
+class AllLabelsBackend(AnswerKeyBackend):
+    """The fake, asking (like the ocr backend's ``prior_csv``) for the whole labelled table in a fit setting."""
+
+    name = "all_labels"
+    label_table_setting = "all_labels_csv"
+
+
+def test_a_fit_on_a_sample_is_handed_the_whole_train_csv(prepared: stages.Prepared, tmp_path: Path, fake_backend: str,
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setitem(backends.BACKENDS, "all_labels", f"{__name__}:AllLabelsBackend")
+    work = str(prepared.work_dir)
+    artifact = stages.finetune(backend="all_labels", work_dir=work).artifact
+    fit = json.loads((artifact / "fit.json").read_text())
+    assert fit["all_labels_csv"] == prepared.manifest["train_csv"] and Path(fit["all_labels_csv"]).is_file()
+    assert "learns from every label of" in capsys.readouterr().out
+    mine = tmp_path / "mine.csv"
+    stages.finetune(backend="all_labels", work_dir=work, settings={"all_labels_csv": str(mine)})
+    assert json.loads((artifact / "fit.json").read_text())["all_labels_csv"] == str(mine)  # the user's choice stands
+    plain = stages.finetune(backend=fake_backend, work_dir=work).artifact  # a backend without the setting: nothing
+    assert "all_labels_csv" not in json.loads((plain / "fit.json").read_text())
 
 
 def test_fit_infer_postprocess(prepared: stages.Prepared, fake_backend: str, tmp_path: Path) -> None:

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from utils.data.tables import make_prompt
+from utils.core.units import ENTITIES
 from utils.data.images import image_path, load_image
+from utils.data.tables import make_prompt
 from utils.models.paligemma.load import ModelConfig, load_base_model, load_processor
 from utils.models.paligemma.tiny import TinyConfig, build_tiny_paligemma, main, make_synthetic_set, render_text_image
-from utils.core.units import ENTITIES
 
 
 def test_saved_folder_loads_through_the_project_loaders(tiny_dir: Path) -> None:

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from utils.data.tables import make_prompt
-from utils.models.paligemma.load import ModelConfig, is_adapter_dir, load_base_model, load_processor
-from utils.models.paligemma.tiny import make_synthetic_set, render_text_image
 from utils.models.paligemma.checkpoints import last_checkpoint
 from utils.models.paligemma.data import IGNORE_INDEX, AnswerDataset, PaliGemmaCollator, answer_loss, answer_window
+from utils.models.paligemma.load import ModelConfig, is_adapter_dir, load_base_model, load_processor
+from utils.models.paligemma.tiny import make_synthetic_set, render_text_image
 from utils.models.paligemma.train import TrainConfig, fit
 
 FAST = {"quantization": "none", "gradient_checkpointing": False, "train_batch_size": 4, "grad_accum": 1,
@@ -207,8 +207,7 @@ def test_the_same_seed_gives_the_same_adapter_and_another_seed_another(tiny_dir:
 
 def test_the_eval_sample_is_capped_shuffled_and_scored_with_the_merged_model(tiny_dir: Path, data,
                                                                             tmp_path: Path) -> None:
-    from utils.models.paligemma.infer import InferConfig, load_predictor
-    from utils.models.paligemma.infer import eval_sample, generated_f1
+    from utils.models.paligemma.infer import InferConfig, eval_sample, generated_f1, load_predictor
 
     rows, image_dir = data
     train, val = rows.iloc[:8], rows.iloc[8:]

@@ -1,7 +1,7 @@
 """The one small interface both backends implement, and a registry that imports them only when asked.
 
 ``get_backend("paligemma")`` imports ``utils.models.paligemma.backend`` (torch, transformers) and ``get_backend("ocr")`` imports
-``utils.models.ocr.ranker`` (onnxruntime, rapidocr) only at that moment, so importing this module (or ``utils.pipeline.predict``)
+``utils.models.ocr.backend`` (onnxruntime, openvino, rapidocr) only at that moment, so importing this module (or ``utils.pipeline.predict``)
 stays cheap and works on a machine that has only one backend's dependencies.
 
 A backend of your own plugs in without editing this file: ``register_backend("mine", "my_pkg.mod:MyBackend")`` in
@@ -22,7 +22,7 @@ import pandas as pd
 #: backend name -> "module:ClassName", imported lazily by :func:`get_backend`.
 BACKENDS: dict[str, str] = {
     "paligemma": "utils.models.paligemma.backend:PaliGemmaBackend",
-    "ocr": "utils.models.ocr.ranker:OcrBackend",
+    "ocr": "utils.models.ocr.backend:OcrBackend",
 }
 PLUGIN_ENV = "PRODUCT_VALUES_BACKENDS"
 #: A backend's fit may write this JSON into its artifact folder, for stage 02's display: ``settings``,
@@ -55,7 +55,8 @@ class Backend(Protocol):
     def predict(
         self, rows: pd.DataFrame, image_dir: Path, artifact_dir: Path, **settings: Any
     ) -> Iterator[list[tuple[int, str]]]:
-        """Yield one list of ``(index, raw answer)`` per batch; ``""`` for a row whose image is missing."""
+        """Yield one list of ``(index, raw answer)`` per batch; ``""`` for a row whose image is missing (or a guess
+        from the training labels, when the backend makes one: the ocr backend's ``prior_answer``)."""
         ...
 
 
@@ -91,6 +92,13 @@ def uses_gpu(name: str) -> bool:
     """Whether backend ``name`` computes on a GPU when there is one (its class's ``uses_gpu``; default False): the
     runner then gives each shard its own GPU."""
     return bool(getattr(backend_class(name), "uses_gpu", False))
+
+
+def label_table_setting(name: str) -> str | None:
+    """The fit setting through which backend ``name`` reads the whole labelled training table (its class's
+    ``label_table_setting``; default None): stage 02 passes ``train.csv`` there when the user did not, so that a fit
+    on a sample still learns from every label (the ocr backend's value and unit priors: ``prior_csv``)."""
+    return getattr(backend_class(name), "label_table_setting", None)
 
 
 def get_backend(name: str, **kwargs: Any) -> Backend:

@@ -20,10 +20,10 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from utils.models.backend import Backend, get_backend
-from utils.env.console import Every, progress_line, say
-from utils.pipeline.shards import ShardWriter, shard_rows
 from utils.core.units import normalize_prediction
+from utils.env.console import Every, progress_line, say
+from utils.models.backend import Backend, get_backend
+from utils.pipeline.shards import ShardWriter, shard_rows
 
 log = logging.getLogger(__name__)
 

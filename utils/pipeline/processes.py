@@ -18,6 +18,7 @@ import psutil
 
 from utils.pipeline.options import EXIT_BUSY, PROG, RunnerError
 
+
 class Children:
     """The processes this run started, and how to stop each with everything below it (kernels, OCR workers)."""
 

@@ -173,7 +173,8 @@ class Runner:
                                            f"03_infer_shard_{i:02d}_of_{plan.infer.num_shards:02d}", env))
         self.echo("[04] merge, check, submit, report")
         self.execute(job("04", "04", plan.post))
-        self.echo(f"{PROG}: done in {duration(time.monotonic() - started)}: {Path(plan.run.out_dir) / 'submission.csv'}")
+        submission = Path(plan.run.out_dir) / "submission.csv"
+        self.echo(f"{PROG}: done in {duration(time.monotonic() - started)}: {submission}")
         report = Path(plan.run.out_dir) / "report.md"
         if report.is_file():
             line = next((ln for ln in report.read_text(encoding="utf-8").splitlines() if "Overall F1" in ln), None)

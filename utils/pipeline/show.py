@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
-from utils.pipeline import report
+from utils.pipeline import gallery, outcomes
 from utils.pipeline.stages import Fitted, Postprocessed, Prepared, ShardDone
 
 
@@ -66,7 +66,7 @@ def prepared(result: Prepared, n_images: int = 12) -> None:
     _display(split_table(train, val))
     rows = sample_rows(train, n_images)
     captions = [f"{r.entity_name}\n{r.entity_value or '(empty)'}" for r in rows.itertuples(index=False)]
-    _display(report.image_grid(rows, result.manifest["image_dir"], captions, columns=4, max_side=240))
+    _display(gallery.image_grid(rows, result.manifest["image_dir"], captions, columns=4, max_side=240))
 
 
 def loss_figure(history: list[dict[str, Any]]) -> Figure | None:
@@ -122,7 +122,7 @@ def shard(result: ShardDone, n: int = 8) -> None:
     rows = result.rows.head(n)
     _display(rows[[c for c in ("index", "entity_name", "prediction", "raw") if c in rows.columns]])
     captions = [f"#{r.index} {r.entity_name}\n-> {r.prediction or '(empty)'}" for r in rows.itertuples(index=False)]
-    _display(report.image_grid(rows, result.image_dir, captions, columns=4, max_side=240,
+    _display(gallery.image_grid(rows, result.image_dir, captions, columns=4, max_side=240,
                                empty_text="this shard has no rows"))
 
 
@@ -140,5 +140,5 @@ def postprocessed(result: Postprocessed, interactive: bool = False) -> Any:
     if result.files.mistakes_png is not None:
         _display(Image(filename=str(result.files.mistakes_png)))
     print(f"report: {result.files.report_md}")
-    rows = report.normalize_rows(result.report.rows, result.test)
-    return report.browser(rows, result.image_dir, interactive=interactive)
+    rows = outcomes.normalize_rows(result.report.rows, result.test)
+    return gallery.browser(rows, result.image_dir, interactive=interactive)

@@ -24,7 +24,7 @@ from utils.data.census import ImageCensus, check_images, fetch_missing, image_ce
 from utils.env import paths as _paths
 from utils.env.console import say
 from utils.env.fileio import atomic_write_bytes
-from utils.models.backend import FIT_STATUS, FIT_SUMMARY, get_backend
+from utils.models.backend import FIT_STATUS, FIT_SUMMARY, get_backend, label_table_setting
 from utils.pipeline.params import FitParams, InferParams, PostprocessParams, PrepareParams, check_known
 from utils.pipeline.submission import SubmissionError, build_submission, read_labels
 from utils.pipeline.workdir import StageError, WorkDir
@@ -182,8 +182,8 @@ def prepare(**params: Any) -> Prepared:
     ``work_dir/images``. More than ``max_missing_images`` of the needed images missing after the download attempt
     fails here, before any fit (a wrong folder would otherwise give an all-empty submission).
     """
-    from utils.data import tables as data
     from utils.data import demo
+    from utils.data import tables as data
 
     p: PrepareParams = _stage_params(PrepareParams, params)
     defaults = _paths.default_paths()
@@ -278,7 +278,7 @@ def finetune(**params: Any) -> Fitted:
     """
     p: FitParams = _stage_params(FitParams, params)
     work = WorkDir.of(p.work_dir)
-    work.manifest()
+    manifest = work.manifest()
     out = work.artifact(p.backend, p.artifact_dir)
     marker = work.fitted_marker(out)
     fingerprint = fit_fingerprint(work, p.backend, p.settings)
@@ -296,8 +296,13 @@ def finetune(**params: Any) -> Fitted:
     train, val = work.read_table("train"), work.read_table("val")
     census = image_census(pd.concat([train["image_link"], val["image_link"]]), images)
     say(f"[02] fitting backend '{p.backend}' on {len(train)} rows (validation {len(val)}); {census.line('them')}")
+    settings = dict(p.settings)
+    all_labels = label_table_setting(p.backend)
+    if all_labels and all_labels not in settings and Path(manifest.get("train_csv") or "").is_file():
+        settings[all_labels] = manifest["train_csv"]
+        say(f"[02] the backend also learns from every label of {manifest['train_csv']} ({all_labels})")
     out.mkdir(parents=True, exist_ok=True)
-    fitted = Path(get_backend(p.backend).fit(train, val, images, out, **p.settings))
+    fitted = Path(get_backend(p.backend).fit(train, val, images, out, **settings))
     status = read_fit_status(fitted)
     content = {"artifact": str(fitted), "fingerprint": fingerprint, "complete": bool(status.get("complete", True))}
     atomic_write_bytes(marker, json.dumps(content).encode("utf-8"))

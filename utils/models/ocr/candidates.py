@@ -17,12 +17,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+import utils.core.units as units
+from utils.core.metrics import values_equal
 from utils.models.ocr.engine import OcrBox, OcrResult
 
-# A number as printed on packaging ("1,5" is 1.5; "1,000" is a thousands separator handled by utils.core.units).
-_NUM = r"(\d+(?:[.,]\d+)?)"
-# "10 x 20 x" directly before a quantity: the numbers of a dimension string sharing the quantity's unit.
-_DIM_TAIL = re.compile(_NUM + r"\s*(?:[xX×*]|by)\s*$")
 _ENDS_WITH_NUMBER = re.compile(r"\d\s*$")
 # Common OCR confusions in units, fixed without changing the text length (spans stay valid):
 # "31 0Z" -> "31 OZ", "2.2Ibs" / "2.2 1bs" -> "2.2lbs", "200 mI" -> "200 ml", "(6.6 b)" -> "(6.6lb)",
@@ -95,41 +93,20 @@ class Candidate:
     @property
     def answer(self) -> str:
         """The submission spelling, ``"<float> <unit>"``."""
-        return _format_value(self.value, self.unit)
-
-
-def _units():
-    import utils.core.units as units
-
-    return units
-
-
-def _format_value(value: float, unit: str) -> str:
-    try:
-        return _units().format_value(value, unit)
-    except (ImportError, AttributeError):  # pragma: no cover - utils.core.units always has it per DESIGN.md
-        return f"{float(value)} {unit}"
+        return units.format_value(self.value, self.unit)
 
 
 def allowed_units(entity: str) -> frozenset[str]:
     """The units allowed for an entity (from utils.core.units); ValueError for an unknown entity."""
-    m = _units().ENTITY_UNIT_MAP
+    m = units.ENTITY_UNIT_MAP
     if entity not in m:
         raise ValueError(f"unknown entity {entity!r}; expected one of {sorted(m)}")
     return m[entity]
 
 
-def _to_float(s: str) -> float | None:
-    try:
-        return float(s.replace(",", "."))
-    except ValueError:
-        return None
-
-
 def _from_text(text: str, boxes: list[int], entity: str, split_at: int | None = None) -> list[Candidate]:
     """Candidates in one string; with ``split_at`` only mentions crossing that offset (a joined pair of boxes)."""
     out: list[Candidate] = []
-    units = _units()
     for q in units.parse_quantities(fix_ocr_text(text)):
         unit = units.unit_for_entity(q.unit, entity)  # the cleaning step's fit: "oz" on item_volume is fl oz
         if unit is None:
@@ -137,30 +114,13 @@ def _from_text(text: str, boxes: list[int], entity: str, split_at: int | None = 
         if split_at is not None and not (q.start < split_at < q.end):
             continue
         split = split_at is not None
-        if getattr(q, "is_range", False) and getattr(q, "low", None) is not None:
+        if q.is_range and q.low is not None and q.high is not None:
             for part, v in ((1, q.low), (2, q.high)):
                 out.append(Candidate(float(v), unit, text, boxes, q.start, q.end, True, part, split))
             continue
-        if hasattr(q, "dim_count"):  # utils.core.units reads "10 x 20 x 30 cm" as three quantities
-            out.append(Candidate(float(q.value), unit, text, boxes, q.start, q.end, False, 0, split,
-                                 int(q.dim_count), int(q.dim_pos)))
-            continue
-        # adapter for a units module without dimension strings: leading numbers of "10 x 20 x 30 cm"
-        lead: list[float] = []
-        head = text[: q.start]
-        while True:
-            m = _DIM_TAIL.search(head)
-            if not m:
-                break
-            v = _to_float(m.group(1))
-            if v is None:
-                break
-            lead.insert(0, v)
-            head = head[: m.start()]
-        n = len(lead) + 1
-        for i, v in enumerate(lead):
-            out.append(Candidate(v, unit, text, boxes, q.start, q.end, False, 0, split, n, i))
-        out.append(Candidate(float(q.value), unit, text, boxes, q.start, q.end, False, 0, split, n, n - 1))
+        # utils.core.units reads "10 x 20 x 30 cm" as three quantities, each with its place in the string
+        out.append(Candidate(float(q.value), unit, text, boxes, q.start, q.end, False, 0, split,
+                             int(q.dim_count), int(q.dim_pos)))
     return out
 
 
@@ -225,11 +185,4 @@ def same_answer(answer: str, truth: str) -> bool:
     """Whether a candidate answer equals a label (same unit, values equal as floats); ranges never match."""
     if not answer or not truth:
         return False
-    try:
-        from utils.core.metrics import values_equal
-
-        return bool(values_equal(answer, truth))
-    except ImportError:  # pragma: no cover - metrics is part of the suite
-        pass
-    pa, pt = _units().parse_value(answer), _units().parse_value(truth)
-    return pa is not None and pt is not None and pa[1] == pt[1] and abs(pa[0] - pt[0]) < 1e-9 * max(1, abs(pt[0]))
+    return bool(values_equal(answer, truth))

@@ -20,7 +20,6 @@ import torch
 
 from utils.core.metrics import score
 from utils.core.units import normalize_prediction
-
 from utils.models.paligemma.data import IMAGE_TOKEN
 from utils.models.paligemma.load import (
     QUANTIZATIONS,
@@ -168,8 +167,8 @@ def iter_answers(
     progress: bool = False,
 ) -> Iterator[list[tuple[int, str]]]:
     """Yield ``(index, raw answer)`` per batch of ``rows``; missing images answer ``""``; OOM halves the batch."""
-    from utils.data.tables import make_prompt
     from utils.data.images import cached_image, load_image
+    from utils.data.tables import make_prompt
 
     missing = {"index", "image_link", "entity_name"} - set(rows.columns)
     if missing:

@@ -23,11 +23,11 @@ from typing import Any
 import pandas as pd
 import torch
 
-from utils.models.paligemma.checkpoints import WANDB_FILE, fingerprint, prepare_checkpoints, read_json, write_json
 from utils.env.console import say
 from utils.models.backend import FIT_STATUS, FIT_SUMMARY
-from utils.models.paligemma.hub import offline, resolve_model_source
+from utils.models.paligemma.checkpoints import WANDB_FILE, fingerprint, prepare_checkpoints, read_json, write_json
 from utils.models.paligemma.data import AnswerDataset, PaliGemmaCollator, answer_loss, answer_window
+from utils.models.paligemma.hub import offline, resolve_model_source
 from utils.models.paligemma.infer import (
     FP16_REMEDY,
     GENERATION_FILE,
@@ -253,8 +253,8 @@ def train_model(
     the adapter folder (see the module docstring)."""
     from transformers import PrinterCallback, set_seed
 
-    from utils.models.paligemma.budget import CheckpointMeta, TimeBudget, TrainingProgress
     from utils.env.tracking import init_run, wandb_mode
+    from utils.models.paligemma.budget import CheckpointMeta, TimeBudget, TrainingProgress
 
     started = time.monotonic()
     out = Path(out_dir)
