@@ -144,7 +144,7 @@ class OcrBackend:
         k = max(2, min(cfg.folds, train["group_id"].nunique()))
         folds = group_folds(train["group_id"].to_numpy(), k, cfg.seed)
         ranker = fit_ranker(train, lookup, cfg, priors, table=build_table_oof_priors(train, lookup, extra, folds))
-        metrics = {f"train/{k}": v for k, v in ranker.metrics.items()}
+        metrics = {f"train/{name}": v for name, v in ranker.metrics.items()}
         if len(val):
             ans = ranker.predict_rows(val, lookup)
             correct = row_correct(val, ans)
@@ -163,11 +163,11 @@ class OcrBackend:
         # each training image is read once (the lookup above); images/s over the OCR step, cache hits included
         metrics.update(fit_images=float(len(ocr)), fit_ocr_seconds=ocr_seconds,
                        fit_images_per_s=len(ocr) / max(ocr_seconds, 1e-9))
-        ranker.metrics = {k: float(v) for k, v in metrics.items()}
+        ranker.metrics = {name: float(v) for name, v in metrics.items()}
         out_dir = save_ranker(ranker, Path(out_dir), {"backend": self.name})
         summary = {"settings": asdict(cfg), "metrics": {
             **({"val_f1": metrics["val/f1"]} if "val/f1" in metrics else {}),
-            **{k: v for k, v in ranker.metrics.items() if k != "val/f1"}}}
+            **{name: v for name, v in ranker.metrics.items() if name != "val/f1"}}}
         atomic_write_bytes(out_dir / FIT_SUMMARY, json.dumps(summary, indent=2).encode("utf-8"))
         _log_run(cfg, ranker.metrics, out_dir)
         return out_dir
