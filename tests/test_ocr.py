@@ -239,3 +239,41 @@ def test_faster_openvino_precisions_still_read_a_clean_label(label: Path, precis
     text = res.text.replace(" ", "").lower()
     assert "16oz" in text and "454g" in text and "220-240v" in text
     assert len({OcrSettings(precision=p).key() for p in ("f32", "bf16", "bf16-det")}) == 3
+
+
+@pytest.mark.parametrize("shape", [(1280, 1280, 3), (500, 900, 3), (2000, 300, 3)])
+def test_the_fast_detector_preprocessing_gives_rapidocrs_bits(shape: tuple[int, int, int]) -> None:
+    import numpy as np
+    from rapidocr.ch_ppocr_det.utils import DetPreProcess
+
+    from utils.models.ocr.speedups import FastDetPreProcess
+
+    img = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    for mean, std in (([0.5] * 3, [0.5] * 3), ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])):  # the 2nd: fallback
+        want = DetPreProcess(736, "min", mean, std)(img)
+        got = FastDetPreProcess(736, "min", mean, std)(img)
+        assert got.dtype == want.dtype and got.shape == want.shape and np.array_equal(got, want)
+
+
+def test_the_static_shape_detector_reads_what_the_dynamic_one_reads(label: Path) -> None:
+    """The engine's detector runs a model compiled for a recurring input shape (from its ``after``-th sighting, at
+    most ``most`` shapes); its boxes and texts are those of rapidocr's dynamic model."""
+    import numpy as np
+
+    from utils.models.ocr.speedups import StaticShapeSession
+
+    engine = OcrEngine(OcrSettings(max_side=1280), threads=1)
+    session = engine._get().text_det.session
+    assert isinstance(session, StaticShapeSession)
+    for _ in range(session.after - 1):
+        first = engine.run_path(label)  # the dynamic model
+    assert session.static == {} and sum(session.seen.values()) == session.after - 1
+    second = engine.run_path(label)  # seen ``after`` times: compiled for it
+    assert list(session.static) == list(session.seen) and len(session.static) == 1
+    assert [(b.text, b.quad) for b in second.boxes] == [(b.text, b.quad) for b in first.boxes]
+    x = np.random.default_rng(1).standard_normal(next(iter(session.static)), dtype=np.float32)
+    np.testing.assert_allclose(session(x).copy(), session.session(x), atol=1e-5)
+    capped = StaticShapeSession(session.session, after=1, most=1)
+    small = x[:, :, :64, :64].copy()
+    capped(x), capped(small), capped(small)
+    assert list(capped.static) == [x.shape] and capped.seen[small.shape] == 2  # the cap: the dynamic model

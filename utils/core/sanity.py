@@ -18,10 +18,10 @@ kind           problem
 =============  ==============================================================================================
 
 Stricter than the challenge in two small ways: the unit must be written exactly as in ``ENTITY_UNIT_MAP`` (no
-"centimeter" for "centimetre"), and digits and spaces are ASCII only (a no-break space is a format error).
-The ``index``/``format``/``unit`` rules live in ``utils.core.submission_format``, which the metric (``utils.core.metrics``)
-shares: a prediction rejected here can never score as correct there.
-Line numbers in the details assume the predictions were read from a CSV with a header (row 0 is line 2).
+"centimeter" for "centimetre"), and digits and spaces are ASCII only (a no-break space is a format error). The
+``index``/``format``/``unit`` rules live in ``utils.core.submission_format``, which the metric
+(``utils.core.metrics``) shares: a prediction rejected here can never score as correct there. Line numbers in the
+details assume the predictions were read from a CSV with a header (row 0 is line 2).
 Everything is vectorised: the full 131,187-row test set is checked in a fraction of a second.
 
 CLI: ``python -m utils.sanity TEST.csv PREDICTIONS.csv`` exits 0 with one summary line when valid; otherwise it

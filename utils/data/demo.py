@@ -307,7 +307,8 @@ def make_demo_data(
     test_rows.insert(0, "index", sorted(rng.sample(range(3 * n_test + 10), n_test)))
     train_csv, test_csv, labels_csv = root / "train.csv", root / "test.csv", root / "test_labels.csv"
     _write_if_changed(train_csv, train.to_csv(index=False).encode())
-    _write_if_changed(test_csv, test_rows[["index", "image_link", "group_id", "entity_name"]].to_csv(index=False).encode())
+    test_columns = ["index", "image_link", "group_id", "entity_name"]
+    _write_if_changed(test_csv, test_rows[test_columns].to_csv(index=False).encode())
     _write_if_changed(labels_csv, test_rows[["index", "entity_name", "entity_value"]].to_csv(index=False).encode())
     return DemoData(root, train_csv, test_csv, labels_csv, image_dir, n_train, n_test)
 

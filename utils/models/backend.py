@@ -1,8 +1,9 @@
 """The one small interface both backends implement, and a registry that imports them only when asked.
 
-``get_backend("paligemma")`` imports ``utils.models.paligemma.backend`` (torch, transformers) and ``get_backend("ocr")`` imports
-``utils.models.ocr.backend`` (onnxruntime, openvino, rapidocr) only at that moment, so importing this module (or ``utils.pipeline.predict``)
-stays cheap and works on a machine that has only one backend's dependencies.
+``get_backend("paligemma")`` imports ``utils.models.paligemma.backend`` (torch, transformers) and
+``get_backend("ocr")`` imports ``utils.models.ocr.backend`` (onnxruntime, openvino, rapidocr) only at that moment,
+so importing this module (or ``utils.pipeline.predict``) stays cheap and works on a machine that has only one
+backend's dependencies.
 
 A backend of your own plugs in without editing this file: ``register_backend("mine", "my_pkg.mod:MyBackend")`` in
 Python, or, for ``run_all.sh`` and its notebook processes, the environment variable

@@ -5,7 +5,8 @@ every ``shard_index`` in ``range(num_shards)``, in any order, on any number of m
 stage 04 (``utils.pipeline.stages.build_submission``) builds the submission. A run that dies loses at most the batch in
 flight; running the same call again continues where it stopped, and on a finished shard it does nothing, as long
 as everything its answers depend on is unchanged (``run_record``): otherwise the old answers are moved aside and the
-shard is predicted afresh. Two processes never write one shard at once (``utils.pipeline.shards.ShardWriter`` holds a lock).
+shard is predicted afresh. Two processes never write one shard at once (``utils.pipeline.shards.ShardWriter`` holds
+a lock).
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@
 * The done marker (the same path with ``.done`` appended, a small JSON) is written last, atomically (temporary
   file, fsync, rename); a shard with a marker is finished and a rerun does nothing.
 * The run record (``.run``, JSON) says what the answers depend on: the model, the shard's rows, its images, the
-  cleaning rules and the backend settings (``utils.pipeline.predict.run_record``). A rerun whose record differs in any of
-  them moves the old files aside (``*.stale-<time>``, kept) and predicts the shard afresh.
+  cleaning rules and the backend settings (``utils.pipeline.predict.run_record``). A rerun whose record differs in
+  any of them moves the old files aside (``*.stale-<time>``, kept) and predicts the shard afresh.
 * While a writer is open it holds an exclusive lock (``.lock``, ``flock``): a second process writing the same shard
   fails at once with a message naming the first, instead of interleaving appends.
 * :func:`merge_shards` needs all ``n`` finished shards, every test index exactly once, and one model, settings and

@@ -1,10 +1,10 @@
 """One function per notebook stage, so each notebook is its parameters cell and a few calls.
 
-Each function takes its stage's parameters (``utils.pipeline.params``: the same names as the notebook's parameters cell and
-``run_all.sh``'s options), validates them, does the work through the library, and returns what the notebook shows.
-The stages hand over through one work folder (``utils.pipeline.workdir.WorkDir`` lists every path in it). Lines meant for the
-person watching (counts, missing images, progress) go through ``utils.env.console.say``, so ``run_all.sh`` shows them
-on its console while the notebook runs.
+Each function takes its stage's parameters (``utils.pipeline.params``: the same names as the notebook's parameters
+cell and ``run_all.sh``'s options), validates them, does the work through the library, and returns what the notebook
+shows. The stages hand over through one work folder (``utils.pipeline.workdir.WorkDir`` lists every path in it).
+Lines meant for the person watching (counts, missing images, progress) go through ``utils.env.console.say``, so
+``run_all.sh`` shows them on its console while the notebook runs.
 """
 
 from __future__ import annotations

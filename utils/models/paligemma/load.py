@@ -238,9 +238,10 @@ def lora_config(cfg: ModelConfig):
 
 def from_source(loader: Any, model_id: str | Path, revision: str | None = None, fallback_to_main: bool = False,
                 **kwargs: Any):
-    """``loader.from_pretrained`` for ``model_id`` wherever it is (``utils.models.paligemma.hub.resolve_model_source``: a local
-    folder, a Kaggle model input, the HF cache, or a download with the HF token), hub failures turned into one-line
-    ``ModelAccessError``s. ``fallback_to_main``: a missing ``revision`` branch falls back to main, with a note."""
+    """``loader.from_pretrained`` for ``model_id`` wherever it is
+    (``utils.models.paligemma.hub.resolve_model_source``: a local folder, a Kaggle model input, the HF cache, or a
+    download with the HF token), hub failures turned into one-line ``ModelAccessError``s. ``fallback_to_main``: a
+    missing ``revision`` branch falls back to main, with a note."""
     from huggingface_hub.errors import RevisionNotFoundError
 
     from utils.models.paligemma.hub import explained, resolve_model_source

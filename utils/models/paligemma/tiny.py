@@ -1,9 +1,9 @@
 """A tiny PaliGemma built locally (random weights, a small trained tokenizer) for tests, benches and offline demos.
 
-It is saved with ``save_pretrained`` into a folder that loads through exactly the same ``from_pretrained`` code
-path as the real hub model (``utils.models.paligemma.load.load_base_model`` / ``load_processor``), so every training and inference
-step of the project can be proven without a download or a GPU. The architecture is PaliGemma's own (SigLIP vision
-tower, linear projector, Gemma decoder), only much smaller.
+It is saved with ``save_pretrained`` into a folder that loads through exactly the same ``from_pretrained`` code path
+as the real hub model (``utils.models.paligemma.load.load_base_model`` / ``load_processor``), so every training and
+inference step of the project can be proven without a download or a GPU. The architecture is PaliGemma's own (SigLIP
+vision tower, linear projector, Gemma decoder), only much smaller.
 """
 
 from __future__ import annotations

@@ -226,7 +226,7 @@ def training_arguments(model_cfg: ModelConfig, train_cfg: TrainConfig, ckpt_dir:
         remove_unused_columns=False,
         label_names=["labels"],
         dataloader_pin_memory=on_gpu,
-        disable_tqdm=True,  # utils.models.paligemma.budget.TrainingProgress shows the planned steps, ETA and budget instead
+        disable_tqdm=True,  # budget.TrainingProgress shows the planned steps, ETA and budget instead
         report_to=report_to,
         run_name=run_name,
     )
