@@ -144,6 +144,16 @@ class InferParams:
         _backend(InferParams, self)
         _settings(InferParams, self)
 
+    def backend_settings(self) -> dict[str, Any]:
+        """What the backend's ``predict`` (and ``warm``) get: ``settings``, plus ``batch_size`` when set, and for
+        ocr ``workers`` = ``num_threads`` unless the settings name it (OCR processes, one inference thread each)."""
+        out = dict(self.settings)
+        if self.batch_size > 0:
+            out["batch_size"] = self.batch_size
+        if self.backend == "ocr":
+            out.setdefault("workers", self.num_threads)
+        return out
+
 
 @dataclass
 class PostprocessParams:

@@ -262,9 +262,10 @@ class Runner:
         def watch_helper(shard: int, proc: subprocess.Popen[str]) -> None:
             proc.wait()
             with state_lock:
-                if helpers.get(shard, (None,))[0] is proc:
+                helper = helpers.get(shard)
+                if helper is not None and helper[0] is proc:  # ended by itself (stop_helper frees the slot else)
                     helpers.pop(shard)
-                    free.append(slot_of[proc.pid])
+                    free.append(helper[1])
                 self.children.discard(proc)
             done_event.set()
 
@@ -279,7 +280,6 @@ class Runner:
                 written = 0
             return sizes[shard] - written
 
-        slot_of: dict[int, int] = {}
         while pending or running:
             with state_lock:
                 while pending and free and not errors:
@@ -296,7 +296,7 @@ class Runner:
                         break
                     shard, slot = max(unhelped, key=rows_left), free.pop(0)
                     proc = self._start_helper(shard, slots[slot], run_dir=make_job(shard, {}).log.parent)
-                    helpers[shard], slot_of[proc.pid] = (proc, slot), slot
+                    helpers[shard] = (proc, slot)
                     threading.Thread(target=watch_helper, args=(shard, proc), daemon=True).start()
                     self.echo(f"[03] an idle slot ({where(slot)}) helps shard {shard}/{n}: preparing its last rows "
                               "first (OCR into the shared cache), while the shard writes its own rows")
@@ -323,7 +323,7 @@ class Runner:
         import json
 
         infer = self.plan.infer
-        settings = {**infer.settings, "workers": infer.num_threads} if infer.backend == "ocr" else dict(infer.settings)
+        settings = infer.backend_settings()  # the shard's own: the helper reads images the way the shard does
         cmd = [sys.executable, "-m", "utils.pipeline.warm", "--work", infer.work_dir or self.plan.run.work_dir,
                "--shard", str(shard), "--shards", str(infer.num_shards), "--backend", infer.backend,
                "--artifact-dir", infer.artifact_dir, "--images", infer.image_dir, "--shards-dir", infer.shards_dir,

@@ -334,20 +334,17 @@ def infer_shard(**params: Any) -> ShardDone:
     ``batch_size`` > 0 and ``settings`` go to the backend's ``predict``.
     """
     from utils.pipeline.predict import run_shard
-    from utils.pipeline.shards import shard_rows
+    from utils.pipeline.shards import read_shard, shard_rows
 
     p: InferParams = _stage_params(InferParams, params)
     limit_threads(p.num_threads)
-    settings = dict(p.settings)
-    if p.batch_size > 0:
-        settings["batch_size"] = p.batch_size
-    if p.backend == "ocr":
-        settings.setdefault("workers", p.num_threads)  # OCR processes, one onnxruntime thread each
+    settings = p.backend_settings()
     work = WorkDir.of(p.work_dir)
     test = load_test_rows(work, p.test_csv)
     images = work.image_dir(p.image_dir)
     tag = f"03 shard {p.shard_index}/{p.num_shards}"
-    links = shard_rows(test, p.shard_index, p.num_shards)["image_link"]
+    rows = shard_rows(test, p.shard_index, p.num_shards)
+    links = rows["image_link"]
     if len(links):
         if p.download:
             fetch_missing(links, images)
@@ -356,9 +353,6 @@ def infer_shard(**params: Any) -> ShardDone:
     out = work.shards(p.shards_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = Path(run_shard(p.backend, test, p.shard_index, p.num_shards, images, artifact, out, tag=tag, **settings))
-    from utils.pipeline.shards import read_shard, shard_rows
-
-    rows = shard_rows(test, p.shard_index, p.num_shards)
     answers = read_shard(path)[["index", "prediction", "raw"]]
     return ShardDone(path, rows.merge(answers, on="index", how="left"), images)
 

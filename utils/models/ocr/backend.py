@@ -36,7 +36,7 @@ from utils.models.ocr.engine import OcrResult
 from utils.models.ocr.features import build_table_oof_priors
 from utils.models.ocr.policy import f1_counts
 from utils.models.ocr.priors import Priors
-from utils.models.ocr.ranker import Ranker, fit_ranker, group_folds, load_ranker, row_correct, save_ranker
+from utils.models.ocr.ranker import fit_ranker, group_folds, load_ranker, read_meta, row_correct, save_ranker
 from utils.models.ocr.reading import Progress, ocr_many, tqdm_progress
 
 # ---- OCR lookups -------------------------------------------------------------------------------------------------
@@ -176,7 +176,7 @@ class OcrBackend:
                 ) -> Iterator[list[tuple[int, str]]]:
         """Yield ``(index, raw answer)`` per batch; ``""`` for a missing image or when the ranker abstains."""
         ranker = load_ranker(artifact_dir)
-        cfg = RankerConfig.from_settings(**{**_saved_runtime(ranker), **settings})
+        cfg = RankerConfig.from_settings(**{**_saved_ocr_settings(ranker.config), **settings})
         _check_rows(rows, ["index", "image_link", "entity_name"], "rows")
         for s in range(0, len(rows), max(1, cfg.batch_size)):
             batch = rows.iloc[s: s + cfg.batch_size]
@@ -188,14 +188,15 @@ class OcrBackend:
         """OCR ``rows``' images into the cache, in their order, batch by batch, the way ``predict`` with these
         settings reads them (turned pass included), so that a shard reaching them finds them read
         (``utils.pipeline.warm``: an idle slot helps a running shard from its last rows)."""
-        cfg = RankerConfig.from_settings(**{**_saved_runtime(load_ranker(artifact_dir)), **settings})
+        saved = read_meta(artifact_dir)["settings"]  # the OCR settings only: no models, no priors
+        cfg = RankerConfig.from_settings(**{**_saved_ocr_settings(saved), **settings})
         for s in range(0, len(rows), max(1, cfg.batch_size)):
             ocr_lookup(list(rows["image_link"].iloc[s: s + cfg.batch_size]), Path(image_dir), cfg)
 
 
-def _saved_runtime(ranker: Ranker) -> dict[str, Any]:
-    """The OCR settings the ranker was fitted with (so predict OCRs the same way unless overridden)."""
-    return {k: ranker.config[k] for k in OCR_KEYS if k in ranker.config}
+def _saved_ocr_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """The OCR settings a ranker was fitted with (so predict and warm OCR the same way unless overridden)."""
+    return {k: config[k] for k in OCR_KEYS if k in config}
 
 
 def _log_run(cfg: RankerConfig, metrics: dict[str, float], out_dir: Path) -> None:

@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 from utils.data.images import load_image
-from utils.models.ocr.speedups import install as install_speedups
 
 DEFAULT_MAX_SIDE = 1280
 ENGINES = ("openvino", "onnxruntime")
@@ -172,7 +171,10 @@ class OcrEngine:
 
     def _get(self):
         if self._engine is None:
+            # rapidocr (and the speedups built on it) load here, when an image is read, not when the module is imported
             from rapidocr import RapidOCR
+
+            from utils.models.ocr.speedups import install as install_speedups
 
             engine = RapidOCR(params=rapidocr_params(self.settings, self.threads))
             if self.settings.engine == "openvino":  # compiled now, each model with the precision asked

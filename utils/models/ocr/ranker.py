@@ -351,9 +351,9 @@ def _save_scorer(model: Any, models: Path) -> dict[str, Any]:
     return {"kind": "model"}
 
 
-def load_ranker(artifact_dir: Path) -> Ranker:
-    """Load a ranker written by ``save_ranker`` (``OcrBackend.fit``); an older format raises
-    ``ArtifactFormatError`` saying to refit."""
+def read_meta(artifact_dir: Path) -> dict[str, Any]:
+    """``ranker.json`` of a ranker written by ``save_ranker``, checked (format, features) without loading the models
+    or the priors; an older format raises ``ArtifactFormatError`` saying to refit."""
     artifact_dir = Path(artifact_dir)
     meta_file = artifact_dir / ARTIFACT_JSON
     refit = ("refit it with this version: run stage 02 again with refit=True (run_all.sh --refit), or "
@@ -370,6 +370,13 @@ def load_ranker(artifact_dir: Path) -> Ranker:
     if meta["features"] != feature_names():
         raise ArtifactFormatError(f"the OCR ranker in {artifact_dir} was fitted on other features than this version "
                                   f"computes: {refit}")
+    return meta
+
+
+def load_ranker(artifact_dir: Path) -> Ranker:
+    """Load a ranker written by ``save_ranker`` (``OcrBackend.fit``); see ``read_meta`` for the checks."""
+    artifact_dir = Path(artifact_dir)
+    meta = read_meta(artifact_dir)
     models = artifact_dir / MODELS_DIR
     scorer = meta["scorer"]
     model: Any

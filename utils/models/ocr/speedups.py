@@ -33,8 +33,12 @@ COPIED_PROPERTIES = ("INFERENCE_NUM_THREADS", "INFERENCE_PRECISION_HINT", "ENABL
 class FastDetPreProcess(DetPreProcess):
     """rapidocr's ``DetPreProcess`` with the normalisation in float32 when its mean and std are 0.5 (bit-identical)."""
 
+    def __init__(self, limit_side_len: int, limit_type: str, mean: Any, std: Any) -> None:
+        super().__init__(limit_side_len, limit_type, mean, std)
+        self.halves = bool(np.all(np.asarray(self.mean) == 0.5) and np.all(np.asarray(self.std) == 0.5))
+
     def __call__(self, img: np.ndarray) -> np.ndarray | None:
-        if not (np.all(np.asarray(self.mean) == 0.5) and np.all(np.asarray(self.std) == 0.5)):
+        if not self.halves:
             return super().__call__(img)
         resized = self.resize(img)
         if resized is None:
@@ -79,9 +83,6 @@ class StaticShapeSession:
             request = self.static[shape] = self._compile(shape)
         request.infer([x])
         return request.get_output_tensor().data
-
-    def __getattr__(self, name: str) -> Any:  # the rest of rapidocr's session (character lists, ...)
-        return getattr(self.session, name)
 
 
 def install(engine: Any, openvino: bool) -> None:
