@@ -291,10 +291,11 @@ class Runner:
                 if errors:
                     pending.clear()
                 while can_warm and not pending and free and not errors:
-                    unhelped = [s for s in running if s not in helpers]
-                    if not unhelped:
+                    left = {s: rows_left(s) for s in running if s not in helpers}
+                    left = {s: n_left for s, n_left in left.items() if n_left > 0}  # a shard that wrote its last row
+                    if not left:  # has nothing to read ahead
                         break
-                    shard, slot = max(unhelped, key=rows_left), free.pop(0)
+                    shard, slot = max(left, key=left.__getitem__), free.pop(0)
                     proc = self._start_helper(shard, slots[slot], run_dir=make_job(shard, {}).log.parent)
                     helpers[shard] = (proc, slot)
                     threading.Thread(target=watch_helper, args=(shard, proc), daemon=True).start()
