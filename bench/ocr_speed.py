@@ -34,8 +34,8 @@ import pandas as pd  # noqa: E402
 
 from bench.ocr_dev import rapidocr_default_speed, speed_sample  # noqa: E402
 from utils.data.images import cached_image  # noqa: E402
-from utils.models.ocr.engine import OcrSettings, shutdown_pools  # noqa: E402
-from utils.models.ocr.reading import ocr_many
+from utils.models.ocr.engine import OcrSettings  # noqa: E402
+from utils.models.ocr.reading import ocr_many, shutdown_pools  # noqa: E402
 
 BASE = OcrSettings()  # the backend's defaults
 

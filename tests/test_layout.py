@@ -110,3 +110,17 @@ def test_the_documented_commands_answer_where_users_type_them() -> None:
         out = subprocess.run([sys.executable, "-m", *command, "--help"], capture_output=True, text=True, cwd=REPO,
                              timeout=120)
         assert out.returncode == 0 and expected.lower() in out.stdout.lower(), (command, out.stderr)
+
+
+def test_every_benchmark_script_starts() -> None:
+    """The benchmarks are run by hand, not by the suite: each must at least import and answer ``--help`` (one
+    imported a name that had moved to another module and would have failed at its first line)."""
+    import subprocess
+    import sys
+
+    scripts = sorted((REPO / "bench").glob("*.py"))
+    assert scripts
+    for script in scripts:
+        out = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, cwd=REPO,
+                             timeout=120)
+        assert out.returncode == 0 and "usage" in out.stdout.lower(), (script.name, out.stderr[-2000:])

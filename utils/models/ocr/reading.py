@@ -163,7 +163,9 @@ def ocr_many(
     computed: dict[Path, OcrResult | None] = {}
     upright = replace(settings, rotate=0)  # engines and pools serve every rotation
     threads = max(1, int(threads))
-    if todo and (workers == 1 or len(todo) == 1):
+    # one image with no pool yet: read here rather than start workers; with the pool up (a shard's turned pass of
+    # one image), its workers, which have the models loaded, rather than compiling them a third time in here
+    if todo and (workers == 1 or (len(todo) == 1 and (upright, workers, threads) not in _POOLS)):
         engine = get_engine(upright, threads=threads * workers)
         it: Iterator[tuple[Path, OcrResult | None]] = (
             (p, ocr_to_cache(p, f, engine, settings.rotate)) for p, f in todo.items())
