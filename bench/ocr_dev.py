@@ -251,11 +251,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--speed-repeats", type=int, default=1, help="measure the speed ratio this many times")
     ap.add_argument("--engine", default=RankerConfig.engine, help="OCR engine: openvino or onnxruntime")
     ap.add_argument("--precision", default=RankerConfig.precision, help="openvino's precision: f32 or bf16")
+    ap.add_argument("--charset", default=RankerConfig.charset, help="characters recognition reads: no-cjk or all")
     ap.add_argument("--speed-only", action="store_true", help="only the speed ratio")
     ap.add_argument("--per-entity", action="store_true", help="print per-entity tables (first seed)")
     a = ap.parse_args(argv)
 
-    cfg = RankerConfig(cache_dir=a.cache_dir, folds=a.folds, workers=2, engine=a.engine, precision=a.precision)
+    cfg = RankerConfig(cache_dir=a.cache_dir, folds=a.folds, workers=2, engine=a.engine, precision=a.precision,
+                       charset=a.charset)
     if a.speed_only:
         dev = read_set(a.data, "dev")
         for _ in range(a.speed_repeats):

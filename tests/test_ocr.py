@@ -161,8 +161,8 @@ def test_rotation_engine_and_batch_are_part_of_the_cache_key() -> None:
     from utils.models.ocr.engine import CACHE_VERSION
 
     before = {"max_side": 1280, "text_score": 0.5, "use_cls": True, "det_side": None, "v": CACHE_VERSION}
-    # onnxruntime with rapidocr's batch of 6 keeps the key it had before engines were a setting
-    legacy = OcrSettings(engine="onnxruntime", rec_batch=6)
+    # onnxruntime with rapidocr's batch of 6 and all its characters keeps the key it had before these were settings
+    legacy = OcrSettings(engine="onnxruntime", rec_batch=6, charset="all")
     assert legacy.key() == hashlib.sha1(json.dumps(before, sort_keys=True).encode()).hexdigest()[:10]
     assert len({OcrSettings(rotate=r).key() for r in (0, 90, 180, 270)}) == 4
     assert len({legacy.key(), OcrSettings(engine="openvino", rec_batch=6).key(),
@@ -293,3 +293,35 @@ def test_one_image_goes_to_the_running_workers_not_to_a_new_engine_here(tmp_path
     assert not [key for key in engine_mod._ENGINES if key[0] == settings]  # no engine in this process
     out = dict(ocr_many([paths[0]], tmp_path / "cache", replace(settings, rotate=180), workers=2))
     assert out[paths[0]] is not None and not [key for key in engine_mod._ENGINES if key[0].text_score == 0.45]
+
+
+@pytest.mark.parametrize("engine_name", ["openvino", "onnxruntime"])
+def test_the_no_cjk_recogniser_is_the_full_one_renormalised_over_its_characters(engine_name: str) -> None:
+    """``charset="no-cjk"`` leaves the Chinese, Japanese and Korean characters and emoji out of recognition: its
+    probabilities are the full recogniser's over the kept characters, renormalised (OpenVINO computes only those
+    columns), so a line reads the same wherever its best character is kept."""
+    import numpy as np
+
+    full = OcrEngine(OcrSettings(charset="all", engine=engine_name))._get().text_rec
+    cut = OcrEngine(OcrSettings(charset="no-cjk", engine=engine_name))._get().text_rec
+    chars, kept = full.postprocess_op.character, cut.postprocess_op.character
+    assert len(chars) == 18710 and 1800 < len(kept) < 2000 and kept[0] == "blank"
+    assert not [c for c in kept if any(0x4E00 <= ord(x) <= 0x9FFF or 0x3040 <= ord(x) <= 0x30FF for x in c)]
+    assert all(c in kept for c in "0123456789.,x×()/-kgmlozcinLbWV%″'")
+    idx = [chars.index(c) for c in kept]
+    x = np.random.default_rng(0).standard_normal((6, 3, 48, 320), dtype=np.float32) * 0.5
+    p_full, p_cut = full.session(x), cut.session(x)
+    assert p_cut.shape == (*p_full.shape[:2], len(kept))
+    want = p_full[..., idx] / p_full[..., idx].sum(axis=-1, keepdims=True)
+    np.testing.assert_allclose(p_cut, want, atol=2e-4)
+
+
+def test_no_cjk_reads_a_latin_label_as_the_full_recogniser_does(label: Path) -> None:
+    full = OcrEngine(OcrSettings(charset="all")).run_path(label)
+    cut = OcrEngine(OcrSettings(charset="no-cjk")).run_path(label)
+    assert full is not None and cut is not None
+    assert [(b.text, b.quad) for b in cut.boxes] == [(b.text, b.quad) for b in full.boxes]
+    assert [b.score for b in cut.boxes] == pytest.approx([b.score for b in full.boxes], abs=1e-3)
+    assert OcrSettings().key() != OcrSettings(charset="all").key()
+    with pytest.raises(ValueError, match="charset"):
+        OcrSettings(charset="latin")

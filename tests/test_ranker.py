@@ -528,3 +528,26 @@ def test_the_fit_ocr_progress_reaches_the_console(capsys: pytest.CaptureFixture[
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("» [02 fit OCR]")]
     assert lines[0].startswith("» [02 fit OCR] 1/5 images") and lines[-1].startswith("» [02 fit OCR] 5/5 images")
     assert len(lines) == 2  # throttled: nothing between the first and the last within 30 s
+
+
+def test_predict_reads_images_with_the_characters_the_fit_read(synth: dict, tmp_path: Path) -> None:
+    """The recogniser's characters are an OCR setting saved with the ranker; a ranker saved before the setting
+    existed read with all of rapidocr's characters, and predict reads that way for it."""
+    from utils.models.ocr.engine import OcrSettings
+
+    be = OcrBackend()
+    out = be.fit(synth["train"], synth["val"], synth["dir"], tmp_path / "art",
+                 **{"cache_dir": str(synth["cache"]), "workers": 1, "folds": 3})
+    meta = json.loads((out / ARTIFACT_JSON).read_text())
+    assert meta["settings"]["charset"] == "no-cjk"  # the default, saved
+    rows = synth["test"].drop(columns="entity_value")
+
+    def keys_read(cache: Path) -> set[str]:
+        list(be.predict(rows, synth["dir"], out, cache_dir=str(cache), workers=1))
+        return {d.name for d in cache.iterdir()}
+
+    assert OcrSettings().key() in keys_read(tmp_path / "now")
+    del meta["settings"]["charset"]  # as a ranker saved before the setting
+    (out / ARTIFACT_JSON).write_text(json.dumps(meta))
+    read = keys_read(tmp_path / "before")
+    assert OcrSettings(charset="all").key() in read and OcrSettings().key() not in read

@@ -31,7 +31,7 @@ from utils.env.console import Every, duration, progress_line, say
 from utils.env.fileio import atomic_write_bytes
 from utils.models.backend import FIT_SUMMARY
 from utils.models.ocr.candidates import extract_candidates
-from utils.models.ocr.config import OCR_KEYS, RankerConfig
+from utils.models.ocr.config import OCR_KEYS, OCR_KEYS_BEFORE, RankerConfig
 from utils.models.ocr.engine import OcrResult
 from utils.models.ocr.features import build_table_oof_priors
 from utils.models.ocr.policy import f1_counts
@@ -196,7 +196,7 @@ class OcrBackend:
 
 def _saved_ocr_settings(config: dict[str, Any]) -> dict[str, Any]:
     """The OCR settings a ranker was fitted with (so predict and warm OCR the same way unless overridden)."""
-    return {k: config[k] for k in OCR_KEYS if k in config}
+    return {**OCR_KEYS_BEFORE, **{k: config[k] for k in OCR_KEYS if k in config}}
 
 
 def _log_run(cfg: RankerConfig, metrics: dict[str, float], out_dir: Path) -> None:

@@ -8,7 +8,9 @@ worker processes share one. ``precision`` "bf16-det" / "bf16" are faster still o
 slightly different texts (``_openvino_precision``). Measured on the rest (``bench/ocr_speed.py --cpu-time``, CPU
 per image relative to the default): no 180-degree classifier 0.95x (no gain), recognition batches of 1 / 16 / 32
 lines 0.80x / 0.77x / 0.76x of rapidocr's 6, ``det_side`` 1120 / 960 1.06x / 1.31x (fewer answers read, below);
-two workers of one thread beat one worker of two threads and two of two. Around rapidocr's detector,
+two workers of one thread beat one worker of two threads and two of two. Lines padded to 160 px instead of
+rapidocr's 320 read 25% faster but other texts (dims_real_dev -0.020 on 3 seeds); the recogniser in bf16 loses
+more than the detector in bf16 (dev -0.007, dims_dev -0.013). Around rapidocr's detector,
 ``utils.models.ocr.speedups`` normalises the input in float32 (the same bits, 61 -> 4 ms) and compiles the model
 for each recurring input shape (0.42 -> 0.35 s): 0.96 -> 0.81 CPU s per image, the same texts and boxes.
 
@@ -40,6 +42,7 @@ from utils.data.images import load_image
 DEFAULT_MAX_SIDE = 1280
 ENGINES = ("openvino", "onnxruntime")
 PRECISIONS = ("f32", "bf16", "bf16-det")
+CHARSETS = ("no-cjk", "all")
 #: (detector, classifier and recogniser) precision per ``OcrSettings.precision``
 PRECISION_PER_MODEL = {"f32": ("f32", "f32"), "bf16": ("bf16", "bf16"), "bf16-det": ("bf16", "f32")}
 DEFAULT_ENGINE = "openvino"
@@ -59,6 +62,9 @@ class OcrSettings:
     # in the upright image's pixels
     engine: str = DEFAULT_ENGINE  # inference engine of the shipped models: "openvino" or "onnxruntime"
     rec_batch: int = 6  # text lines per recognition batch (rapidocr's rec_batch_num; lines are padded per batch)
+    charset: str = "no-cjk"  # the characters recognition reads: "no-cjk" (12% faster, the same texts but where an
+    # image shows Chinese, Japanese or Korean characters: utils.models.ocr.speedups.narrow_recogniser) or "all"
+    # (rapidocr's 18,709)
     precision: str = "f32"  # openvino's inference precision: "f32" (the texts onnxruntime reads), "bf16-det"
     # (the detector in bf16) or "bf16" (all models): faster where the CPU has AMX / AVX512-BF16, slightly different
     # texts (see PRECISION_PER_MODEL); onnxruntime always runs f32
@@ -70,6 +76,8 @@ class OcrSettings:
             raise ValueError(f"engine must be one of {ENGINES}, not {self.engine!r}")
         if int(self.rec_batch) < 1:
             raise ValueError(f"rec_batch must be >= 1, not {self.rec_batch!r}")
+        if self.charset not in CHARSETS:
+            raise ValueError(f"charset must be one of {CHARSETS}, not {self.charset!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, not {self.precision!r}")
 
@@ -86,7 +94,7 @@ class OcrSettings:
 
 
 #: Fields added after the cache format was fixed, with the behaviour they had before: left out of the key there.
-_KEY_LEGACY: dict[str, Any] = {"rotate": 0, "engine": "onnxruntime", "rec_batch": 6}
+_KEY_LEGACY: dict[str, Any] = {"rotate": 0, "engine": "onnxruntime", "rec_batch": 6, "charset": "all"}
 
 
 @dataclass
@@ -175,6 +183,7 @@ class OcrEngine:
             from rapidocr import RapidOCR
 
             from utils.models.ocr.speedups import install as install_speedups
+            from utils.models.ocr.speedups import narrow_recogniser, outside_cjk
 
             engine = RapidOCR(params=rapidocr_params(self.settings, self.threads))
             if self.settings.engine == "openvino":  # compiled now, each model with the precision asked
@@ -185,8 +194,14 @@ class OcrEngine:
                     if self.settings.use_cls:
                         engine._load_cls_model()
                     engine._load_rec_model()
-            engine._load_det_model()
-            install_speedups(engine, openvino=self.settings.engine == "openvino")
+            engine._load_det_model()  # every model now (onnxruntime's too), not at the first image that needs it
+            if self.settings.use_cls:
+                engine._load_cls_model()
+            engine._load_rec_model()
+            openvino = self.settings.engine == "openvino"
+            install_speedups(engine, openvino=openvino)
+            if self.settings.charset == "no-cjk":
+                narrow_recogniser(engine.text_rec, outside_cjk, openvino=openvino)
             self._engine = engine
         return self._engine
 

@@ -27,6 +27,7 @@ from typing import Any
 
 from utils.env.fileio import atomic_write_bytes
 from utils.models.ocr.engine import (
+    CHARSETS,
     DEFAULT_CACHE_ENV,
     DEFAULT_ENGINE,
     DEFAULT_MAX_SIDE,
@@ -221,13 +222,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=0, help="only the first N images (sorted by name)")
     ap.add_argument("--engine", default=DEFAULT_ENGINE, choices=ENGINES)
     ap.add_argument("--precision", default=OcrSettings.precision, choices=PRECISIONS, help="openvino's precision")
+    ap.add_argument("--charset", default=OcrSettings.charset, choices=CHARSETS, help="characters recognition reads")
     a = ap.parse_args(argv)
     if not a.image_dir.is_dir():
         ap.error(f"not a folder: {a.image_dir}")
     files = sorted(p for p in a.image_dir.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".webp"})
     if a.limit:
         files = files[: a.limit]
-    settings = OcrSettings(max_side=a.max_side or None, engine=a.engine, precision=a.precision)
+    settings = OcrSettings(max_side=a.max_side or None, engine=a.engine, precision=a.precision, charset=a.charset)
     t0 = time.perf_counter()
     n = bad = 0
     for _, res in ocr_many(files, a.cache_dir, settings, a.workers, progress=tqdm_progress()):
