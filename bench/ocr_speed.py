@@ -9,12 +9,12 @@ images with the very same text lines): a quick sign of changed output, not an ac
 measures that).
 
 The choices (``--choices``, default all but max_side and combos): the engine (openvino / onnxruntime),
-openvino's precision (f32 / bf16), the 180-degree classifier, the recognition batch size, the detector's side
+openvino's precision (f32 / bf16), the recogniser's characters (no-cjk / all), the 180-degree classifier, the recognition batch size, the detector's side
 length, the OCR'd image's longest side, and threads per worker against the number of workers. ``--cpu-time``
 instead gives CPU seconds per image on one thread (robust to a busy machine). Do not ``nice`` a wall-clock run:
 a neighbour at normal priority then takes the cores from the workers first.
 
-    python bench/ocr_speed.py [--images 20] [--rounds 2] [--choices engine precision cls rec_batch det_side workers]
+    python bench/ocr_speed.py [--images 20] [--rounds 2] [--choices engine precision charset cls ...]
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ def variants(choices: list[str]) -> list[tuple[str, OcrSettings, int, int]]:
         out.append(("onnxruntime", replace(BASE, engine="onnxruntime"), 2, 1))
     if "precision" in choices:
         out.append(("openvino bf16", replace(BASE, precision="bf16"), 2, 1))
+    if "charset" in choices:
+        out.append(("all characters", replace(BASE, charset="all"), 2, 1))
     if "cls" in choices:
         out.append(("no cls", replace(BASE, use_cls=False), 2, 1))
     if "rec_batch" in choices:
@@ -98,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=2, help="rounds; each times the baseline and every configuration"
                                                           " (order turned each round); ratios are per round")
     ap.add_argument("--choices", nargs="+",
-                    default=["engine", "precision", "cls", "rec_batch", "det_side", "workers"])
+                    default=["engine", "precision", "charset", "cls", "rec_batch", "det_side", "workers"])
     ap.add_argument("--cpu-time", action="store_true", help="instead: CPU seconds per image of each configuration "
                                                               "on one thread in this process (robust to a busy "
                                                               "machine; says nothing of workers and threads)")
