@@ -9,8 +9,9 @@ images with the very same text lines): a quick sign of changed output, not an ac
 measures that).
 
 The choices (``--choices``, default all but max_side and combos): the engine (openvino / onnxruntime),
-openvino's precision (f32 / bf16), the recogniser's characters (no-cjk / all), the 180-degree classifier, the recognition batch size, the detector's side
-length, the OCR'd image's longest side, and threads per worker against the number of workers. ``--cpu-time``
+openvino's precision (f32 / bf16), the recogniser's characters (no-cjk / all), the 180-degree classifier, the
+recognition batch size, the detector's side length, the OCR'd image's longest side, and threads per worker against
+the number of workers. ``--cpu-time``
 instead gives CPU seconds per image on one thread (robust to a busy machine). Do not ``nice`` a wall-clock run:
 a neighbour at normal priority then takes the cores from the workers first.
 

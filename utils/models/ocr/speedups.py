@@ -1,4 +1,4 @@
-"""Two faster pieces fitted around rapidocr's text detector, each reading what rapidocr reads.
+"""Faster pieces fitted around rapidocr's models: two around the text detector, reading what rapidocr reads.
 
 Measured on this project's Xeon, one thread, a 1280 x 1280 image (the commonest detector input: 31% of the 960
 labelled images; 992 x 992 22%, 736 x 736 7%, 1024 x 1024 6%):
@@ -22,9 +22,10 @@ the characters it leaves out:
   is the one the full layer gives wherever its best character is among them: the same texts on 34 of 40 dev
   images, the other 6 differing only where Chinese characters were read; 0.86 -> 0.76 CPU s per image.
 
-``install(engine)`` puts the detector's two on a ``rapidocr.RapidOCR`` whose detector is loaded. They reach into rapidocr's
-``TextDetector`` (``get_preprocess``, ``session``); ``tests/test_ocr.py`` checks that the texts and boxes stay those
-of rapidocr's own pieces, so a rapidocr release that changes them fails there.
+``install(engine)`` puts the detector's two on a ``rapidocr.RapidOCR`` whose detector is loaded. They reach into
+rapidocr's ``TextDetector`` (``get_preprocess``, ``session``) and ``TextRecognizer`` (``session``,
+``postprocess_op``); ``tests/test_ocr.py`` checks that the texts and boxes stay those of rapidocr's own pieces, so a
+rapidocr release that changes them fails there.
 """
 
 from __future__ import annotations
