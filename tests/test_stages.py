@@ -134,6 +134,20 @@ def test_a_fit_on_a_sample_is_handed_the_whole_train_csv(prepared: stages.Prepar
     assert "all_labels_csv" not in json.loads((plain / "fit.json").read_text())
 
 
+def test_a_fit_that_learned_from_train_csv_is_not_reused_once_train_csv_changed(
+        prepared: stages.Prepared, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole label table is part of what the fit depends on: with the prepared tables unchanged, another
+    train.csv (more labels, other habits) fits again instead of reusing priors learned from the old one."""
+    monkeypatch.setitem(backends.BACKENDS, "all_labels", f"{__name__}:AllLabelsBackend")
+    work = str(prepared.work_dir)
+    first = stages.finetune(backend="all_labels", work_dir=work)
+    assert stages.finetune(backend="all_labels", work_dir=work).reused
+    train_csv = Path(prepared.manifest["train_csv"])
+    train_csv.write_bytes(train_csv.read_bytes() + train_csv.read_bytes().splitlines(keepends=True)[-1])
+    again = stages.finetune(backend="all_labels", work_dir=work)
+    assert again.artifact == first.artifact and not again.reused
+
+
 def test_fit_infer_postprocess(prepared: stages.Prepared, fake_backend: str, tmp_path: Path) -> None:
     work = str(prepared.work_dir)
     def fitted_note() -> str:

@@ -243,10 +243,14 @@ def prepare(**params: Any) -> Prepared:
 
 
 def fit_fingerprint(work: WorkDir, backend: str, settings: dict[str, Any]) -> str:
-    """A hash of what a fit depends on: backend name, settings, the prepared train and val tables."""
+    """A hash of what a fit depends on: backend name, settings, the prepared train and val tables, and the whole
+    label table the backend reads through its ``label_table_setting`` (its content, not only its path)."""
     digest = hashlib.sha256(json.dumps([backend, settings], sort_keys=True, default=str).encode())
     for name in ("train", "val"):
         digest.update(work.table(name).read_bytes())
+    labels = settings.get(label_table_setting(backend) or "")
+    if labels and Path(labels).is_file():
+        digest.update(Path(labels).read_bytes())
     return digest.hexdigest()[:16]
 
 
@@ -281,7 +285,12 @@ def finetune(**params: Any) -> Fitted:
     manifest = work.manifest()
     out = work.artifact(p.backend, p.artifact_dir)
     marker = work.fitted_marker(out)
-    fingerprint = fit_fingerprint(work, p.backend, p.settings)
+    settings = dict(p.settings)
+    all_labels = label_table_setting(p.backend)
+    handed = bool(all_labels) and all_labels not in settings and Path(manifest.get("train_csv") or "").is_file()
+    if handed:
+        settings[all_labels] = manifest["train_csv"]
+    fingerprint = fit_fingerprint(work, p.backend, settings)
     previous = work.read_fitted(out)
     if (previous and not p.refit and previous.get("fingerprint") == fingerprint and previous.get("complete", True)
             and Path(previous["artifact"]).exists()):
@@ -296,10 +305,7 @@ def finetune(**params: Any) -> Fitted:
     train, val = work.read_table("train"), work.read_table("val")
     census = image_census(pd.concat([train["image_link"], val["image_link"]]), images)
     say(f"[02] fitting backend '{p.backend}' on {len(train)} rows (validation {len(val)}); {census.line('them')}")
-    settings = dict(p.settings)
-    all_labels = label_table_setting(p.backend)
-    if all_labels and all_labels not in settings and Path(manifest.get("train_csv") or "").is_file():
-        settings[all_labels] = manifest["train_csv"]
+    if handed:
         say(f"[02] the backend also learns from every label of {manifest['train_csv']} ({all_labels})")
     out.mkdir(parents=True, exist_ok=True)
     fitted = Path(get_backend(p.backend).fit(train, val, images, out, **settings))
