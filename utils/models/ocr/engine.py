@@ -186,19 +186,16 @@ class OcrEngine:
             from utils.models.ocr.speedups import narrow_recogniser, outside_cjk
 
             engine = RapidOCR(params=rapidocr_params(self.settings, self.threads))
-            if self.settings.engine == "openvino":  # compiled now, each model with the precision asked
-                det, rec = PRECISION_PER_MODEL[self.settings.precision]
-                with _openvino_precision(det):
-                    engine._load_det_model()
-                with _openvino_precision(rec):
-                    if self.settings.use_cls:
-                        engine._load_cls_model()
-                    engine._load_rec_model()
-            engine._load_det_model()  # every model now (onnxruntime's too), not at the first image that needs it
-            if self.settings.use_cls:
-                engine._load_cls_model()
-            engine._load_rec_model()
             openvino = self.settings.engine == "openvino"
+            # every model compiled now, not at the first image that needs it; on openvino each with the precision
+            # asked (onnxruntime always runs f32)
+            det, rec = PRECISION_PER_MODEL[self.settings.precision] if openvino else (None, None)
+            with _openvino_precision(det):
+                engine._load_det_model()
+            with _openvino_precision(rec):
+                if self.settings.use_cls:
+                    engine._load_cls_model()
+                engine._load_rec_model()
             install_speedups(engine, openvino=openvino)
             if self.settings.charset == "no-cjk":
                 narrow_recogniser(engine.text_rec, outside_cjk, openvino=openvino)
@@ -249,14 +246,18 @@ def shipped_models() -> dict[str, Path]:
 
 
 @contextmanager
-def _openvino_precision(precision: str) -> Iterator[None]:
-    """While open, rapidocr's OpenVINO sessions compile with ``INFERENCE_PRECISION_HINT`` = ``precision``.
+def _openvino_precision(precision: str | None) -> Iterator[None]:
+    """While open, rapidocr's OpenVINO sessions compile with ``INFERENCE_PRECISION_HINT`` = ``precision`` (None:
+    nothing changes).
 
     rapidocr passes no precision to OpenVINO, whose CPU plugin then picks bf16 on CPUs with AMX / AVX512-BF16. On
     this project's Xeon (one thread, 20 dev images at 1280 px, CPU seconds per image): onnxruntime 1.80, openvino
     f32 0.94 (the same texts as onnxruntime on 20 of 20 images), detector bf16 0.70 (15 of 20), all bf16 0.56 (10
     of 20). Against f32, 6 fold seeds: bf16-det dev +0.003, dims_real_dev -0.003, dims_dev -0.007; bf16 dev
     +0.003, dims_real_dev -0.002, dims_dev -0.009 (dims_dev's oracle unchanged)."""
+    if precision is None:
+        yield
+        return
     import rapidocr.inference_engine.openvino.main as ov_main
 
     plain = ov_main.CPUConfig

@@ -37,9 +37,28 @@ from typing import Any
 import numpy as np
 from rapidocr.ch_ppocr_det.utils import DetPreProcess
 
-#: OpenVINO properties copied from rapidocr's compiled detector to each static one (threads, precision, pinning).
+#: OpenVINO properties copied from a model rapidocr compiled to each one compiled here (threads, precision, pinning).
 COPIED_PROPERTIES = ("INFERENCE_NUM_THREADS", "INFERENCE_PRECISION_HINT", "ENABLE_CPU_PINNING", "PERFORMANCE_HINT",
                      "NUM_STREAMS", "ENABLE_HYPER_THREADING", "SCHEDULING_CORE_TYPE")
+
+
+def compiled_properties(request: Any) -> dict[str, Any]:
+    """The ``COPIED_PROPERTIES`` of the model behind an OpenVINO infer request (those this OpenVINO build has)."""
+    compiled = request.get_compiled_model()
+    out: dict[str, Any] = {}
+    for name in COPIED_PROPERTIES:
+        try:
+            out[name] = compiled.get_property(name)
+        except Exception:  # noqa: BLE001 - a property this OpenVINO build does not have
+            continue
+    return out
+
+
+def compile_request(model: Any, properties: dict[str, Any]) -> Any:
+    """An infer request for ``model`` compiled on the CPU with ``properties``."""
+    from openvino import Core
+
+    return Core().compile_model(model, "CPU", properties).create_infer_request()
 
 
 class FastDetPreProcess(DetPreProcess):
@@ -70,20 +89,12 @@ class StaticShapeSession:
         self.after, self.most = after, most
         self.seen: Counter[tuple[int, ...]] = Counter()
         self.static: dict[tuple[int, ...], Any] = {}
-        compiled = session.session.get_compiled_model()
-        self.properties: dict[str, Any] = {}
-        for name in COPIED_PROPERTIES:
-            try:
-                self.properties[name] = compiled.get_property(name)
-            except Exception:  # noqa: BLE001 - a property this OpenVINO build does not have
-                continue
+        self.properties = compiled_properties(session.session)
 
     def _compile(self, shape: tuple[int, ...]) -> Any:
-        from openvino import Core
-
         model = self.session.model.clone()
         model.reshape(list(shape))
-        return Core().compile_model(model, "CPU", self.properties).create_infer_request()
+        return compile_request(model, self.properties)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         shape = tuple(int(d) for d in x.shape)
@@ -131,7 +142,7 @@ def narrow_recogniser(rec: Any, keep: Callable[[str], bool], openvino: bool) -> 
 
 def _narrowed_request(session: Any, idx: np.ndarray) -> Any:
     """rapidocr's OpenVINO recogniser (MatMul -> Add -> Softmax at its end) compiled with only ``idx``'s columns."""
-    from openvino import Core, opset13
+    from openvino import opset13
 
     model = session.model.clone()
     node = model.get_results()[0].input_value(0).get_node()
@@ -149,14 +160,7 @@ def _narrowed_request(session: Any, idx: np.ndarray) -> Any:
     matmul.input(1).replace_source_output(opset13.constant(np.ascontiguousarray(weight[:, idx])).output(0))
     add.input(1).replace_source_output(opset13.constant(np.ascontiguousarray(bias[idx])).output(0))
     model.validate_nodes_and_infer_types()
-    compiled = session.session.get_compiled_model()
-    properties = {}
-    for name in COPIED_PROPERTIES:
-        try:
-            properties[name] = compiled.get_property(name)
-        except Exception:  # noqa: BLE001 - a property this OpenVINO build does not have
-            continue
-    return Core().compile_model(model, "CPU", properties).create_infer_request()
+    return compile_request(model, compiled_properties(session.session))
 
 
 class _Renormalised:
