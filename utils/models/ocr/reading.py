@@ -166,7 +166,7 @@ def ocr_many(
     threads = max(1, int(threads))
     # one image with no pool yet: read here rather than start workers; with the pool up (a shard's turned pass of
     # one image), its workers, which have the models loaded, rather than compiling them a third time in here
-    if todo and (workers == 1 or (len(todo) == 1 and (upright, workers, threads) not in _POOLS)):
+    if todo and (workers == 1 or (len(todo) == 1 and _pool_key(upright, workers, threads) not in _POOLS)):
         engine = get_engine(upright, threads=threads * workers)
         it: Iterator[tuple[Path, OcrResult | None]] = (
             (p, ocr_to_cache(p, f, engine, settings.rotate)) for p, f in todo.items())
@@ -194,9 +194,13 @@ def ocr_many(
 _POOLS: dict[tuple[OcrSettings, int, int], ProcessPoolExecutor] = {}
 
 
+def _pool_key(settings: OcrSettings, workers: int, threads: int) -> tuple[OcrSettings, int, int]:
+    return settings, int(workers), int(threads)
+
+
 def get_pool(settings: OcrSettings, workers: int, threads: int = 1) -> ProcessPoolExecutor:
     """A process pool kept for the life of this process (models load once per worker, not once per batch)."""
-    key = (settings, int(workers), int(threads))
+    key = _pool_key(settings, workers, threads)
     if key not in _POOLS:
         _POOLS[key] = ProcessPoolExecutor(workers, initializer=_worker_init, initargs=(settings, int(threads)))
     return _POOLS[key]
