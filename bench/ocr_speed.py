@@ -1,19 +1,18 @@
 """OCR speed choices, each as a ratio to rapidocr's defaults, measured in one run on the same images.
 
 Absolute images/s differ several-fold between machines, so every figure here is a ratio: the images/s of a
-configuration (uncached OCR through ``utils.models.ocr.reading.ocr_many``, fresh worker processes so model loading counts, no
-turned second pass) over the images/s of rapidocr called with its defaults on the full-resolution files, one image
-at a time in one process (engine construction included). The baseline runs first and last; its mean is the
-denominator. Besides speed, each configuration's texts are compared with the first configuration's (share of
-images with the very same text lines): a quick sign of changed output, not an accuracy figure (``bench/ocr_dev.py``
+configuration (uncached OCR through ``utils.models.ocr.reading.ocr_many``, fresh worker processes so model loading
+counts, no turned second pass) over the images/s of rapidocr called with its defaults on the full-resolution files,
+one image at a time in one process (engine construction included). The baseline runs first and last; its mean is the
+denominator. Besides speed, each configuration's texts are compared with the first configuration's (share of images
+with the very same text lines): a quick sign of changed output, not an accuracy figure (``bench/ocr_dev.py``
 measures that).
 
-The choices (``--choices``, default all but max_side and combos): the engine (openvino / onnxruntime),
-openvino's precision (f32 / bf16), the recogniser's characters (no-cjk / all), the 180-degree classifier, the
-recognition batch size, the detector's side length, the OCR'd image's longest side, and threads per worker against
-the number of workers. ``--cpu-time``
-instead gives CPU seconds per image on one thread (robust to a busy machine). Do not ``nice`` a wall-clock run:
-a neighbour at normal priority then takes the cores from the workers first.
+The choices (``--choices``, default all but max_side and combos): the engine (openvino / onnxruntime), openvino's
+precision (f32 / bf16), the recogniser's characters (no-cjk / all), the 180-degree classifier, the recognition batch
+size, the detector's side length, the OCR'd image's longest side, and threads per worker against the number of
+workers. ``--cpu-time`` instead gives CPU seconds per image on one thread (robust to a busy machine). Do not
+``nice`` a wall-clock run: a neighbour at normal priority then takes the cores from the workers first.
 
     python bench/ocr_speed.py [--images 20] [--rounds 2] [--choices engine precision charset cls ...]
 """
