@@ -45,9 +45,7 @@ from utils.models.ocr.features import (
     CandidateTable,
     OcrLookup,
     build_table,
-    concat_tables,
     feature_names,
-    subset_rows,
 )
 from utils.models.ocr.pairs import PairModel, same_amount_any_unit
 from utils.models.ocr.policy import abstain_threshold, expected_empty_share, f1_counts
@@ -280,33 +278,6 @@ def fit_ranker(rows: pd.DataFrame, lookup: OcrLookup, cfg: RankerConfig, priors:
     if pairs is not None:
         metrics["pairs"] = float(pairs.n_pairs)
     return Ranker(model, thr, priors, asdict(cfg), metrics, pairs)
-
-
-def cross_validate(rows: pd.DataFrame, lookup: OcrLookup, cfg: RankerConfig, priors: Priors,
-                   train_only: pd.DataFrame | None = None) -> list[str]:
-    """Out-of-fold answers for ``rows`` (folds by group_id; the threshold tuned inside each training part).
-
-    ``train_only`` rows are added to every training part but never predicted (e.g. another labelled set)."""
-    rows = rows.reset_index(drop=True)
-    folds = group_folds(rows["group_id"].to_numpy(), cfg.folds, cfg.seed)
-    table = build_table(rows, lookup, priors)
-    extra = build_table(train_only.reset_index(drop=True), lookup, priors) if train_only is not None else None
-    out = [""] * len(rows)
-    for f in range(cfg.folds):
-        te_rows = np.where(folds == f)[0]
-        if len(te_rows) == 0:
-            continue
-        tr_rows = np.where(folds != f)[0]
-        tr = subset_rows(table, tr_rows)
-        tr_df = rows.iloc[tr_rows]
-        if extra is not None:
-            tr = concat_tables(tr, extra)
-            tr_df = pd.concat([tr_df, train_only], ignore_index=True)
-        rk = fit_ranker(tr_df.reset_index(drop=True), lookup, cfg, priors, table=tr)
-        ans = rk.predict_table(subset_rows(table, te_rows))
-        for i, a in zip(te_rows, ans):
-            out[i] = a
-    return out
 
 
 # ---- the artifact ------------------------------------------------------------------------------------------------
