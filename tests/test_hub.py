@@ -121,3 +121,29 @@ def test_revision_auto_follows_the_compute_dtype(monkeypatch: pytest.MonkeyPatch
     assert ModelConfig().hub_revision == "float16"
     fake_gpu.install(monkeypatch.setattr, [fake_gpu.A100])
     assert ModelConfig().hub_revision == "bfloat16"
+
+
+FALLBACK = (
+    "from transformers import PaliGemmaForConditionalGeneration\n"
+    "from utils.models.paligemma.load import from_source, load_processor\n"
+    "load_processor({model!r}, 'float16')\n"
+    "from_source(PaliGemmaForConditionalGeneration, {model!r}, 'float16', fallback_to_main=True)\n"
+    "print('LOADED')\n"
+)
+
+
+def test_a_repository_without_the_dtype_branch_falls_back_to_main_with_a_line_saying_so(tiny_dir: Path,
+                                                                                       tmp_path: Path) -> None:
+    # revision "auto" asks for the float16 branch on a T4; a mirror or a fork may serve main only
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
+    with FakeHub({(MODEL, "main"): tiny_dir}, token=TOKEN) as main_only:
+        env.update(HF_ENDPOINT=main_only.url, HF_HOME=str(tmp_path / "hf_home"), HF_TOKEN=TOKEN,
+                   KAGGLE_INPUT_DIR=str(tmp_path / "kaggle"), PYTHONPATH=str(REPO))
+        result = subprocess.run([sys.executable, "-c", FALLBACK.format(model=MODEL)], env=env, capture_output=True,
+                                text=True, cwd=REPO, timeout=300)
+        branches = {r.path.split("/resolve/")[1].split("/")[0] for r in main_only.downloads()}
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "LOADED" in result.stdout
+    assert result.stdout.count("has no 'float16' branch; loading main") == 2  # processor and model, one line each
+    assert branches == {"float16", "main"}  # asked for float16 first, then loaded main

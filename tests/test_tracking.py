@@ -68,3 +68,16 @@ def test_disabled_run_needs_no_wandb_installed(clean_env: pytest.MonkeyPatch, tm
     run.finish()
     assert run.history == [{"loss": 1.5}] and run.summary == {"f1": 0.5} and run.config == {"lr": 1e-3}
     assert os.environ["WANDB_MODE"] == "disabled"
+
+
+def test_a_key_without_internet_logs_offline_with_a_line_instead_of_failing_the_fit(
+        clean_env: pytest.MonkeyPatch, tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Kaggle with Internet off and a wandb key in its secrets: wandb's own init waits 90 s, then raises
+    clean_env.setenv("WANDB_API_KEY", "x" * 40)
+    clean_env.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens on the discard port
+    run = tracking.init_run("unit-test", {"lr": 1e-3}, job_type="test", dir=tmp_path)
+    run.log({"loss": 1.0})
+    run.finish()
+    assert os.environ["WANDB_MODE"] == "offline"  # what the Trainer's wandb callback reads too
+    assert "cannot be reached" in capsys.readouterr().out
+    assert list(tmp_path.glob("wandb/offline-run-*/run-*.wandb")), "the offline run left nothing to sync"

@@ -219,8 +219,9 @@ def test_the_eval_sample_is_capped_shuffled_and_scored_with_the_merged_model(tin
     summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
     assert summary["n_eval_sample"] == 5
     cfg = InferConfig(max_new_tokens=summary["max_new_tokens"])
-    merged, processor = load_predictor(adapter, cfg)  # exactly what stage 03 loads
-    assert summary["metrics"]["final_f1_merged"] == generated_f1(merged, processor, sample, image_dir, cfg)
+    merged, processor, model_cfg = load_predictor(adapter, cfg)  # exactly what stage 03 loads
+    assert summary["metrics"]["final_f1_merged"] == generated_f1(merged, processor, sample, image_dir, cfg,
+                                                                 prompt_format=model_cfg.prompt_format)
     assert json.loads((adapter / "fit_status.json").read_text())["complete"] is True
 
 

@@ -31,6 +31,9 @@ TEST_COLUMNS: tuple[str, ...] = ("index", "image_link", "group_id", "entity_name
 #: The one prompt, for training and inference. ``{entity}`` is the entity name with underscores turned into
 #: spaces ("item_weight" -> "What is the item weight?"). Change it here and nowhere else.
 PROMPT_TEMPLATE = "What is the {entity}?"
+#: How the question is put to the model. ``question``: the bare question (the seed's prompt). ``docvqa``: big_vision's
+#: task prefix, the format PaliGemma's docvqa checkpoint was fine-tuned on (``answer en <question>``).
+PROMPT_FORMATS = {"question": "{question}", "docvqa": "answer en {question}"}
 
 _LABEL_UNIT = r"([a-zA-Z]+(?: [a-zA-Z]+)*)\s*$"
 
@@ -239,8 +242,12 @@ def group_split(df: pd.DataFrame, val_fraction: float = 0.1, seed: int = 0) -> t
     return df[~is_val], df[is_val]
 
 
-def make_prompt(entity_name: str) -> str:
-    """The prompt for an entity, e.g. ``make_prompt("item_weight") == "What is the item weight?"``."""
+def make_prompt(entity_name: str, prompt_format: str = "question") -> str:
+    """The prompt for an entity, e.g. ``make_prompt("item_weight") == "What is the item weight?"`` and
+    ``make_prompt("item_weight", "docvqa") == "answer en What is the item weight?"`` (``PROMPT_FORMATS``)."""
     if entity_name not in ENTITIES:
         raise ValueError(f"unknown entity {entity_name!r}; expected one of {', '.join(ENTITIES)}")
-    return PROMPT_TEMPLATE.format(entity=entity_name.replace("_", " "))
+    if prompt_format not in PROMPT_FORMATS:
+        raise ValueError(f"prompt_format must be one of {tuple(PROMPT_FORMATS)}, got {prompt_format!r}")
+    question = PROMPT_TEMPLATE.format(entity=entity_name.replace("_", " "))
+    return PROMPT_FORMATS[prompt_format].format(question=question)

@@ -8,11 +8,17 @@ later with ``wandb sync``). Keys are never read from parameters or files in the 
 from __future__ import annotations
 
 import os
+import socket
 from typing import Any
+from urllib.parse import urlparse
 
+from utils.env.console import say
 from utils.env.secrets import hf_token, wandb_key
 
 VALID_MODES = ("online", "offline", "disabled")
+DEFAULT_BASE_URL = "https://api.wandb.ai"
+#: Seconds to wait for wandb's server before logging offline instead (wandb's own init would wait 90 s, then fail).
+REACH_TIMEOUT_S = 5.0
 
 
 class NullRun:
@@ -59,6 +65,21 @@ def wandb_mode(requested: str | None = None) -> str:
     return "online" if find_api_key() else "offline"
 
 
+def server_reachable(timeout: float = REACH_TIMEOUT_S) -> bool:
+    """Whether wandb's server (``WANDB_BASE_URL``, default api.wandb.ai) accepts a TCP connection within ``timeout``:
+    a Kaggle notebook with Internet off and a key in its secrets would otherwise spend wandb's 90 s init timeout and
+    then fail the fit."""
+    url = urlparse(os.environ.get("WANDB_BASE_URL") or DEFAULT_BASE_URL)
+    if not url.hostname:
+        return False
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
 #: Config keys that are never sent to wandb (whatever their value): secrets belong in the environment.
 SECRET_KEY_WORDS = ("token", "api_key", "apikey", "secret", "password")
 
@@ -96,6 +117,11 @@ def init_run(
     one run. The config is passed through ``scrub`` first, so no secret ever reaches wandb.
     """
     chosen = wandb_mode(mode)
+    if chosen == "online" and not server_reachable():
+        where = os.environ.get("WANDB_BASE_URL") or DEFAULT_BASE_URL
+        say(f"wandb: {where} cannot be reached (no internet?): logging offline into {dir or 'wandb/'}; "
+            "`wandb sync` uploads the run later")
+        chosen = "offline"
     os.environ["WANDB_MODE"] = chosen  # the HF Trainer's wandb callback reads it too
     config = scrub(config)
     if chosen == "disabled":

@@ -31,7 +31,7 @@ class PaliGemmaBackend:
     uses_gpu = True  # run_all.sh gives each shard its own GPU
 
     def __init__(self) -> None:
-        self._loaded: tuple[Any, Any, Any] | None = None  # (key, model, processor): one load for all shards
+        self._loaded: tuple[Any, Any, Any, ModelConfig] | None = None  # (key, model, processor, config): one load
         self.stats = GenerationStats()
 
     def fit(self, train: pd.DataFrame, val: pd.DataFrame, image_dir: Path, out_dir: Path, **settings: Any) -> Path:
@@ -54,10 +54,10 @@ class PaliGemmaBackend:
         fresh = self._loaded is None or self._loaded[0] != key
         if fresh:
             self._loaded = None  # free the previous model before loading another
-            model, processor = load_predictor(artifact_dir, cfg, **model_kw)
-            self._loaded = (key, model, processor)
-        _, model, processor = self._loaded
-        yield from predict_batches(model, processor, rows, image_dir, cfg, self.stats, check_finite=fresh)
+            self._loaded = (key, *load_predictor(artifact_dir, cfg, **model_kw))
+        _, model, processor, model_cfg = self._loaded
+        yield from predict_batches(model, processor, rows, image_dir, cfg, self.stats, check_finite=fresh,
+                                   prompt_format=model_cfg.prompt_format)
         note = self.stats.note()
         if note:
             log.warning(note)

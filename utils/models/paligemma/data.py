@@ -2,7 +2,7 @@
 and the answer-window loss that needs logits for the last few positions only.
 
 - ``AnswerDataset``: rows read lazily from the image cache (``utils.data.images``), prompts from
-  ``utils.data.tables.make_prompt`` (the one prompt, shared with inference); rows without an image are dropped.
+  ``utils.data.tables.make_prompt`` in the adapter's ``prompt_format`` (the one prompt, shared with inference); rows without an image are dropped.
 - ``PaliGemmaCollator``: the processor's ``suffix=`` puts the answer after the prompt; only the answer tokens and
   the closing ``<eos>`` carry loss; image, prompt and padding tokens are labelled -100.
 - ``answer_window`` / ``answer_loss``: the full 257k-vocabulary logits of ~1,000 image tokens would not fit a T4;
@@ -30,7 +30,8 @@ IGNORE_INDEX = -100
 class AnswerDataset(torch.utils.data.Dataset):
     """Rows as (image, prompt, answer); images are read lazily, rows whose image file is missing are dropped."""
 
-    def __init__(self, rows: pd.DataFrame, image_dir: str | Path, max_side: int | None = None) -> None:
+    def __init__(self, rows: pd.DataFrame, image_dir: str | Path, max_side: int | None = None,
+                 prompt_format: str = "question") -> None:
         missing_cols = {"image_link", "entity_name", "entity_value"} - set(rows.columns)
         if missing_cols:
             raise ValueError(f"training rows lack column(s) {sorted(missing_cols)}")
@@ -43,7 +44,7 @@ class AnswerDataset(torch.utils.data.Dataset):
             log.warning("%d of %d rows have no image in %s; they are skipped", self.n_missing, len(keep), image_dir)
         kept = rows[keep]
         self.paths = [p for p, k in zip(paths, keep) if k]
-        self.prompts = [make_prompt(e) for e in kept["entity_name"]]
+        self.prompts = [make_prompt(e, prompt_format) for e in kept["entity_name"]]
         self.answers = ["" if pd.isna(v) else str(v).strip() for v in kept["entity_value"]]
 
     def __len__(self) -> int:

@@ -187,7 +187,8 @@ _NO_NETWORK = ("couldn't connect", "could not connect", "connection", "name or s
                "temporary failure in name resolution", "network is unreachable", "offline", "timed out")
 
 
-def _chain(exc: BaseException) -> Iterator[BaseException]:
+def exception_chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and every exception it was raised from or during, at any depth (each once)."""
     seen: set[int] = set()
     todo: list[BaseException | None] = [exc]
     while todo:
@@ -211,7 +212,7 @@ def explain(exc: BaseException, model_id: str, revision: str | None = None) -> s
 
     page = f"https://huggingface.co/{model_id}"
     has_token = hf_token() is not None
-    chain = list(_chain(exc))
+    chain = list(exception_chain(exc))
     for e in chain:
         if isinstance(e, errors.GatedRepoError) or _status(e) == 403:
             return (f"{model_id} is gated and the Hugging Face token was not given access: accept the licence at "

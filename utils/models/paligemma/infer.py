@@ -165,8 +165,10 @@ def iter_answers(
     batch_size: int = 16,
     max_side: int | None = None,
     progress: bool = False,
+    prompt_format: str = "question",
 ) -> Iterator[list[tuple[int, str]]]:
-    """Yield ``(index, raw answer)`` per batch of ``rows``; missing images answer ``""``; OOM halves the batch."""
+    """Yield ``(index, raw answer)`` per batch of ``rows`` asked in ``prompt_format``; missing images answer ``""``;
+    OOM halves the batch."""
     from utils.data.images import cached_image, load_image
     from utils.data.tables import make_prompt
 
@@ -175,7 +177,7 @@ def iter_answers(
         raise ValueError(f"rows lack column(s) {sorted(missing)}")
     indices = [int(i) for i in rows["index"]]
     links = list(rows["image_link"])
-    prompts = [make_prompt(e) for e in rows["entity_name"]]
+    prompts = [make_prompt(e, prompt_format) for e in rows["entity_name"]]
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -219,10 +221,11 @@ def iter_answers(
 
 
 def predict_batches(model: Any, processor: Any, rows: pd.DataFrame, image_dir: str | Path, cfg: InferConfig,
-                    stats: GenerationStats | None = None, check_finite: bool = False
+                    stats: GenerationStats | None = None, check_finite: bool = False, prompt_format: str = "question"
                     ) -> Iterator[list[tuple[int, str]]]:
-    """Greedy generation over ``rows`` with ``model``, batch by batch (see ``iter_answers``); ``stats`` counts rows
-    and generations cut at ``cfg.max_new_tokens``; ``check_finite`` checks the first batch's logits."""
+    """Greedy generation over ``rows`` with ``model``, batch by batch (see ``iter_answers``), asked in the
+    ``prompt_format`` the model was trained with (``ModelConfig.prompt_format``); ``stats`` counts rows and
+    generations cut at ``cfg.max_new_tokens``; ``check_finite`` checks the first batch's logits."""
     stats = stats if stats is not None else GenerationStats()
     max_new = cfg.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
     stats.max_new_tokens = max_new
@@ -235,7 +238,7 @@ def predict_batches(model: Any, processor: Any, rows: pd.DataFrame, image_dir: s
         stats.truncated += sum(cut)
         return answers
 
-    yield from iter_answers(rows, image_dir, answer_fn, cfg.batch_size, cfg.max_side, cfg.progress)
+    yield from iter_answers(rows, image_dir, answer_fn, cfg.batch_size, cfg.max_side, cfg.progress, prompt_format)
 
 
 def saved_max_new_tokens(artifact_dir: str | Path) -> int:
@@ -249,8 +252,10 @@ def saved_max_new_tokens(artifact_dir: str | Path) -> int:
         return 0
 
 
-def load_predictor(artifact_dir: str | Path, infer_cfg: InferConfig, **model_settings: Any) -> tuple[Any, Any]:
-    """(model, processor) from an adapter folder written by ``fit``, or from a plain PaliGemma model folder/id.
+def load_predictor(artifact_dir: str | Path, infer_cfg: InferConfig, **model_settings: Any
+                   ) -> tuple[Any, Any, ModelConfig]:
+    """(model, processor, its ModelConfig) from an adapter folder written by ``fit``, or from a plain PaliGemma model
+    folder/id. The config's ``prompt_format`` is the one the adapter was trained with: ask in it.
 
     For an adapter, the base model and LoRA settings saved beside it are used; device and dtype are chosen for
     this machine unless given in ``model_settings``, which override anything saved. Prints where the base weights
@@ -278,18 +283,22 @@ def load_predictor(artifact_dir: str | Path, infer_cfg: InferConfig, **model_set
     dtype = str(cfg.torch_dtype).removeprefix("torch.")
     how = f" ({'merged into' if infer_cfg.merge_adapter else 'with'} the adapter)" if is_adapter_dir(artifact) else ""
     print(f"inference on {describe_device(cfg.torch_device)} in {dtype}{how}")
-    return model, load_processor(processor_src, revision)
+    return model, load_processor(processor_src, revision), cfg
 
 
 def generated_f1(model: Any, processor: Any, rows: pd.DataFrame, image_dir: str | Path, infer_cfg: InferConfig,
-                 stats: GenerationStats | None = None) -> float:
-    """The competition F1 of answers generated (greedy, cleaned by ``utils.core.units``) for labelled ``rows``."""
+                 stats: GenerationStats | None = None, prompt_format: str = "question", check_finite: bool = False
+                 ) -> float:
+    """The competition F1 of answers generated (greedy, cleaned by ``utils.core.units``) for labelled ``rows``;
+    ``check_finite``: NaN/inf logits on the first batch raise ``NonFiniteError`` (as stage 03 does) instead of
+    scoring garbage as F1 ~ 0."""
     rows = rows.reset_index(drop=True).copy()
     rows["index"] = range(len(rows))
     was_training = model.training
     model.eval()
     try:
-        raw = dict(pair for batch in predict_batches(model, processor, rows, image_dir, infer_cfg, stats)
+        raw = dict(pair for batch in predict_batches(model, processor, rows, image_dir, infer_cfg, stats,
+                                                     check_finite, prompt_format)
                    for pair in batch)
     finally:
         if was_training:

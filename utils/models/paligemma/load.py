@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from utils.data.tables import PROMPT_FORMATS
+
 DEFAULT_MODEL_ID = "google/paligemma-3b-ft-docvqa-448"
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 #: Vision-tower (SigLIP) modules that get LoRA adapters, per ``ModelConfig.lora_vision``.
@@ -125,6 +127,12 @@ class ModelConfig:
     gradient_checkpointing: bool = field(
         default=True, metadata={"help": "Recompute activations in the backward pass (needed to fit a T4)."}
     )
+    prompt_format: str = field(
+        default="docvqa",
+        metadata={"help": "How the question is asked, the same in training and inference: 'docvqa' (\"answer en "
+                          "What is the item weight?\", the task prefix the docvqa checkpoint was fine-tuned on) or "
+                          "'question' (the bare question, the seed's prompt; adapters saved before this setting)."},
+    )
     attn_implementation: str | None = field(
         default="sdpa", metadata={"help": "Attention kernel: 'sdpa', 'eager', or None for the library default."}
     )
@@ -137,6 +145,8 @@ class ModelConfig:
             raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {self.quantization!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.prompt_format not in PROMPT_FORMATS:
+            raise ValueError(f"prompt_format must be one of {tuple(PROMPT_FORMATS)}, got {self.prompt_format!r}")
         if self.lora_vision not in LORA_VISION:
             raise ValueError(f"lora_vision must be one of {tuple(LORA_VISION)}, got {self.lora_vision!r}")
         if not self.revision:
@@ -244,17 +254,19 @@ def from_source(loader: Any, model_id: str | Path, revision: str | None = None, 
     missing ``revision`` branch falls back to main, with a note."""
     from huggingface_hub.errors import RevisionNotFoundError
 
-    from utils.models.paligemma.hub import explained, resolve_model_source
+    from utils.env.console import say
+    from utils.models.paligemma.hub import exception_chain, explained, resolve_model_source
 
     source = resolve_model_source(str(model_id), revision)
     try:
         with explained(str(model_id), revision):
             return loader.from_pretrained(source.location, **source.load_kwargs(), **kwargs)
     except Exception as exc:
-        missing = any(isinstance(e, RevisionNotFoundError) for e in (exc, exc.__cause__, exc.__context__))
+        # transformers wraps the hub's error in an OSError and ``explained`` wraps that again: look at every level
+        missing = any(isinstance(e, RevisionNotFoundError) for e in exception_chain(exc))
         if not (fallback_to_main and revision and missing):
             raise
-    print(f"note: {model_id} has no '{revision}' branch; loading main (float32 weights, twice the download)")
+    say(f"note: {model_id} has no '{revision}' branch; loading main (float32 weights, twice the download)")
     return from_source(loader, model_id, None, **kwargs)
 
 
@@ -342,6 +354,7 @@ def read_settings(artifact_dir: str | Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     data = json.loads(path.read_text())
+    data.setdefault("prompt_format", "question")  # adapters saved before the setting were trained on the bare question
     if "lora_targets" in data:
         data["lora_targets"] = tuple(data["lora_targets"])
     return data

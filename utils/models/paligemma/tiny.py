@@ -61,9 +61,9 @@ class TinyConfig:
 def _corpus(extra_text: Iterable[str] = ()) -> list[str]:
     """Training text for the tiny tokenizer: prompts, unit words, numbers and any extra text given."""
     try:
-        from utils.data.tables import make_prompt
+        from utils.data.tables import PROMPT_FORMATS, make_prompt
 
-        prompts = [make_prompt(e) for e in _ENTITIES.split()[:8]]
+        prompts = [make_prompt(e, f) for e in _ENTITIES.split()[:8] for f in PROMPT_FORMATS]
     except Exception:  # utils.data.tables not importable: the tokenizer still covers the words
         prompts = [f"What is the {e}?" for e in _ENTITIES.split()[:8]]
     lines = prompts + [_UNITS, _ENTITIES, "What is the ? . , [ ] - x × / ( ) %"]

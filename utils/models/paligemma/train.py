@@ -68,6 +68,9 @@ class TrainConfig:
     learning_rate: float = field(
         default=2e-4, metadata={"help": "Peak LR; LoRA wants ~1e-4..1e-3 (the reference's 5e-6 barely moves)."}
     )
+    vision_lr_scale: float = field(
+        default=0.1, metadata={"help": "The vision tower's LoRA learns at learning_rate times this (with lora_vision "
+                                       "on): the image encoder is the part a high LR breaks first; 1 = one LR."})
     warmup_ratio: float = field(default=0.03, metadata={"help": "Fraction of steps of linear warm-up, in [0, 1)."})
     lr_scheduler: str = field(default="linear", metadata={"help": "HF scheduler name: linear, cosine, constant..."})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
@@ -127,6 +130,8 @@ class TrainConfig:
             raise ValueError(f"max_steps must be -1 (use epochs) or > 0, got {self.max_steps}")
         if self.max_steps == -1 and not self.num_train_epochs > 0:
             raise ValueError(f"num_train_epochs must be > 0, got {self.num_train_epochs}")
+        if not (isinstance(self.vision_lr_scale, (int, float)) and 0 < self.vision_lr_scale <= 1):
+            raise ValueError(f"vision_lr_scale must be in (0, 1], got {self.vision_lr_scale!r}")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.eval_steps < 0 or self.eval_max_rows < 0:
@@ -151,8 +156,9 @@ def _make_trainer_class():
         """HF Trainer: loss on the answer window only, NaN/inf loss stops the run, ETA and plan in every log."""
 
         def __init__(self, *args: Any, f1_eval: Any = None, budget: Any = None, check_finite: bool = True,
-                     **kwargs: Any) -> None:
+                     vision_lr_scale: float = 1.0, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
+            self.vision_lr_scale = vision_lr_scale
             self.model_accepts_loss_kwargs = False  # our loss is a per-batch mean: let the Trainer scale it
             self.f1_eval = f1_eval
             self.budget = budget
@@ -168,6 +174,24 @@ def _make_trainer_class():
                 raise NonFiniteError(f"the training loss became {float(loss)} at step {self.state.global_step + 1}: "
                                      f"{FP16_REMEDY}")
             return (loss, outputs) if return_outputs else loss
+
+        def create_optimizer(self, model=None):  # noqa: ANN001
+            """The Trainer's optimizer, with the vision tower's LoRA weights in groups of their own at
+            ``learning_rate * vision_lr_scale`` (the LR schedule scales every group alike)."""
+            optimizer = super().create_optimizer(model)
+            if self.vision_lr_scale == 1.0 or getattr(optimizer, "vision_lr_scale", None) is not None:
+                return optimizer
+            vision = {id(p) for n, p in (model or self.model).named_parameters() if ".vision_tower." in n}
+            groups = []
+            for group in optimizer.param_groups:
+                options = {k: v for k, v in group.items() if k != "params"}
+                text = [p for p in group["params"] if id(p) not in vision]
+                image = [p for p in group["params"] if id(p) in vision]
+                groups += [{**options, "params": text}] if text else []
+                groups += [{**options, "params": image, "lr": group["lr"] * self.vision_lr_scale}] if image else []
+            self.optimizer = type(optimizer)(groups, **optimizer.defaults)
+            self.optimizer.vision_lr_scale = self.vision_lr_scale
+            return self.optimizer
 
         def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
             if self.budget is not None and ("loss" in logs or "train_loss" in logs):
@@ -192,6 +216,23 @@ def answer_token_budget(tokenizer: Any, answers: list[str], margin: int) -> tupl
     return longest, min(MAX_NEW_TOKENS_LIMIT, longest + margin)
 
 
+def _one_device_arguments(base: type) -> type:
+    """``TrainingArguments`` pinned to the one device the model was put on (``ModelConfig.device``).
+
+    With several visible GPUs and no distributed launch, transformers counts them all (``n_gpu``), wraps the model in
+    ``DataParallel`` and multiplies the per-device batch by their number: on Kaggle's "GPU T4 x2" a configured batch of
+    4 becomes 8, half the planned steps, a checkpoint that resumes with another batch in a one-GPU session, and wandb
+    saying 4. The fit uses one GPU (the second serves stage 03's shards), so ``n_gpu`` is at most 1, as transformers
+    itself sets it for a model-parallel model."""
+
+    class OneDeviceTrainingArguments(base):  # type: ignore[misc, valid-type]
+        @property
+        def n_gpu(self) -> int:
+            return min(1, super().n_gpu)
+
+    return OneDeviceTrainingArguments
+
+
 def training_arguments(model_cfg: ModelConfig, train_cfg: TrainConfig, ckpt_dir: Path, max_steps: int,
                        eval_on: bool, report_to: list[str] | str, run_name: str | None = None):
     """The HF ``TrainingArguments``: fp16 mixed precision on a GPU without native bf16 (a T4), bf16 where it is
@@ -200,7 +241,7 @@ def training_arguments(model_cfg: ModelConfig, train_cfg: TrainConfig, ckpt_dir:
 
     device, dtype = model_cfg.torch_device, model_cfg.torch_dtype
     on_gpu = device.type == "cuda"
-    return TrainingArguments(
+    return _one_device_arguments(TrainingArguments)(
         output_dir=str(ckpt_dir),
         num_train_epochs=train_cfg.num_train_epochs,
         max_steps=max_steps,
@@ -260,11 +301,11 @@ def train_model(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out / CHECKPOINT_DIR
-    train_ds = AnswerDataset(train, image_dir, train_cfg.max_side)
+    train_ds = AnswerDataset(train, image_dir, train_cfg.max_side, model_cfg.prompt_format)
     if len(train_ds) == 0:
         raise ValueError(f"no training images found in {image_dir} (0 of {len(train)} rows have a file)")
     sample = eval_sample(val, train_cfg.eval_max_rows, train_cfg.seed)
-    eval_ds = AnswerDataset(sample, image_dir, train_cfg.max_side) if len(sample) else None
+    eval_ds = AnswerDataset(sample, image_dir, train_cfg.max_side, model_cfg.prompt_format) if len(sample) else None
     if eval_ds is not None and len(eval_ds) == 0:
         eval_ds, sample = None, pd.DataFrame()
 
@@ -307,7 +348,8 @@ def train_model(
     eval_on = eval_ds is not None and train_cfg.eval_steps > 0
     args = training_arguments(model_cfg, train_cfg, ckpt_dir, max_steps, eval_on,
                               ["wandb"] if mode != "disabled" else "none", getattr(run, "name", None) or None)
-    f1_eval = (lambda m: generated_f1(m, processor, sample, image_dir, infer_cfg)) if eval_on else None
+    f1_eval = (lambda m: generated_f1(m, processor, sample, image_dir, infer_cfg,
+                                      prompt_format=model_cfg.prompt_format)) if eval_on else None
     trainer = _make_trainer_class()(
         model=model,
         args=args,
@@ -319,6 +361,7 @@ def train_model(
         f1_eval=f1_eval,
         budget=budget,
         check_finite=train_cfg.check_finite,
+        vision_lr_scale=train_cfg.vision_lr_scale if model_cfg.lora_vision != "none" else 1.0,
     )
     trainer.remove_callback(PrinterCallback)
     budget.trainer = trainer
@@ -346,11 +389,13 @@ def train_model(
         if len(sample):
             say(f"[02] final F1 of the merged model (as stage 03 runs it) on {len(sample)} validation rows ...")
             stats = GenerationStats()
-            merged, merged_processor = load_predictor(adapter_dir, infer_cfg,
-                                                      device=model_cfg.device, dtype=model_cfg.dtype)
-            metrics["final_f1_merged"] = generated_f1(merged, merged_processor, sample, image_dir, infer_cfg, stats)
+            merged, merged_processor, merged_cfg = load_predictor(adapter_dir, infer_cfg,
+                                                                  device=model_cfg.device, dtype=model_cfg.dtype)
+            metrics["final_f1_merged"] = generated_f1(merged, merged_processor, sample, image_dir, infer_cfg, stats,
+                                                      prompt_format=merged_cfg.prompt_format,
+                                                      check_finite=train_cfg.check_finite)
             metrics["final_truncated"] = stats.truncated
-            merged = merged_processor = None
+            merged = merged_processor = merged_cfg = None
             _free()
             say(f"[02] final F1 (merged {str(model_cfg.torch_dtype).removeprefix('torch.')}, {len(sample)} rows): "
                 f"{metrics['final_f1_merged']:.4f}" + (f"; {stats.note()}" if stats.note() else ""))
