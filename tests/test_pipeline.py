@@ -326,6 +326,33 @@ def test_any_change_to_what_the_answers_depend_on_repredicts_the_shard(tmp_path:
     assert len(stale) >= 5  # every earlier answer set is kept aside, never deleted
 
 
+class StrictBackend(FakeBackend):
+    """The fake, refusing a setting it does not know when asked for its first batch (as the real backends do)."""
+
+    def predict(self, rows: pd.DataFrame, image_dir: Path, artifact_dir: Path, batch_size: int = 8,
+                **settings: Any) -> Iterator[list[tuple[int, str]]]:
+        unknown = sorted(set(settings) - {"temperature"})
+        if unknown:
+            raise TypeError(f"unknown setting(s) {unknown}")
+        yield from super().predict(rows, image_dir, artifact_dir, batch_size, **settings)
+
+
+def test_a_setting_the_backend_refuses_moves_no_answers_aside(tmp_path: Path) -> None:
+    """Finished answers are moved aside only once the backend accepted the new settings (answered a batch): a typo
+    in them used to cost every finished shard."""
+    test = synthetic_test(20)
+    _run(FakeBackend(), test, 0, 1, tmp_path)
+    out = tmp_path / "out"
+    before = sorted(p.name for p in out.iterdir())
+    with pytest.raises(TypeError, match="bogus"):
+        _run(StrictBackend(), test, 0, 1, tmp_path, bogus=1)
+    assert sorted(p.name for p in out.iterdir()) == before  # nothing moved aside, the shard is still done
+    _run(NoCallBackend(), test, 0, 1, tmp_path)  # the corrected run finds the finished shard
+    again = StrictBackend()
+    _run(again, test, 0, 1, tmp_path, temperature=0.5)  # accepted: now the old answers go aside
+    assert again.asked and list(out.glob("shard_00_of_01.csv.stale-*"))
+
+
 def test_two_writers_never_write_one_shard(tmp_path: Path) -> None:
     from utils.pipeline.shards import ShardBusyError
 

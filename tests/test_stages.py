@@ -148,6 +148,47 @@ def test_a_fit_that_learned_from_train_csv_is_not_reused_once_train_csv_changed(
     assert again.artifact == first.artifact and not again.reused
 
 
+class StrictBackend(AnswerKeyBackend):
+    """The fake, refusing a setting it does not know before it writes anything (as the real backends' configs do)."""
+
+    name = "strict"
+
+    def fit(self, train: pd.DataFrame, val: pd.DataFrame, image_dir: Path, out_dir: Path, **settings: Any) -> Path:
+        unknown = sorted(set(settings) - {"note"})
+        if unknown:
+            raise TypeError(f"unknown setting(s) {unknown}")
+        return super().fit(train, val, image_dir, out_dir, **settings)
+
+
+def test_a_setting_the_backend_refuses_keeps_the_earlier_fit(prepared: stages.Prepared,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A typo in the fit settings fails the fit, but the finished fit stays valid: the corrected run reuses it
+    (the marker was removed before the backend refused, so the corrected run refitted and every finished shard was
+    moved aside as "model changed")."""
+    monkeypatch.setitem(backends.BACKENDS, "strict", f"{__name__}:StrictBackend")
+    work = str(prepared.work_dir)
+    first = stages.finetune(backend="strict", work_dir=work, settings={"note": "a"})
+    marker = prepared.work.fitted_marker(first.artifact)
+    kept = marker.read_bytes()
+    with pytest.raises(TypeError, match="empty_shar"):
+        stages.finetune(backend="strict", work_dir=work, settings={"note": "a", "empty_shar": 0.2})
+    assert marker.read_bytes() == kept
+    assert stages.finetune(backend="strict", work_dir=work, settings={"note": "a"}).reused
+    assert stages.finetune(backend="strict", work_dir=work, settings={"note": "b"}).artifact == first.artifact
+
+    class Broken(StrictBackend):  # a fit that fails after writing into the artifact: no marker vouches for it
+        def fit(self, train: pd.DataFrame, val: pd.DataFrame, image_dir: Path, out_dir: Path, **settings: Any
+                ) -> Path:
+            (Path(out_dir) / "fit.json").write_text("half")
+            raise RuntimeError("out of memory")
+
+    monkeypatch.setitem(backends.BACKENDS, "strict", f"{__name__}:StrictBackend")
+    monkeypatch.setattr(StrictBackend, "fit", Broken.fit)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        stages.finetune(backend="strict", work_dir=work, settings={"note": "c"})
+    assert not marker.exists()
+
+
 def test_fit_infer_postprocess(prepared: stages.Prepared, fake_backend: str, tmp_path: Path) -> None:
     work = str(prepared.work_dir)
     def fitted_note() -> str:

@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -115,10 +116,15 @@ def run_shard(
         record = run_record(name, rows, image_dir, artifact_dir, settings)
     else:
         record = {"id": artifact_fingerprint(artifact_dir), "model": artifact_fingerprint(artifact_dir)}
-    with ShardWriter(out_dir, shard_index, num_shards, run=record) as writer:
-        if writer.moved_stale:
-            say(f"[{tag}] answers of an earlier run moved aside ({', '.join(p.name for p in writer.moved_stale)}):"
-                f" {', '.join(writer.changed)} changed; predicting afresh")
+    with ShardWriter(out_dir, shard_index, num_shards, run=record, defer_stale=True) as writer:
+        def replace_stale() -> None:
+            """Move an earlier run's answers aside, once the backend answered a first batch (it accepted the
+            settings: a typo in them must not cost the finished answers)."""
+            if writer.stale:
+                writer.replace_stale()
+                say(f"[{tag}] answers of an earlier run moved aside ({', '.join(p.name for p in writer.moved_stale)}"
+                    f"): {', '.join(writer.changed)} changed; predicting afresh")
+
         if writer.is_done:
             say(f"[{tag}] already done: {writer.path}")
             return writer.path
@@ -128,7 +134,8 @@ def run_shard(
             log.warning("%s: dropped a torn last line left by a killed run", tag)
         if len(todo):
             _predict_into(writer, backend_name, todo, rows, entity_of, image_dir, artifact_dir, tag,
-                          show_progress, console_every, settings)
+                          show_progress, console_every, settings, replace_stale)
+        replace_stale()
         missing = set(entity_of) - writer.done_indices
         if missing:
             raise RuntimeError(
@@ -142,8 +149,10 @@ def run_shard(
 
 def _predict_into(writer: ShardWriter, backend_name: str | Backend, todo: pd.DataFrame, rows: pd.DataFrame,
                   entity_of: dict[int, str], image_dir: str | Path, artifact_dir: str | Path, tag: str,
-                  show_progress: bool, console_every: float, settings: dict[str, Any]) -> None:
-    """Ask the backend for ``todo`` and write each batch as it comes (see ``run_shard``)."""
+                  show_progress: bool, console_every: float, settings: dict[str, Any],
+                  before_first_write: Callable[[], None] = lambda: None) -> None:
+    """Ask the backend for ``todo`` and write each batch as it comes (see ``run_shard``); ``before_first_write``
+    runs once the backend answered its first batch, before it is written."""
     backend = get_backend(backend_name) if isinstance(backend_name, str) else backend_name
     asked = set(todo["index"].astype("int64").tolist())
     bar = tqdm(total=len(rows), initial=len(rows) - len(todo), unit="row", desc=tag, disable=not show_progress,
@@ -152,6 +161,7 @@ def _predict_into(writer: ShardWriter, backend_name: str | Backend, todo: pd.Dat
     say(f"[{tag}] {len(todo)} of {len(rows)} rows to predict")
     try:
         for batch in backend.predict(todo, Path(image_dir), Path(artifact_dir), **settings):
+            before_first_write()
             cleaned = []
             seen: set[int] = set()
             for index, raw in batch:

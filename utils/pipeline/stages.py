@@ -273,6 +273,19 @@ def read_fit_summary(artifact: Path) -> dict[str, Any]:
     return summary if isinstance(summary, dict) else {}
 
 
+def _files_state(folder: Path) -> list[tuple[str, int, int]]:
+    """Every file below ``folder`` with its size and modification time (a fit that wrote anything changes it)."""
+    found = []
+    for root, _, names in os.walk(folder):
+        for name in names:
+            try:
+                st = os.stat(os.path.join(root, name))
+            except OSError:
+                continue
+            found.append((os.path.relpath(os.path.join(root, name), folder), st.st_size, st.st_mtime_ns))
+    return sorted(found)
+
+
 def finetune(**params: Any) -> Fitted:
     """Stage 02 (``FitParams``): fit ``backend`` on the prepared train/val tables; returns the artifact folder.
 
@@ -300,7 +313,6 @@ def finetune(**params: Any) -> Fitted:
         return Fitted(p.backend, artifact, p.settings, True, True, read_fit_summary(artifact))
     if previous and previous.get("fingerprint") == fingerprint and not previous.get("complete", True):
         say("[02] the last fit stopped before its end (time budget): continuing it")
-    marker.unlink(missing_ok=True)
     images = work.image_dir(p.image_dir)
     train, val = work.read_table("train"), work.read_table("val")
     census = image_census(pd.concat([train["image_link"], val["image_link"]]), images)
@@ -308,7 +320,15 @@ def finetune(**params: Any) -> Fitted:
     if handed:
         say(f"[02] the backend also learns from every label of {manifest['train_csv']} ({all_labels})")
     out.mkdir(parents=True, exist_ok=True)
-    fitted = Path(get_backend(p.backend).fit(train, val, images, out, **settings))
+    before = _files_state(Path(previous["artifact"])) if previous else None
+    marker.unlink(missing_ok=True)  # the fit writes into the artifact: until it ends, no marker vouches for it
+    try:
+        fitted = Path(get_backend(p.backend).fit(train, val, images, out, **settings))
+    except BaseException:
+        if previous and _files_state(Path(previous["artifact"])) == before:  # the backend refused before writing
+            atomic_write_bytes(marker, json.dumps(previous).encode("utf-8"))  # (a setting it does not know): the
+            say("[02] the fit failed before it wrote anything: the earlier fit is kept")  # earlier fit stands
+        raise
     status = read_fit_status(fitted)
     content = {"artifact": str(fitted), "fingerprint": fingerprint, "complete": bool(status.get("complete", True))}
     atomic_write_bytes(marker, json.dumps(content).encode("utf-8"))
