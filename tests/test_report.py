@@ -162,3 +162,13 @@ def test_a_hostile_image_never_fails_a_display(case, tmp_path: Path) -> None:  #
     report.write_report(tmp_path / "out", score(predictions, labels), test, images)
     shard_rows = test.assign(prediction="1.0 gram", raw="1 g")
     show.shard(ShardDone(tmp_path / "shard.csv", shard_rows, images))
+
+
+def test_the_report_counts_the_rows_answered_without_an_image(case, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    test, labels, predictions, images = case  # the last row (index 31, answered) has no image
+    files = report.write_report(tmp_path / "out", score(predictions, labels), test, images)
+    text = files.report_md.read_text()
+    assert f"Rows without an image in {images}: 1 of 8, 1 of them answered anyway" in text
+    (images / test["image_link"].iloc[-1].rsplit("/", 1)[1]).mkdir()  # a folder is no image either
+    assert "1 of 8" in report.write_report(tmp_path / "o2", score(predictions, labels), test, images
+                                           ).report_md.read_text()

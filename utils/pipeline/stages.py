@@ -13,6 +13,8 @@ import hashlib
 import json
 import os
 import re
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,10 +22,10 @@ from typing import Any
 
 import pandas as pd
 
-from utils.data.census import ImageCensus, check_images, fetch_missing, image_census
+from utils.data.census import ImageCensus, check_images, fetch_missing, image_census, rows_without_image
 from utils.env import paths as _paths
 from utils.env.console import say
-from utils.env.fileio import atomic_write_bytes
+from utils.env.fileio import atomic_write_bytes, move_into
 from utils.models.backend import FIT_STATUS, FIT_SUMMARY, get_backend, label_table_setting
 from utils.pipeline.params import FitParams, InferParams, PostprocessParams, PrepareParams, check_known
 from utils.pipeline.submission import SubmissionError, build_submission, read_labels
@@ -215,9 +217,9 @@ def prepare(**params: Any) -> Prepared:
         f"({'all' if p.per_entity == 0 else f'up to {p.per_entity} per entity'}), {len(test)} test rows")
 
     wanted = pd.concat([sample["image_link"], test["image_link"]], ignore_index=True)
-    summary = fetch_missing(wanted, images, download=p.download)
+    summary = fetch_missing(wanted, images, download=p.download, guess=p.guess_without_image)
     census = image_census(wanted, images)
-    check_images(census, "the sample and the test set", p.max_missing_images, "01")
+    check_images(census, "the sample and the test set", p.max_missing_images, "01", guess=p.guess_without_image)
 
     work.prepared.mkdir(parents=True, exist_ok=True)
     for name, frame in (("train", train_rows), ("val", val_rows), ("test", test)):
@@ -373,12 +375,13 @@ def infer_shard(**params: Any) -> ShardDone:
     links = rows["image_link"]
     if len(links):
         if p.download:
-            fetch_missing(links, images)
-        check_images(image_census(links, images), "this shard", p.max_missing_images, tag)
+            fetch_missing(links, images, guess=p.guess_without_image)
+        check_images(image_census(links, images), "this shard", p.max_missing_images, tag, guess=p.guess_without_image)
     artifact = work.fitted_artifact(p.backend, p.artifact_dir)
     out = work.shards(p.shards_dir)
     out.mkdir(parents=True, exist_ok=True)
-    path = Path(run_shard(p.backend, test, p.shard_index, p.num_shards, images, artifact, out, tag=tag, **settings))
+    path = Path(run_shard(p.backend, test, p.shard_index, p.num_shards, images, artifact, out, tag=tag,
+                          guess_without_image=p.guess_without_image, **settings))
     answers = read_shard(path)[["index", "prediction", "raw"]]
     return ShardDone(path, rows.merge(answers, on="index", how="left"), images)
 
@@ -388,7 +391,9 @@ def infer_shard(**params: Any) -> ShardDone:
 
 def postprocess(**params: Any) -> Postprocessed:
     """Stage 04 (``PostprocessParams``): check the labels path first, ``build_submission`` (merge, clean from raw,
-    check, write ``submission.csv`` atomically), then score and report where labels exist."""
+    check), then score the test rows that have labels and report. Every output is written into a folder beside
+    them first and moved in only once all are written (``submission.csv`` last): a failed stage 04 (a full disk)
+    replaces none of them."""
     p: PostprocessParams = _stage_params(PostprocessParams, params)
     work = WorkDir.of(p.work_dir)
     manifest = work.manifest() if work.manifest_path.is_file() else {}
@@ -397,18 +402,56 @@ def postprocess(**params: Any) -> Postprocessed:
     labels_path = _paths.resolve(p.labels_csv, Path(manifest["labels_csv"]) if manifest.get("labels_csv") else None)
     labels = read_labels(labels_path) if labels_path is not None else None  # a bad path fails before anything
     test = load_test_rows(work, p.test_csv)
-    submission = build_submission(work.shards(p.shards_dir), p.num_shards, test, out / "submission.csv")
-    images = _paths.resolve(p.image_dir, Path(manifest["image_dir"]) if manifest.get("image_dir") else None)
-    result = Postprocessed(out / "submission.csv", submission, test, images)
-    if images is not None:
-        say(f"[04] {image_census(test['image_link'], images).line('the test set')}")
-    if labels is None:
-        result.notes.append("no labels: no F1 report (pass labels_csv to score)")
-    else:
-        from utils.core.metrics import score
-        from utils.pipeline.report import write_report
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".04-writing-", dir=out))
+    try:
+        submission = build_submission(work.shards(p.shards_dir), p.num_shards, test, staging / "submission.csv")
+        images = _paths.resolve(p.image_dir, Path(manifest["image_dir"]) if manifest.get("image_dir") else None)
+        result = Postprocessed(out / "submission.csv", submission, test, images)
+        if images is not None:
+            say(f"[04] {image_census(test['image_link'], images).line('the test set')}")
+            without = rows_without_image(test, images).to_numpy()
+            if without.any():
+                guessed = int((submission["prediction"].astype(str).str.strip() != "").to_numpy()[without].sum())
+                say(f"[04] {int(without.sum())} rows have no image: {int(without.sum()) - guessed} answered '', "
+                    f"{guessed} with the backend's guess")
+        labels, coverage = _test_labels(labels, test, labels_path)
+        result.notes += coverage
+        if labels is None:
+            result.notes.append("no labels: no F1 report (pass labels_csv to score)" if not coverage else
+                                "no F1 report")
+        else:
+            from utils.core.metrics import score
+            from utils.pipeline.report import write_report
 
-        result.report = score(submission, labels)
-        result.files = write_report(out, result.report, test, images, n_worst=p.n_worst)
+            result.report = score(submission, labels)
+            result.files = write_report(staging, result.report, test, images, n_worst=p.n_worst, notes=coverage)
+        move_into(staging, out, last="submission.csv")
+        if result.files is not None:
+            result.files = type(result.files)(**{k: None if v is None else out / Path(v).name
+                                                 for k, v in vars(result.files).items()})
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     say(f"[04] {result.summary()}")
     return result
+
+
+def _test_labels(labels: pd.DataFrame | None, test: pd.DataFrame, path: Path | None
+                 ) -> tuple[pd.DataFrame | None, list[str]]:
+    """The labels of the test rows only (a label for a row not in the test set would count as a miss), and what to
+    say about it: label rows not in the test set (ignored), test rows without a label (not scored)."""
+    if labels is None:
+        return None, []
+    in_test = labels["index"].isin(test["index"].astype("int64"))
+    notes = []
+    if not in_test.all():
+        odd = labels.loc[~in_test, "index"].head(3).tolist()
+        notes.append(f"warning: {int((~in_test).sum())} of {len(labels)} rows of {path} name indices that are not "
+                     f"in the test set (e.g. {odd}): not scored; are these the labels of this test set?")
+    labels = labels[in_test]
+    if len(labels) < len(test):
+        notes.append(f"labels for {len(labels)} of {len(test)} test rows: F1 is measured on those "
+                     f"{len(labels)} rows only")
+    for note in notes:
+        say(f"[04] {note}")
+    return (labels if len(labels) else None), notes
