@@ -336,6 +336,32 @@ def test_cli_summary_line(server: ImageServer, tmp_path: Path, capsys: pytest.Ca
     assert "image_link" in capsys.readouterr().err
 
 
+def test_cli_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The downloader's hostile inputs: a file given as the folder (a FileExistsError traceback), a folder under a
+    file, bytes that are not UTF-8 (no file or line), a folder given as the CSV ("CSV file not found"); and a pipe
+    as the CSV (``<(cat test.csv)``) is read."""
+    good = tmp_path / "t.csv"
+    _write_csv(good, ["https://example.invalid/a.jpg"])
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes(good.read_bytes().replace(b"a.jpg", b"caf\xe9.jpg"))
+    cases = [([str(good), str(a_file)], f"error: {a_file} is a file, not a folder"),
+             ([str(good), str(a_file / "cache")], f"error: {a_file / 'cache'} cannot be created: {a_file} is a file"),
+             ([str(latin), str(tmp_path / "c")], f"error: CSV {latin}: line 2, byte "),
+             ([str(tmp_path), str(tmp_path / "c")], f"error: CSV {tmp_path}: is a folder, not a CSV file")]
+    for args, message in cases:
+        assert D.main(["download", *args, "--no-progress"]) == 2, args
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith(message), err
+    fifo = tmp_path / "pipe.csv"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_bytes(b"index,image_link\n"), daemon=True)
+    writer.start()
+    assert D.main(["download", str(fifo), str(tmp_path / "c"), "--no-progress"]) == 0
+    assert capsys.readouterr().out.strip() == "downloaded 0, cached 0, failed 0"
+
+
 @pytest.mark.slow
 def test_sigkill_mid_run_never_exposes_partial_files(tmp_path: Path) -> None:
     bodies = {f"k{i:02d}.jpg": _jpeg(200 + i, 150, (i * 5, 100, 200)) for i in range(40)}

@@ -88,6 +88,13 @@ def test_every_option_is_checked_before_stage_01(tmp_path: Path) -> None:
     assert not (tmp_path / "runs").exists()  # nothing ran
 
 
+def test_the_help_of_a_flag_that_turns_something_off_says_so() -> None:
+    from utils.pipeline.options import build_parser
+
+    text = " ".join(build_parser().format_help().split())
+    assert "--no-download turn off (on by default): download missing images" in text
+
+
 def test_shards_are_capped_and_queued_and_empty_shards_run_no_kernel(tmp_path: Path) -> None:
     result = _run_all(_args(tmp_path, "--parallel", "2", sleep=0.4, shards=6, demo_test=4))
     assert result.returncode == 0, result.stdout + result.stderr
