@@ -676,7 +676,8 @@ def test_only_regular_files_are_opened_as_images(tmp_path: Path) -> None:
     results: dict[str, object] = {}
 
     def look() -> None:
-        results["fifo"] = (load_image(fifo), I.read_image_bytes(fifo), cache_file(tmp_path / "c", fifo, OcrSettings()))
+        results["fifo"] = (load_image(fifo), I.read_image_bytes(fifo),
+                           cache_file(tmp_path / "c", fifo, OcrSettings()))
 
     reader = threading.Thread(target=look, daemon=True)
     reader.start()

@@ -164,7 +164,8 @@ def test_a_hostile_image_never_fails_a_display(case, tmp_path: Path) -> None:  #
     show.shard(ShardDone(tmp_path / "shard.csv", shard_rows, images))
 
 
-def test_the_report_counts_the_rows_answered_without_an_image(case, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_the_report_counts_the_rows_answered_without_an_image(  # type: ignore[no-untyped-def]
+        case, tmp_path: Path) -> None:
     test, labels, predictions, images = case  # the last row (index 31, answered) has no image
     files = report.write_report(tmp_path / "out", score(predictions, labels), test, images)
     text = files.report_md.read_text()

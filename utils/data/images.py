@@ -4,8 +4,9 @@
   folder (the URL's last path segment, ``61I9XdN6OFL.jpg``); ``cached_image`` answers None for a link naming no
   usable file, so a malformed link means "no image" everywhere instead of a crash.
 - ``load_image``: EXIF orientation, RGB (transparency over white), optional downscale keeping the aspect ratio;
-  ``None`` for a missing, non-regular (a folder, a FIFO) or undecodable file, or one with more than ``MAX_PIXELS`` pixels (the same limit the
-  downloader enforces, ``utils.data.download``), so callers answer ``""`` instead of crashing.
+  ``None`` for a missing, non-regular (a folder, a FIFO: never opened) or undecodable file, or one with more than
+  ``MAX_PIXELS`` pixels (the same limit the downloader enforces, ``utils.data.download``), so callers answer ``""``
+  instead of crashing. ``is_image_file`` / ``open_image_file`` / ``read_image_bytes``: regular files only.
 - ``validate_image_bytes`` / ``looks_complete``: a body or a cached file that is HTML, truncated, corrupt or a
   decompression bomb is rejected (used by the downloader before it keeps a file, and for files already cached).
 """

@@ -171,11 +171,9 @@ class ShardWriter:
         previous = read_run(self.path)
         if previous is not None and previous.get("id") == self.run_id:
             return False
-        if previous is None:
-            self.changed = ["no run record"]
-        else:
-            self.changed = [k for k in sorted(set(previous) | set(self.run))
-                            if k != "id" and previous.get(k) != self.run.get(k)] or ["run id"]
+        self.changed = ["no run record"] if previous is None else [
+            k for k in sorted(set(previous) | set(self.run)) if k != "id" and previous.get(k) != self.run.get(k)
+        ] or ["run id"]
         return True
 
     def replace_stale(self) -> None:
@@ -192,14 +190,11 @@ class ShardWriter:
         while any(p.with_name(f"{p.name}.stale-{stamp}").exists() for p in (self.done_path, self.run_path, self.path)):
             stamp = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{n}"  # never overwrite an older stale set
             n += 1
-        moved = []
-        for old in (self.done_path, self.run_path, self.path):  # the done marker first: never a marker alone
-            if old.exists():
-                new = old.with_name(f"{old.name}.stale-{stamp}")
-                os.replace(old, new)
-                moved.append(new)
+        moved = [old for old in (self.done_path, self.run_path, self.path) if old.exists()]
+        for old in moved:  # the done marker first: never a marker alone
+            os.replace(old, old.with_name(f"{old.name}.stale-{stamp}"))
         fsync_dir(self.out_dir)
-        return moved
+        return [old.with_name(f"{old.name}.stale-{stamp}") for old in moved]
 
     @property
     def is_done(self) -> bool:

@@ -28,8 +28,8 @@ from utils.env.console import say
 from utils.env.fileio import atomic_write_bytes, move_into
 from utils.models.backend import FIT_STATUS, FIT_SUMMARY, get_backend, label_table_setting
 from utils.pipeline.params import FitParams, InferParams, PostprocessParams, PrepareParams, check_known
-from utils.pipeline.submission import SubmissionError, build_submission, read_labels
-from utils.pipeline.workdir import StageError, WorkDir
+from utils.pipeline.submission import SubmissionError, build_submission, labels_for_test, read_labels
+from utils.pipeline.workdir import StageError, WorkDir, files_state
 
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 _UNIT = re.compile(r"^\s*\S+\s+(.+?)\s*$")
@@ -275,19 +275,6 @@ def read_fit_summary(artifact: Path) -> dict[str, Any]:
     return summary if isinstance(summary, dict) else {}
 
 
-def _files_state(folder: Path) -> list[tuple[str, int, int]]:
-    """Every file below ``folder`` with its size and modification time (a fit that wrote anything changes it)."""
-    found = []
-    for root, _, names in os.walk(folder):
-        for name in names:
-            try:
-                st = os.stat(os.path.join(root, name))
-            except OSError:
-                continue
-            found.append((os.path.relpath(os.path.join(root, name), folder), st.st_size, st.st_mtime_ns))
-    return sorted(found)
-
-
 def finetune(**params: Any) -> Fitted:
     """Stage 02 (``FitParams``): fit ``backend`` on the prepared train/val tables; returns the artifact folder.
 
@@ -322,12 +309,12 @@ def finetune(**params: Any) -> Fitted:
     if handed:
         say(f"[02] the backend also learns from every label of {manifest['train_csv']} ({all_labels})")
     out.mkdir(parents=True, exist_ok=True)
-    before = _files_state(Path(previous["artifact"])) if previous else None
+    before = files_state(Path(previous["artifact"])) if previous else None
     marker.unlink(missing_ok=True)  # the fit writes into the artifact: until it ends, no marker vouches for it
     try:
         fitted = Path(get_backend(p.backend).fit(train, val, images, out, **settings))
     except BaseException:
-        if previous and _files_state(Path(previous["artifact"])) == before:  # the backend refused before writing
+        if previous and files_state(Path(previous["artifact"])) == before:  # the backend refused before writing
             atomic_write_bytes(marker, json.dumps(previous).encode("utf-8"))  # (a setting it does not know): the
             say("[02] the fit failed before it wrote anything: the earlier fit is kept")  # earlier fit stands
         raise
@@ -411,15 +398,13 @@ def postprocess(**params: Any) -> Postprocessed:
         if images is not None:
             say(f"[04] {image_census(test['image_link'], images).line('the test set')}")
             without = rows_without_image(test, images).to_numpy()
-            if without.any():
-                guessed = int((submission["prediction"].astype(str).str.strip() != "").to_numpy()[without].sum())
-                say(f"[04] {int(without.sum())} rows have no image: {int(without.sum()) - guessed} answered '', "
-                    f"{guessed} with the backend's guess")
-        labels, coverage = _test_labels(labels, test, labels_path)
+            n, guessed = without.sum(), (submission["prediction"].astype(str) != "").to_numpy()[without].sum()
+            if n:
+                say(f"[04] {n} rows have no image: {n - guessed} answered '', {guessed} guessed by the backend")
+        labels, coverage = labels_for_test(labels, test, labels_path)
         result.notes += coverage
         if labels is None:
-            result.notes.append("no labels: no F1 report (pass labels_csv to score)" if not coverage else
-                                "no F1 report")
+            result.notes.append("no F1 report" + ("" if coverage else ": no labels (pass labels_csv to score)"))
         else:
             from utils.core.metrics import score
             from utils.pipeline.report import write_report
@@ -427,31 +412,9 @@ def postprocess(**params: Any) -> Postprocessed:
             result.report = score(submission, labels)
             result.files = write_report(staging, result.report, test, images, n_worst=p.n_worst, notes=coverage)
         move_into(staging, out, last="submission.csv")
-        if result.files is not None:
-            result.files = type(result.files)(**{k: None if v is None else out / Path(v).name
-                                                 for k, v in vars(result.files).items()})
+        if result.files is not None:  # where the files are now
+            result.files = type(result.files)(**{k: v and out / Path(v).name for k, v in vars(result.files).items()})
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     say(f"[04] {result.summary()}")
     return result
-
-
-def _test_labels(labels: pd.DataFrame | None, test: pd.DataFrame, path: Path | None
-                 ) -> tuple[pd.DataFrame | None, list[str]]:
-    """The labels of the test rows only (a label for a row not in the test set would count as a miss), and what to
-    say about it: label rows not in the test set (ignored), test rows without a label (not scored)."""
-    if labels is None:
-        return None, []
-    in_test = labels["index"].isin(test["index"].astype("int64"))
-    notes = []
-    if not in_test.all():
-        odd = labels.loc[~in_test, "index"].head(3).tolist()
-        notes.append(f"warning: {int((~in_test).sum())} of {len(labels)} rows of {path} name indices that are not "
-                     f"in the test set (e.g. {odd}): not scored; are these the labels of this test set?")
-    labels = labels[in_test]
-    if len(labels) < len(test):
-        notes.append(f"labels for {len(labels)} of {len(test)} test rows: F1 is measured on those "
-                     f"{len(labels)} rows only")
-    for note in notes:
-        say(f"[04] {note}")
-    return (labels if len(labels) else None), notes
