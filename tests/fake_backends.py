@@ -20,12 +20,15 @@ PLUGIN = ("answers=tests.fake_backends:AnswerBackend,gpu_answers=tests.fake_back
 
 
 class AnswerBackend:
-    """Fit writes a small artifact; predict answers each row from ``answers_csv`` in batches of two, sleeping
-    ``sleep`` seconds per batch, and records its process and time span in ``record_dir`` (one JSON per process)."""
+    """Fit writes a small artifact (after ``sleep`` seconds); predict answers each row from ``answers_csv`` in
+    batches of two, sleeping ``sleep`` seconds per batch, and records its process and time span in ``record_dir``
+    (one JSON per process)."""
 
     name = "answers"
 
-    def fit(self, train: pd.DataFrame, val: pd.DataFrame, image_dir: Path, out_dir: Path, **settings: Any) -> Path:
+    def fit(self, train: pd.DataFrame, val: pd.DataFrame, image_dir: Path, out_dir: Path, sleep: float = 0.0,
+            **settings: Any) -> Path:
+        time.sleep(sleep)  # a long fit, to be killed in the middle
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         (Path(out_dir) / "fit.json").write_text(json.dumps({"train": len(train), **settings}))
         return Path(out_dir)

@@ -336,6 +336,32 @@ def test_cli_summary_line(server: ImageServer, tmp_path: Path, capsys: pytest.Ca
     assert "image_link" in capsys.readouterr().err
 
 
+def test_cli_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The downloader's hostile inputs: a file given as the folder (a FileExistsError traceback), a folder under a
+    file, bytes that are not UTF-8 (no file or line), a folder given as the CSV ("CSV file not found"); and a pipe
+    as the CSV (``<(cat test.csv)``) is read."""
+    good = tmp_path / "t.csv"
+    _write_csv(good, ["https://example.invalid/a.jpg"])
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes(good.read_bytes().replace(b"a.jpg", b"caf\xe9.jpg"))
+    cases = [([str(good), str(a_file)], f"error: {a_file} is a file, not a folder"),
+             ([str(good), str(a_file / "cache")], f"error: {a_file / 'cache'} cannot be created: {a_file} is a file"),
+             ([str(latin), str(tmp_path / "c")], f"error: CSV {latin}: line 2, byte "),
+             ([str(tmp_path), str(tmp_path / "c")], f"error: CSV {tmp_path}: is a folder, not a CSV file")]
+    for args, message in cases:
+        assert D.main(["download", *args, "--no-progress"]) == 2, args
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith(message), err
+    fifo = tmp_path / "pipe.csv"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_bytes(b"index,image_link\n"), daemon=True)
+    writer.start()
+    assert D.main(["download", str(fifo), str(tmp_path / "c"), "--no-progress"]) == 0
+    assert capsys.readouterr().out.strip() == "downloaded 0, cached 0, failed 0"
+
+
 @pytest.mark.slow
 def test_sigkill_mid_run_never_exposes_partial_files(tmp_path: Path) -> None:
     bodies = {f"k{i:02d}.jpg": _jpeg(200 + i, 150, (i * 5, 100, 200)) for i in range(40)}
@@ -621,3 +647,47 @@ def test_cached_image_over_the_pixel_limit_is_not_kept(server: ImageServer, tmp_
     s = download_images([url], cache, **FAST)
     assert s.failed == 1 and "decompression bomb" in s.failures[0].reason
     assert not (cache / "big.png").exists() and server.hits["/px/big.png"] == 1
+
+
+def _bomb_png(w: int = 50_000, h: int = 50_000) -> bytes:
+    """A tiny PNG whose header claims ``w`` x ``h`` pixels (a decompression bomb: Pillow refuses it on open)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+            + chunk(b"IEND", b""))
+
+
+def test_only_regular_files_are_opened_as_images(tmp_path: Path) -> None:
+    """A FIFO named like an image is never opened (that blocks until someone writes into it: the shard hung
+    forever); a folder, a symlink loop and a bomb are no image either."""
+    from utils.models.ocr.engine import OcrSettings
+    from utils.models.ocr.reading import cache_file
+
+    fifo = tmp_path / "x.jpg"
+    os.mkfifo(fifo)
+    (tmp_path / "folder.jpg").mkdir()
+    (tmp_path / "loop.jpg").symlink_to(tmp_path / "loop.jpg")
+    (tmp_path / "bomb.png").write_bytes(_bomb_png())
+    results: dict[str, object] = {}
+
+    def look() -> None:
+        results["fifo"] = (load_image(fifo), I.read_image_bytes(fifo),
+                           cache_file(tmp_path / "c", fifo, OcrSettings()))
+
+    reader = threading.Thread(target=look, daemon=True)
+    reader.start()
+    reader.join(timeout=10)
+    if reader.is_alive():  # blocked in open(): let it go by opening the FIFO's other end, then fail
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("opening a FIFO as an image blocked")
+    assert results["fifo"] == (None, None, None)
+    assert not I.is_image_file(fifo) and not I.is_image_file(tmp_path / "folder.jpg")
+    for name in ("folder.jpg", "loop.jpg", "bomb.png", "absent.jpg"):
+        assert load_image(tmp_path / name) is None, name
+        assert I.read_image_bytes(tmp_path / name) is None or name == "bomb.png"
+    assert len(_bomb_png()) < 300

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -78,7 +79,13 @@ class NoCallBackend(FakeBackend):
 
 
 def _run(backend: Any, test: pd.DataFrame, i: int, n: int, tmp_path: Path, **settings: Any) -> Path:
+    """``run_shard`` with every row's image in ``tmp_path / "img"`` (a file written where none is yet)."""
     dirs = (tmp_path / "img", tmp_path / "art", tmp_path / "out")
+    dirs[0].mkdir(exist_ok=True)
+    for link in test["image_link"] if "image_link" in test else []:
+        image = dirs[0] / link.rsplit("/", 1)[1]
+        if not image.exists():
+            image.write_bytes(b"pixels")
     return run_shard(backend, test, i, n, *dirs, show_progress=False, **settings)
 
 
@@ -196,6 +203,8 @@ def test_an_invalid_merge_writes_nothing(tmp_path: Path) -> None:
 
 def test_progress_bar_counts_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     test = synthetic_test(30)
+    for link in test["image_link"]:
+        (tmp_path / link.rsplit("/", 1)[1]).write_bytes(b"pixels")
     run_shard(FakeBackend(), test, 0, 1, tmp_path, tmp_path, tmp_path / "out", batch_size=10)
     err = capsys.readouterr().err
     assert "shard 0 of 1" in err and "30/30" in err and "row/s" in err
@@ -324,6 +333,65 @@ def test_any_change_to_what_the_answers_depend_on_repredicts_the_shard(tmp_path:
     assert not predicted_again(test, temperature=0.5)  # unchanged: resumed, nothing asked
     stale = sorted(p.name for p in (tmp_path / "out").glob("shard_00_of_01.csv.stale-*"))
     assert len(stale) >= 5  # every earlier answer set is kept aside, never deleted
+
+
+class StrictBackend(FakeBackend):
+    """The fake, refusing a setting it does not know when asked for its first batch (as the real backends do)."""
+
+    def predict(self, rows: pd.DataFrame, image_dir: Path, artifact_dir: Path, batch_size: int = 8,
+                **settings: Any) -> Iterator[list[tuple[int, str]]]:
+        unknown = sorted(set(settings) - {"temperature"})
+        if unknown:
+            raise TypeError(f"unknown setting(s) {unknown}")
+        yield from super().predict(rows, image_dir, artifact_dir, batch_size, **settings)
+
+
+def test_a_setting_the_backend_refuses_moves_no_answers_aside(tmp_path: Path) -> None:
+    """Finished answers are moved aside only once the backend accepted the new settings (answered a batch): a typo
+    in them used to cost every finished shard."""
+    test = synthetic_test(20)
+    _run(FakeBackend(), test, 0, 1, tmp_path)
+    out = tmp_path / "out"
+    before = sorted(p.name for p in out.iterdir())
+    with pytest.raises(TypeError, match="bogus"):
+        _run(StrictBackend(), test, 0, 1, tmp_path, bogus=1)
+    assert sorted(p.name for p in out.iterdir()) == before  # nothing moved aside, the shard is still done
+    _run(NoCallBackend(), test, 0, 1, tmp_path)  # the corrected run finds the finished shard
+    again = StrictBackend()
+    _run(again, test, 0, 1, tmp_path, temperature=0.5)  # accepted: now the old answers go aside
+    assert again.asked and list(out.glob("shard_00_of_01.csv.stale-*"))
+
+
+def test_rows_without_an_image_are_answered_empty_unless_guessing(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """What the console promises is what is done: rows whose image is missing, a folder, a FIFO or a symlink loop
+    answer '' without the backend (the ocr backend answered them its group's commonest label); the setting
+    ``guess_without_image`` hands them to the backend; switching it repredicts the shard."""
+    test = synthetic_test(24)
+    images = tmp_path / "img"
+    images.mkdir()
+    names = [link.rsplit("/", 1)[1] for link in test["image_link"]]
+    os.mkfifo(images / names[0])
+    (images / names[1]).mkdir()
+    (images / names[2]).symlink_to(images / names[2])
+    for name in names[3:20]:
+        (images / name).write_bytes(b"pixels")  # the last four are missing
+    path = run_shard(AlwaysBackend(), test, 0, 1, images, tmp_path / "art", tmp_path / "out", show_progress=False)
+    assert "7 of 24 rows to predict have no image" in capsys.readouterr().out
+    answers = read_shard(path).set_index("index")["raw"]
+    no_image = set(test["index"].iloc[:3]) | set(test["index"].iloc[20:])
+    assert all(answers[i] == "" for i in no_image) and all(answers[i] != "" for i in set(answers.index) - no_image)
+    path = run_shard(AlwaysBackend(), test, 0, 1, images, tmp_path / "art", tmp_path / "out", show_progress=False,
+                     guess_without_image=True)
+    assert (read_shard(path)["raw"] != "").all()  # the setting changed the answers: the shard was predicted again
+
+
+class AlwaysBackend(FakeBackend):
+    """Answers every row it is asked about, image or not (as a backend guessing from the labels does)."""
+
+    def predict(self, rows: pd.DataFrame, image_dir: Path, artifact_dir: Path, batch_size: int = 8,
+                **settings: Any) -> Iterator[list[tuple[int, str]]]:
+        yield [(int(i), "42 cm") for i in rows["index"]]
 
 
 def test_two_writers_never_write_one_shard(tmp_path: Path) -> None:

@@ -144,3 +144,32 @@ def test_write_report_shows_the_unit_confusion(case, tmp_path: Path) -> None:  #
         assert image.format == "PNG" and image.width > 300
     nothing = labels.assign(entity_value="")
     assert report.plot_unit_confusion(score(predictions, nothing).rows, tmp_path / "none.png") is None
+
+
+def test_a_hostile_image_never_fails_a_display(case, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A tiny PNG claiming 50000x50000 pixels in the image folder: the grids, the report and the notebook's shard
+    display show "image not available" (the gallery's thumbnail let ``DecompressionBombError`` through, which failed
+    the shard notebook after its done marker, on every rerun)."""
+    from tests.test_images import _bomb_png
+    from utils.pipeline import show
+    from utils.pipeline.stages import ShardDone
+
+    test, labels, predictions, images = case
+    for link in test["image_link"]:
+        (images / link.rsplit("/", 1)[1]).write_bytes(_bomb_png())
+    rows = outcomes.normalize_rows(score(predictions, labels).rows, test)
+    gallery.image_grid(rows, images, [""] * len(rows))
+    report.write_report(tmp_path / "out", score(predictions, labels), test, images)
+    shard_rows = test.assign(prediction="1.0 gram", raw="1 g")
+    show.shard(ShardDone(tmp_path / "shard.csv", shard_rows, images))
+
+
+def test_the_report_counts_the_rows_answered_without_an_image(  # type: ignore[no-untyped-def]
+        case, tmp_path: Path) -> None:
+    test, labels, predictions, images = case  # the last row (index 31, answered) has no image
+    files = report.write_report(tmp_path / "out", score(predictions, labels), test, images)
+    text = files.report_md.read_text()
+    assert f"Rows without an image in {images}: 1 of 8, 1 of them answered anyway" in text
+    (images / test["image_link"].iloc[-1].rsplit("/", 1)[1]).mkdir()  # a folder is no image either
+    assert "1 of 8" in report.write_report(tmp_path / "o2", score(predictions, labels), test, images
+                                           ).report_md.read_text()

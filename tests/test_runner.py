@@ -65,6 +65,10 @@ def test_every_option_is_checked_before_stage_01(tmp_path: Path) -> None:
         (["--images", str(tmp_path / "imgs")], "--images .*imgs does not exist"),
         (["--out", str(tmp_path / "a_file")], "--out .*a_file is a file, not a folder"),
         (["--work", str(tmp_path / "a_file")], "--work .*a_file is a file, not a folder"),
+        (["--shards-dir", str(tmp_path / "a_file")], "--shards-dir .*a_file is a file, not a folder"),
+        (["--artifact-dir", str(tmp_path / "a_file")], "--artifact-dir .*a_file is a file, not a folder"),
+        (["--out", str(tmp_path / "a_file" / "out")], "--out .*out cannot be created: .*a_file is a file"),
+        (["--work", str(tmp_path / "a_file" / "w" / "x")], "--work .*x cannot be created: .*a_file is a file"),
         (["--backend", "nonsense"], r"backend \(--backend\) must be one of .*ocr.*paligemma"),
         (["--backend", "nonsense", "--prepare-only"], r"backend \(--backend\) must be one of"),
         (["--per-entity", "-3"], r"per_entity \(--per-entity\) must be a whole number >= 0"),
@@ -82,6 +86,13 @@ def test_every_option_is_checked_before_stage_01(tmp_path: Path) -> None:
         assert "Traceback" not in result.stderr
         assert time.monotonic() - started < 60
     assert not (tmp_path / "runs").exists()  # nothing ran
+
+
+def test_the_help_of_a_flag_that_turns_something_off_says_so() -> None:
+    from utils.pipeline.options import build_parser
+
+    text = " ".join(build_parser().format_help().split())
+    assert "--no-download turn off (on by default): download missing images" in text
 
 
 def test_shards_are_capped_and_queued_and_empty_shards_run_no_kernel(tmp_path: Path) -> None:
@@ -169,6 +180,7 @@ def test_one_run_per_work_folder_and_a_kill_stops_everything_it_started(tmp_path
         out, err = first.communicate(timeout=60)
         assert first.returncode == 128 + signal.SIGTERM, err
         assert "stopped by SIGTERM" in err
+        assert "finished in" not in out  # a shard stopped by the kill is never reported as finished
         gone_by = time.monotonic() + 30
         while time.monotonic() < gone_by and any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"
                                                  for p in tree):
@@ -211,3 +223,32 @@ def test_an_idle_slot_helps_the_last_running_shard(tmp_path: Path) -> None:
         assert warm["warmed"] == sorted(warm["warmed"], reverse=True)  # the last rows first
     submission = pd.read_csv(tmp_path / "out" / "submission.csv", keep_default_na=False)
     assert len(submission) == 12  # each shard still wrote only its own rows, every index once
+
+
+def test_a_kill_during_a_single_notebook_stage_stops_papermill_and_its_kernel(tmp_path: Path) -> None:
+    """Stages 01, 02 and 04 run one notebook in the runner's main thread: a kill there must stop it too (it used to
+    leave the stop list before ``stop_all`` ran: papermill and its kernel lived on, and wrote ``.fitted`` later)."""
+    import psutil
+
+    args = _args(tmp_path, "--fit-settings", json.dumps({"sleep": 12}))
+    run = subprocess.Popen(["bash", str(REPO / "run_all.sh"), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, env=_env(), cwd=REPO)
+    try:
+        assert run.stdout is not None
+        for line in run.stdout:  # wait for the fit to be under way in its kernel
+            if "[02] fitting backend" in line:
+                break
+        tree = _descendants(run.pid)
+        assert len(tree) >= 2  # the runner's python below bash, papermill and its kernel
+        run.send_signal(signal.SIGTERM)
+        _, err = run.communicate(timeout=60)
+        assert run.returncode == 128 + signal.SIGTERM, err
+        stopped = int(__import__("re").search(r"; (\d+) process\(es\) it had started were stopped", err).group(1))
+        assert stopped >= 2, err  # papermill and its kernel, not 0
+        alive = [p for p in tree if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+        assert alive == [], f"orphans left running: {alive}"
+        time.sleep(13)  # past the fit's sleep: an orphaned kernel would now write the marker
+        assert not list((tmp_path / "work" / "artifacts").glob("*.fitted"))
+    finally:
+        if run.poll() is None:
+            run.kill()

@@ -263,9 +263,15 @@ def _pred_bytes(trailing: str = "") -> bytes:
         (_test_bytes(), b"", "INVALID: predictions file {p}: empty file"),
         (_test_bytes(), b"index,prediction\n10,12 gram\n3," + b"x" * 200_000 + b"\n",
          "INVALID: predictions file {p}: line 3: not a readable CSV line (field larger than field limit"),
+        (_test_bytes().replace(b"\n42,", b"\n99999999999999999999999,"), _pred_bytes(),
+         "INVALID: {t}: line 4: index is out of range (a 64-bit integer, at most 9223372036854775807): "
+         "'99999999999999999999999'"),  # an OverflowError "unexpected error" with no file or line before
+        (_test_bytes().replace(b",3,voltage", b"," + b"7" * 5000 + b",voltage"), _pred_bytes(),
+         "INVALID: {t}: line 4: group_id is out of range (a 64-bit integer"),  # "Exceeds the limit (4300 digits)"
     ],
     ids=["test-folder", "pred-folder", "pred-latin1", "test-latin1", "pred-bom-then-bad-byte", "trailing-commas",
-         "trailing-commas-data-only", "one-trailing-comma", "empty", "huge-cell"],
+         "trailing-commas-data-only", "one-trailing-comma", "empty", "huge-cell", "test-index-overflow",
+         "test-group-id-5000-digits"],
 )
 def test_cli_unreadable_input_is_one_line(tmp_path: Path, test: bytes | None, pred: bytes | None, message: str) -> None:
     result = _bytes_cli(tmp_path, test, pred)
@@ -274,6 +280,40 @@ def test_cli_unreadable_input_is_one_line(tmp_path: Path, test: bytes | None, pr
     err = result.stderr.strip()
     expected = message.format(t=tmp_path / "test.csv", p=tmp_path / "pred.csv")
     assert len(err.splitlines()) == 1 and err.startswith(expected), err
+
+
+def test_a_huge_group_id_names_its_line_and_column(tmp_path: Path) -> None:
+    """A 1 MB group_id, where stage 01 reads the test CSV (pandas, no field limit): named, not "Exceeds the limit
+    (4300 digits)" from int()."""
+    from utils.data.tables import DataValidationError
+
+    path = tmp_path / "test.csv"
+    path.write_bytes(_test_bytes().replace(b",3,voltage", b"," + b"7" * 1_000_000 + b",voltage"))
+    with pytest.raises(DataValidationError, match=r"test.csv: line 4: group_id is out of range .*'7777.*\.\.\.'$"):
+        load_test(path)
+
+
+def test_load_test_names_the_line_of_a_byte_that_is_not_utf8(tmp_path: Path) -> None:
+    """Stage 01 reads the test CSV with ``load_test``: "position 6" (of a pandas chunk) before, the line now."""
+    from utils.data.tables import DataValidationError
+
+    path = tmp_path / "test.csv"
+    path.write_bytes(_test_bytes().replace(b"item_weight", b"item_w\xe9ight"))
+    with pytest.raises(DataValidationError, match=r"test.csv: line 3, byte \d+ of that line: not UTF-8 text"):
+        load_test(path)
+
+
+def test_cli_reads_a_pipe(tmp_path: Path) -> None:
+    """``python -m utils.sanity <(cat test.csv) <(cat pred.csv)``: process substitution hands pipes, which were
+    refused as "file not found" (and a pipe can be read only once)."""
+    import os
+
+    (tmp_path / "test.csv").write_bytes(_test_bytes())
+    (tmp_path / "pred.csv").write_bytes(_pred_bytes())
+    command = f"{sys.executable} -m utils.sanity <(cat {tmp_path / 'test.csv'}) <(cat {tmp_path / 'pred.csv'})"
+    result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, cwd=REPO, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0 and result.stdout.startswith("OK /dev/fd/"), result.stdout + result.stderr
 
 
 def test_cli_good_bytes_still_pass_and_a_bom_is_fine(tmp_path: Path) -> None:

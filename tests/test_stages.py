@@ -148,6 +148,47 @@ def test_a_fit_that_learned_from_train_csv_is_not_reused_once_train_csv_changed(
     assert again.artifact == first.artifact and not again.reused
 
 
+class StrictBackend(AnswerKeyBackend):
+    """The fake, refusing a setting it does not know before it writes anything (as the real backends' configs do)."""
+
+    name = "strict"
+
+    def fit(self, train: pd.DataFrame, val: pd.DataFrame, image_dir: Path, out_dir: Path, **settings: Any) -> Path:
+        unknown = sorted(set(settings) - {"note"})
+        if unknown:
+            raise TypeError(f"unknown setting(s) {unknown}")
+        return super().fit(train, val, image_dir, out_dir, **settings)
+
+
+def test_a_setting_the_backend_refuses_keeps_the_earlier_fit(prepared: stages.Prepared,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A typo in the fit settings fails the fit, but the finished fit stays valid: the corrected run reuses it
+    (the marker was removed before the backend refused, so the corrected run refitted and every finished shard was
+    moved aside as "model changed")."""
+    monkeypatch.setitem(backends.BACKENDS, "strict", f"{__name__}:StrictBackend")
+    work = str(prepared.work_dir)
+    first = stages.finetune(backend="strict", work_dir=work, settings={"note": "a"})
+    marker = prepared.work.fitted_marker(first.artifact)
+    kept = marker.read_bytes()
+    with pytest.raises(TypeError, match="empty_shar"):
+        stages.finetune(backend="strict", work_dir=work, settings={"note": "a", "empty_shar": 0.2})
+    assert marker.read_bytes() == kept
+    assert stages.finetune(backend="strict", work_dir=work, settings={"note": "a"}).reused
+    assert stages.finetune(backend="strict", work_dir=work, settings={"note": "b"}).artifact == first.artifact
+
+    class Broken(StrictBackend):  # a fit that fails after writing into the artifact: no marker vouches for it
+        def fit(self, train: pd.DataFrame, val: pd.DataFrame, image_dir: Path, out_dir: Path, **settings: Any
+                ) -> Path:
+            (Path(out_dir) / "fit.json").write_text("half")
+            raise RuntimeError("out of memory")
+
+    monkeypatch.setitem(backends.BACKENDS, "strict", f"{__name__}:StrictBackend")
+    monkeypatch.setattr(StrictBackend, "fit", Broken.fit)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        stages.finetune(backend="strict", work_dir=work, settings={"note": "c"})
+    assert not marker.exists()
+
+
 def test_fit_infer_postprocess(prepared: stages.Prepared, fake_backend: str, tmp_path: Path) -> None:
     work = str(prepared.work_dir)
     def fitted_note() -> str:
@@ -290,3 +331,63 @@ def test_missing_images_skips_links_naming_no_usable_file(tmp_path: Path) -> Non
     (tmp_path / "have.jpg").write_bytes(b"x")
     links = pd.Series(["https://h/i/have.jpg", "https://h/i/need.jpg", "ftp://h/bad.jpg", "https://h/a/..", None])
     assert census.missing_images(links, tmp_path) == ["https://h/i/need.jpg"]
+
+
+def test_a_failed_postprocess_replaces_none_of_its_outputs(prepared: stages.Prepared, fake_backend: str,
+                                                           tmp_path: Path) -> None:
+    """A full disk in the middle of stage 04 (a file size limit at the OS seam: writes past 4 KiB fail with EFBIG):
+    submission.csv, f1_table.csv and report.md all stay the old ones (a new submission.csv beside an old report
+    was left before)."""
+    import subprocess
+    import sys
+
+    work, out = str(prepared.work_dir), tmp_path / "out"
+    stages.finetune(backend=fake_backend, work_dir=work)
+    labels_csv = prepared.manifest["labels_csv"]
+    stages.infer_shard(shard_index=0, num_shards=1, backend=fake_backend, work_dir=work,
+                       settings={"answers_csv": labels_csv})
+    stages.postprocess(num_shards=1, work_dir=work, out_dir=str(out))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert {"submission.csv", "f1_table.csv", "report.md", "f1_by_entity.png"} <= set(before)
+    test = pd.read_parquet(prepared.test_path)
+    stages.infer_shard(shard_index=0, num_shards=1, backend=fake_backend, work_dir=work,  # other answers now
+                       settings={"answers_csv": labels_csv, "wrong": [int(i) for i in test["index"][:4]]})
+    code = f"""
+import resource, signal, sys
+sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+from utils.models import backend
+from utils.pipeline import stages
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing us
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))  # the CSVs fit, the PNG chart does not
+stages.postprocess(num_shards=1, work_dir={work!r}, out_dir={str(out)!r})
+"""
+    failed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert failed.returncode != 0 and "File too large" in failed.stderr, failed.stderr[-2000:]
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing replaced, nothing left over
+    stages.postprocess(num_shards=1, work_dir=work, out_dir=str(out))  # with room again: all replaced
+    assert (out / "submission.csv").read_bytes() != before["submission.csv"]
+
+
+def test_only_the_test_rows_are_scored(prepared: stages.Prepared, fake_backend: str, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """Labels for another row set: rows not in the test set are not counted as misses (F1 0.37 "on 40 rows"
+    before), the report says how many test rows have labels, and a warning names the foreign rows."""
+    work, out = str(prepared.work_dir), tmp_path / "out"
+    stages.finetune(backend=fake_backend, work_dir=work)
+    labels = pd.read_csv(prepared.manifest["labels_csv"], keep_default_na=False)
+    stages.infer_shard(shard_index=0, num_shards=1, backend=fake_backend, work_dir=work,
+                       settings={"answers_csv": prepared.manifest["labels_csv"]})
+    foreign = labels.head(5).assign(index=lambda f: f["index"] + 10**6)
+    mixed = tmp_path / "labels.csv"
+    pd.concat([labels.head(6), foreign]).to_csv(mixed, index=False)
+    result = stages.postprocess(num_shards=1, work_dir=work, out_dir=str(out), labels_csv=str(mixed))
+    assert result.report.f1 == 1.0 and len(result.report.rows) == 6
+    said = capsys.readouterr().out
+    assert "5 of 11 rows of" in said and "not in the test set" in said
+    assert "labels for 6 of 10 test rows" in said
+    text = result.files.report_md.read_text()
+    assert "on 6 rows" in text and "labels for 6 of 10 test rows" in text
+    assert result.files.report_md == out / "report.md" and result.submission_path.is_file()
+    alien = tmp_path / "alien.csv"
+    foreign.to_csv(alien, index=False)
+    assert stages.postprocess(num_shards=1, work_dir=work, out_dir=str(out), labels_csv=str(alien)).report is None

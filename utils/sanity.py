@@ -14,7 +14,7 @@ from pathlib import Path
 from utils.core.sanity import _SHOW, check_submission, summarize
 from utils.core.submission_format import cell_text
 from utils.data.tables import DataValidationError, load_test
-from utils.env.csv_input import CsvInputError, read_csv_text
+from utils.env.csv_input import CsvInputError, read_csv_text, read_input_bytes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,14 +33,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _run(args.test_csv, args.predictions_csv, max(0, args.show))
     except Exception as exc:  # noqa: BLE001 - a checker must answer in one line, whatever went wrong
-        print(f"INVALID: unexpected error ({type(exc).__name__}: {exc})", file=sys.stderr)
+        print(f"INVALID: checking {args.predictions_csv} against {args.test_csv}: unexpected error "
+              f"({type(exc).__name__}: {str(exc)[:300]})", file=sys.stderr)
         return 2
 
 
 def _run(test_csv: str, predictions_csv: str, show: int) -> int:
     try:
-        read_csv_text(test_csv, "test file")  # the file-level problems, with a line number
-        test = load_test(test_csv)
+        data = read_input_bytes(test_csv, "test file")  # once: <(cat test.csv) is a pipe
+        read_csv_text(test_csv, "test file", data=data)  # the file-level problems, with a line number
+        test = load_test(test_csv, data=data)
     except (CsvInputError, DataValidationError) as exc:
         print(f"INVALID: {exc}", file=sys.stderr)
         return 2

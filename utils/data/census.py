@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from utils.data.images import cached_image
+from utils.data.images import cached_image, is_image_file
 from utils.env import paths as _paths
 from utils.env.console import say
 
@@ -50,9 +50,18 @@ def image_census(links: pd.Series, image_dir: Path) -> ImageCensus:
         path = cached_image(image_dir, link)
         if path is None:
             unusable.append(link)
-        elif not path.is_file():
+        elif not is_image_file(path):  # missing, or a folder, a FIFO, a symlink loop: never opened
             missing.append(link)
     return ImageCensus(Path(image_dir), len(unique), missing, unusable)
+
+
+def rows_without_image(rows: pd.DataFrame, image_dir: str | Path | None) -> pd.Series:
+    """Per row (aligned with ``rows``), whether its image is not a regular file in ``image_dir``: missing, a
+    folder, a FIFO, a symlink loop, a link naming no file. All False without ``image_link`` or ``image_dir``."""
+    if "image_link" not in rows.columns or image_dir is None:
+        return pd.Series(False, index=rows.index)
+    present = {link: is_image_file(cached_image(image_dir, link)) for link in rows["image_link"].unique()}
+    return ~rows["image_link"].map(present).astype(bool)
 
 
 def missing_images(links: pd.Series, image_dir: Path) -> list[str]:
@@ -60,18 +69,25 @@ def missing_images(links: pd.Series, image_dir: Path) -> list[str]:
     return image_census(links, image_dir).missing
 
 
-def check_images(census: ImageCensus, what: str, max_missing: float, tag: str) -> None:
+def no_image_answer(guess: bool) -> str:
+    """What a row without a usable image is answered (``guess_without_image``), for messages."""
+    return ("answered with the backend's guess (guess_without_image)" if guess else
+            "answered with '' (--guess-without-image: the backend's guess instead)")
+
+
+def check_images(census: ImageCensus, what: str, max_missing: float, tag: str, guess: bool = False) -> None:
     """Say the count on the console; ``MissingImagesError`` when more than ``max_missing`` of them are absent."""
-    say(f"[{tag}] {census.line(what)}")
+    say(f"[{tag}] {census.line(what)}" + (f"; their rows will be {no_image_answer(guess)}" if census.absent else ""))
     if census.total and census.share_absent > max_missing:
         raise MissingImagesError(
             f"{census.absent} of {census.total} images for {what} ({100 * census.share_absent:.0f}%) are not in "
             f"{census.image_dir}: is the image folder right (image_dir, run_all.sh --images)? Download them with "
             "`python -m utils.images download CSV FOLDER`, or accept the gap with max_missing_images=1 "
-            "(--max-missing-images 1): their rows are then answered with ''")
+            f"(--max-missing-images 1): their rows are then {no_image_answer(guess)}")
 
 
-def fetch_missing(links: pd.Series, image_dir: Path, download: bool = True, workers: int = 16) -> Any:
+def fetch_missing(links: pd.Series, image_dir: Path, download: bool = True, workers: int = 16,
+                  guess: bool = False) -> Any:
     """Download the images of ``links`` missing from ``image_dir`` when allowed and possible; warn about what stays
     missing. Returns the ``utils.data.download.DownloadSummary``, or None when nothing was downloaded."""
     missing = missing_images(links, image_dir)
@@ -81,11 +97,12 @@ def fetch_missing(links: pd.Series, image_dir: Path, download: bool = True, work
         summary = download_images(missing, image_dir, workers=workers)
         if summary.failed:
             say(f"warning: {summary.failed} images could not be downloaded (see {image_dir / 'failures.csv'}); "
-                "their rows are answered with ''")
+                f"their rows will be {no_image_answer(guess)}")
         return summary
     if missing:
-        say(f"warning: {len(missing)} images are not in {image_dir} and will be answered with '' "
-            f"({'download off' if not download else 'folder not writable'})")
+        say(f"warning: {len(missing)} images are not in {image_dir} ("
+            f"{'download off' if not download else 'folder not writable'}); their rows will be "
+            f"{no_image_answer(guess)}")
     return None
 
 

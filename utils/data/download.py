@@ -57,6 +57,7 @@ from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 from utils.data.images import InvalidImage, cached_image, image_filename, looks_complete, validate_image_bytes
+from utils.env.csv_input import decode_utf8, read_input_bytes
 from utils.env.fileio import atomic_write_bytes, fsync_dir
 
 log = logging.getLogger(__name__)
@@ -733,13 +734,14 @@ def download_images(
 def read_urls(csv_path: str | os.PathLike[str], column: str = "image_link") -> list[str]:
     """The ``column`` values of a CSV file, in order (duplicates kept; ``download_images`` deduplicates)."""
     path = Path(csv_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"CSV file not found: {path}")
-    with open(path, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
+    text = decode_utf8("CSV", path, read_input_bytes(path))  # any readable path; one line naming what is wrong
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
         if reader.fieldnames is None or column not in reader.fieldnames:
             raise ValueError(f"{path}: no {column!r} column (header: {reader.fieldnames})")
         return [row[column] or "" for row in reader]
+    except csv.Error as exc:
+        raise ValueError(f"{path}: line {reader.line_num}: not a readable CSV line ({exc})") from None
 
 
 def _progress_bar(total: int, enabled: bool):  # type: ignore[no-untyped-def]
@@ -759,6 +761,19 @@ def _share(text: str) -> float:
     if not 0.0 <= v <= 1.0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a share between 0 and 1 (0.01 is 1%)")
     return v
+
+
+def _check_cache_dir(folder: Path) -> None:
+    """``folder`` is a folder, or can be made one (ValueError naming why not)."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing == folder and not folder.is_dir():
+        raise ValueError(f"{folder} is a file, not a folder: name a folder for the images")
+    if not existing.is_dir():
+        raise ValueError(f"{folder} cannot be created: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{folder}: {existing} is not writable (by this user)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -791,6 +806,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
+        _check_cache_dir(Path(args.cache_dir))
         urls = read_urls(args.csv, args.column)
         summary = download_images(
             urls, args.cache_dir, workers=args.workers, timeout=args.timeout, total_timeout=args.total_timeout,

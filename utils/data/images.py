@@ -4,8 +4,9 @@
   folder (the URL's last path segment, ``61I9XdN6OFL.jpg``); ``cached_image`` answers None for a link naming no
   usable file, so a malformed link means "no image" everywhere instead of a crash.
 - ``load_image``: EXIF orientation, RGB (transparency over white), optional downscale keeping the aspect ratio;
-  ``None`` for a missing or undecodable file, or one with more than ``MAX_PIXELS`` pixels (the same limit the
-  downloader enforces, ``utils.data.download``), so callers answer ``""`` instead of crashing.
+  ``None`` for a missing, non-regular (a folder, a FIFO: never opened) or undecodable file, or one with more than
+  ``MAX_PIXELS`` pixels (the same limit the downloader enforces, ``utils.data.download``), so callers answer ``""``
+  instead of crashing. ``is_image_file`` / ``open_image_file`` / ``read_image_bytes``: regular files only.
 - ``validate_image_bytes`` / ``looks_complete``: a body or a cached file that is HTML, truncated, corrupt or a
   decompression bomb is rejected (used by the downloader before it keeps a file, and for files already cached).
 """
@@ -16,6 +17,7 @@ import io
 import logging
 import os
 import re
+import stat
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -81,17 +83,62 @@ def cached_image(image_dir: str | os.PathLike[str], url: object) -> Path | None:
 # ----------------------------------------------------------------------------------------------- loading
 
 
+def is_image_file(path: str | os.PathLike[str] | None) -> bool:
+    """Whether ``path`` is a regular file (following symlinks): a folder, a FIFO, a device, a symlink loop or a
+    missing file is no image, and is never opened (opening a FIFO blocks until someone writes into it)."""
+    if path is None:
+        return False
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
+def open_image_file(path: str | os.PathLike[str]) -> io.BufferedReader | None:
+    """``path`` opened for reading when it is a regular file, else None (never blocks: a FIFO is opened without
+    waiting for a writer and refused; the check is on the opened file, so nothing can swap it in between)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except (OSError, ValueError):
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            return None
+        return os.fdopen(fd, "rb")
+    except OSError:
+        os.close(fd)
+        return None
+
+
+def read_image_bytes(path: str | os.PathLike[str]) -> bytes | None:
+    """The bytes of ``path`` when it is a readable regular file (``open_image_file``), else None."""
+    fh = open_image_file(path)
+    if fh is None:
+        return None
+    try:
+        with fh:
+            return fh.read()
+    except OSError:
+        return None
+
+
 def load_image(path: str | os.PathLike[str], max_side: int | None = None) -> Image.Image | None:
     """Open an image for a model: EXIF orientation applied, RGB, longest side at most ``max_side``.
 
-    Returns ``None`` (and logs why at debug level) when the file is missing, cannot be decoded or has more than
+    Returns ``None`` (and logs why at debug level) when the file is missing or not a regular file (a folder, a FIFO:
+    never opened, ``open_image_file``), cannot be decoded or has more than
     ``MAX_PIXELS`` pixels (what the downloader rejects); it never raises for a bad file. Raises ``ValueError`` only
     for a bad ``max_side``.
     """
     if max_side is not None and (not isinstance(max_side, int) or max_side <= 0):
         raise ValueError(f"max_side must be a positive int or None, got {max_side!r}")
+    fh = open_image_file(path)
+    if fh is None:
+        log.debug("cannot load image %s: not a readable regular file", path)
+        return None
     try:
-        with Image.open(path) as im:
+        with fh, Image.open(fh) as im:
             w, h = im.size
             if w * h > MAX_PIXELS:
                 log.debug("not loading image %s: %dx%d = %d pixels > MAX_PIXELS %d", path, w, h, w * h, MAX_PIXELS)

@@ -18,12 +18,14 @@ who want them out of training.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from utils.core.units import ENTITIES, ENTITY_UNIT_MAP, parse_range, parse_value
+from utils.env.csv_input import CsvInputError, decode_utf8, read_input_bytes
 
 TRAIN_COLUMNS: tuple[str, ...] = ("image_link", "group_id", "entity_name", "entity_value")
 TEST_COLUMNS: tuple[str, ...] = ("index", "image_link", "group_id", "entity_name")
@@ -60,14 +62,17 @@ def _fail(path: Path, positions: np.ndarray, problem: str, values: pd.Series | N
     raise DataValidationError(msg)
 
 
-def _read(path: str | Path, required: tuple[str, ...]) -> tuple[Path, pd.DataFrame]:
-    """Read a CSV as strings, ``""`` for empty cells; check the required columns are present."""
+def _read(path: str | Path, required: tuple[str, ...], data: bytes | None = None) -> tuple[Path, pd.DataFrame]:
+    """Read a CSV as strings, ``""`` for empty cells; check the required columns are present. Any readable path
+    (a pipe too; ``data``: its bytes, already read); bytes that are not UTF-8 are named by line and byte."""
     path = Path(path)
-    if not path.is_file():
-        raise DataValidationError(f"{path}: file not found")
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, engine="c")
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        text = decode_utf8("CSV", path, read_input_bytes(path) if data is None else data)
+    except CsvInputError as exc:
+        raise DataValidationError(str(exc).removeprefix("CSV ")) from None
+    try:
+        df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_filter=False, engine="c")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise DataValidationError(f"{path}: not a readable CSV: {exc}") from exc
     missing = [c for c in required if c not in df.columns]
     if missing:
@@ -97,13 +102,29 @@ def _int_column(path: Path, df: pd.DataFrame, column: str) -> pd.Series:
     bad = np.flatnonzero(~ok)
     if len(bad):
         _fail(path, bad, f"{column} is not an integer:", df[column])
+    _check_int64(path, col, column)
     return col.astype("int64")
 
 
-def _group_ids(df: pd.DataFrame) -> pd.Series:
+_INT64_DIGITS = len(str(2**63 - 1))
+
+
+def _check_int64(path: Path, col: pd.Series, column: str) -> None:
+    """Fail naming the line of the first integer (text) outside int64 (which ``astype`` would not say)."""
+    long = col.str.lstrip("-").str.len().to_numpy() >= _INT64_DIGITS
+    if long.any():
+        big = np.flatnonzero(long)
+        big = big[[not -(2**63) <= int(v) < 2**63 for v in col.iloc[big].str[: _INT64_DIGITS + 2]]]
+        if len(big):
+            shown = col.str.slice(0, 30) + np.where(col.str.len() > 30, "...", "")
+            _fail(path, big, f"{column} is out of range (a 64-bit integer, at most {2**63 - 1}):", shown)
+
+
+def _group_ids(path: Path, df: pd.DataFrame) -> pd.Series:
     """group_id as int64 when every value is an integer (the challenge data), else kept as text."""
     col = df["group_id"].str.strip()
     if col.str.fullmatch(r"-?\d+").all():
+        _check_int64(path, col, "group_id")
         return col.astype("int64")
     return col
 
@@ -145,7 +166,7 @@ def load_train(path: str | Path) -> pd.DataFrame:
     out = pd.DataFrame(
         {
             "image_link": df["image_link"].str.strip(),
-            "group_id": _group_ids(df),
+            "group_id": _group_ids(path, df),
             "entity_name": df["entity_name"],
             "entity_value": values,
         }
@@ -155,14 +176,14 @@ def load_train(path: str | Path) -> pd.DataFrame:
     return out
 
 
-def load_test(path: str | Path) -> pd.DataFrame:
+def load_test(path: str | Path, data: bytes | None = None) -> pd.DataFrame:
     """Load and validate a test CSV: ``index,image_link,group_id,entity_name``; ``index`` int64 and unique.
 
     Extra columns (e.g. ``entity_value`` in a labelled dev file) are kept as text. Raises
     :class:`DataValidationError` on missing columns, unknown entity names, empty links or group ids, a non-integer
-    or duplicated ``index``.
+    or duplicated ``index``. ``data``: the file's bytes, already read (a pipe can be read once).
     """
-    path, df = _read(path, TEST_COLUMNS)
+    path, df = _read(path, TEST_COLUMNS, data)
     _check_common(path, df)
     index = _int_column(path, df, "index")
     dup = np.flatnonzero(index.duplicated(keep="first").to_numpy())
@@ -172,7 +193,7 @@ def load_test(path: str | Path) -> pd.DataFrame:
     out = df.copy()
     out["index"] = index
     out["image_link"] = df["image_link"].str.strip()
-    out["group_id"] = _group_ids(df)
+    out["group_id"] = _group_ids(path, df)
     cols = list(TEST_COLUMNS) + [c for c in df.columns if c not in TEST_COLUMNS]
     return out[cols]
 

@@ -31,6 +31,26 @@ class CsvInputError(ValueError):
     """A CSV file that cannot be read as a table; the message is one line and names the file."""
 
 
+def read_input_bytes(path: str | os.PathLike[str], what: str = "CSV") -> bytes:
+    """The bytes of a user's input file: any readable path (a pipe from ``<(cat test.csv)`` too, read once);
+    :class:`CsvInputError` naming the file for a folder, a missing path or one that cannot be read."""
+    p = Path(path)
+    if p.is_dir():
+        raise CsvInputError(f"{what} {p}: is a folder, not a CSV file")
+    if not p.exists():
+        raise CsvInputError(f"{what} {p}: file not found")
+    try:
+        return p.read_bytes()
+    except OSError as exc:
+        raise CsvInputError(f"{what} {p}: cannot be read: {exc.strerror or exc}") from None
+
+
+def decode_utf8(what: str, path: str | os.PathLike[str], data: bytes) -> str:
+    """``data`` as text (a UTF-8 byte-order mark dropped); :class:`CsvInputError` naming the file, the line and the
+    byte of the first byte that is not UTF-8."""
+    return _decode(what, Path(path), data)
+
+
 def _decode(what: str, path: Path, data: bytes) -> str:
     try:
         return data.decode("utf-8-sig")
@@ -46,20 +66,15 @@ def _decode(what: str, path: Path, data: bytes) -> str:
         ) from None
 
 
-def read_csv_text(path: str | os.PathLike[str], what: str = "CSV") -> pd.DataFrame:
+def read_csv_text(path: str | os.PathLike[str], what: str = "CSV", data: bytes | None = None) -> pd.DataFrame:
     """Read ``path`` as a table of text cells (header line first); :class:`CsvInputError` when it cannot be.
 
-    ``what`` names the file's role in messages ("predictions", "test").
+    ``what`` names the file's role in messages ("predictions", "test"); ``data``: its bytes, already read
+    (``read_input_bytes``: a pipe can be read only once).
     """
     p = Path(path)
-    if p.is_dir():
-        raise CsvInputError(f"{what} {p}: is a folder, not a CSV file")
-    if not p.exists():
-        raise CsvInputError(f"{what} {p}: file not found")
-    try:
-        data = p.read_bytes()
-    except OSError as exc:
-        raise CsvInputError(f"{what} {p}: cannot be read: {exc.strerror or exc}") from None
+    if data is None:
+        data = read_input_bytes(p, what)
     text = _decode(what, p, data)
     if not text.strip():
         raise CsvInputError(f"{what} {p}: empty file (not even a header line)")

@@ -39,3 +39,15 @@ def atomic_write_bytes(dest: str | os.PathLike[str], data: bytes, tmp: str | os.
         except FileNotFoundError:
             pass
         raise
+
+
+def move_into(folder: str | os.PathLike[str], dest: str | os.PathLike[str], last: str = "") -> list[Path]:
+    """Move every file of ``folder`` into ``dest`` (same file system: renames, which need no space), the one named
+    ``last`` after all others; the moved paths. Write a set of outputs into a folder beside ``dest`` first, then move
+    them in: a run that fails while writing (a full disk) replaces none of the old ones."""
+    folder, dest = Path(folder), Path(dest)
+    files = sorted((p for p in folder.iterdir() if p.is_file()), key=lambda p: (p.name == last, p.name))
+    for path in files:
+        os.replace(path, dest / path.name)
+    fsync_dir(dest)
+    return [dest / p.name for p in files]

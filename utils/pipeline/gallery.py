@@ -18,7 +18,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from PIL import Image
 
-from utils.data.images import cached_image
+from utils.data.images import cached_image, load_image
 from utils.pipeline.outcomes import mistake_kind, normalize_rows
 
 
@@ -28,16 +28,10 @@ def _image_file(image_dir: Path | None, link: Any) -> Path | None:
 
 
 def _thumbnail(image_dir: Path | None, link: Any, max_side: int) -> Image.Image | None:
+    """The row's image at most ``max_side`` pixels a side, or None: a display never fails on a hostile file
+    (``load_image``: missing, not a regular file, undecodable, a decompression bomb)."""
     path = _image_file(image_dir, link)
-    if path is None or not path.is_file():
-        return None
-    try:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-            image.thumbnail((max_side, max_side))
-            return image
-    except OSError:
-        return None
+    return None if path is None else load_image(path, max_side=max_side)
 
 
 def image_grid(rows: pd.DataFrame, image_dir: str | Path | None, captions: list[str], columns: int = 4,

@@ -1,6 +1,7 @@
 """``run_all.sh``'s command line: made from the stage parameter dataclasses (``utils.pipeline.params``) plus the
 runner's own options (``RunParams``), parsed into a ``Plan`` and checked before anything runs: input files exist
-and are files, ``--images`` exists, ``--out``/``--work``/``--runs`` are not files, numbers and JSON are valid.
+and are files, ``--images`` exists, the output folders (``--out``, ``--work``, ``--runs``, ``--shards-dir``,
+``--artifact-dir``) are folders this user can write or create, numbers and JSON are valid.
 """
 
 from __future__ import annotations
@@ -115,8 +116,9 @@ def build_parser(about: str = "") -> argparse.ArgumentParser:
         if cls is PrepareParams and f.name == "train_csv":
             default = "demo"
         help_text = f.metadata["help"] + ("" if kind == "bool" else f" (default: {default!r})")
-        if kind == "bool" and default:
-            group.add_argument("--no-" + flag[2:], dest=_dest(flag), action="store_false", help=help_text)
+        if kind == "bool" and default:  # the flag turns it off: its help says so
+            group.add_argument("--no-" + flag[2:], dest=_dest(flag), action="store_false",
+                               help=f"turn off (on by default): {help_text}")
         elif kind == "bool":
             group.add_argument(flag, dest=_dest(flag), action="store_true", help=help_text)
         else:
@@ -189,6 +191,21 @@ def check_paths(plan: Plan) -> None:
         what = "is a file, not a folder" if Path(p.image_dir).exists() else "does not exist"
         raise RunnerError(f"{PROG}: --images {p.image_dir} {what} (create it to download the images into it)",
                           EXIT_USAGE)
-    for flag, value in (("--out", plan.run.out_dir), ("--work", plan.run.work_dir), ("--runs", plan.run.runs_dir)):
-        if Path(value).exists() and not Path(value).is_dir():
-            raise RunnerError(f"{PROG}: {flag} {value} is a file, not a folder", EXIT_USAGE)
+    for flag, value in (("--out", plan.run.out_dir), ("--work", plan.run.work_dir), ("--runs", plan.run.runs_dir),
+                        ("--shards-dir", plan.infer.shards_dir), ("--artifact-dir", plan.fit.artifact_dir)):
+        if value:
+            _check_folder(flag, Path(value))
+
+
+def _check_folder(flag: str, path: Path) -> None:
+    """``path`` is a folder this run can write into, or one it can create (RunnerError naming why not)."""
+    if path.exists() and not path.is_dir():
+        raise RunnerError(f"{PROG}: {flag} {path} is a file, not a folder", EXIT_USAGE)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise RunnerError(f"{PROG}: {flag} {path} cannot be created: {existing} is a file, not a folder", EXIT_USAGE)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "is not writable" if existing == path else f"cannot be created: {existing} is not writable"
+        raise RunnerError(f"{PROG}: {flag} {path} {what} (by this user)", EXIT_USAGE)

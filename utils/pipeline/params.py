@@ -66,6 +66,10 @@ def _settings(cls: type, obj: Any) -> None:
     _check(isinstance(obj.settings, dict), "settings", f"must be a JSON object, got {obj.settings!r}", cls)
 
 
+GUESS_HELP = ("rows without a usable image (missing, a folder, not a file) get the backend's guess (ocr: the "
+              "product group's commonest label) instead of ''")
+
+
 @dataclass
 class PrepareParams:
     """Stage 01: load and validate the CSVs, find or download the images, sample, split, write the tables."""
@@ -85,6 +89,7 @@ class PrepareParams:
     download: bool = param(True, "download missing images (when the network allows)")
     max_missing_images: float = param(DEFAULT_MAX_MISSING_IMAGES,
                                       "fail when more than this share of the images is missing; 1: never fail")
+    guess_without_image: bool = param(False, GUESS_HELP)
     demo_train: int = param(0, "demo training rows; 0: the demo's default")
     demo_test: int = param(0, "demo test rows; 0: the demo's default")
 
@@ -131,6 +136,7 @@ class InferParams:
     download: bool = param(True, "first download this shard's missing images (when the network allows)")
     max_missing_images: float = param(DEFAULT_MAX_MISSING_IMAGES,
                                       "fail when more than this share of the images is missing; 1: never fail")
+    guess_without_image: bool = param(False, GUESS_HELP)
     settings: dict = param({}, "more backend predict settings by field name (InferConfig / RankerConfig)",
                            flag="--infer-settings")
 

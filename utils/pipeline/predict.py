@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from utils.core.units import normalize_prediction
+from utils.data.census import rows_without_image
 from utils.env.console import Every, progress_line, say
 from utils.models.backend import Backend, get_backend
 from utils.pipeline.shards import ShardWriter, shard_rows
@@ -62,10 +64,12 @@ def image_identity(links: pd.Series, image_dir: str | Path) -> str:
 
 
 def run_record(backend_name: str, rows: pd.DataFrame, image_dir: str | Path, artifact_dir: str | Path,
-               settings: dict[str, Any]) -> dict[str, Any]:
+               settings: dict[str, Any], guess_without_image: bool = False) -> dict[str, Any]:
     """What a shard's answers depend on, each part hashed: the model (the fitted artifact), the shard's rows
-    (index, link, entity), its images, the cleaning rules and the backend settings; ``id`` covers them all."""
+    (index, link, entity), its images, the cleaning rules, the backend settings and what a row without an image
+    is answered (``no_image``); ``id`` covers them all."""
     record = {
+        "no_image": "guess" if guess_without_image else "empty",
         "model": artifact_fingerprint(artifact_dir),
         "rows": _digest(rows[["index", "image_link", "entity_name"]].astype(str).values.tolist()),
         "images": image_identity(rows["image_link"], image_dir),
@@ -89,6 +93,7 @@ def run_shard(
     run_id: str | None = None,
     tag: str | None = None,
     console_every: float = 30.0,
+    guess_without_image: bool = False,
     **settings: Any,
 ) -> Path:
     """Predict shard ``shard_index`` of ``num_shards`` of ``test`` into ``out_dir``; return the shard file's path.
@@ -102,6 +107,10 @@ def run_shard(
     The run record (``run_record``; ``run_id`` replaces it by a plain id) decides whether a shard file left by an
     earlier run still holds valid answers: when anything it covers changed, that file is moved aside. Progress goes
     to a bar and, every ``console_every`` seconds, to a console line (``tag``, e.g. ``03 shard 1/4``).
+
+    A row whose image is not a regular file in ``image_dir`` (missing, a folder, a FIFO, a symlink loop) is answered
+    ``""`` without the backend, as the console says; ``guess_without_image`` hands it to the backend instead (the
+    ocr backend then answers its product group's commonest label).
     """
     missing_cols = [c for c in ("index", "entity_name") if c not in test.columns]
     if missing_cols:
@@ -112,13 +121,18 @@ def run_shard(
     if run_id is not None:
         record: dict[str, Any] = {"id": run_id}
     elif "image_link" in rows.columns:
-        record = run_record(name, rows, image_dir, artifact_dir, settings)
+        record = run_record(name, rows, image_dir, artifact_dir, settings, guess_without_image)
     else:
         record = {"id": artifact_fingerprint(artifact_dir), "model": artifact_fingerprint(artifact_dir)}
-    with ShardWriter(out_dir, shard_index, num_shards, run=record) as writer:
-        if writer.moved_stale:
-            say(f"[{tag}] answers of an earlier run moved aside ({', '.join(p.name for p in writer.moved_stale)}):"
-                f" {', '.join(writer.changed)} changed; predicting afresh")
+    with ShardWriter(out_dir, shard_index, num_shards, run=record, defer_stale=True) as writer:
+        def replace_stale() -> None:
+            """Move an earlier run's answers aside, once the backend answered a first batch (it accepted the
+            settings: a typo in them must not cost the finished answers)."""
+            if writer.stale:
+                writer.replace_stale()
+                say(f"[{tag}] answers of an earlier run moved aside ({', '.join(p.name for p in writer.moved_stale)}"
+                    f"): {', '.join(writer.changed)} changed; predicting afresh")
+
         if writer.is_done:
             say(f"[{tag}] already done: {writer.path}")
             return writer.path
@@ -126,9 +140,18 @@ def run_shard(
         todo = rows[~rows["index"].isin(writer.done_indices)].reset_index(drop=True)
         if writer.dropped_torn_line:
             log.warning("%s: dropped a torn last line left by a killed run", tag)
-        if len(todo):
-            _predict_into(writer, backend_name, todo, rows, entity_of, image_dir, artifact_dir, tag,
-                          show_progress, console_every, settings)
+        no_image = rows_without_image(todo, image_dir)
+        if no_image.any():
+            say(f"[{tag}] {int(no_image.sum())} of {len(todo)} rows to predict have no image in {image_dir}: "
+                + ("the backend guesses them (guess_without_image)" if guess_without_image else "answered ''"))
+        blank = todo[no_image] if not guess_without_image else todo.iloc[:0]
+        asked = todo[~no_image] if not guess_without_image else todo
+        if len(asked):
+            _predict_into(writer, backend_name, asked, rows, entity_of, image_dir, artifact_dir, tag,
+                          show_progress, console_every, settings, replace_stale)
+        replace_stale()
+        if len(blank):
+            writer.write_batch((int(i), "", "") for i in blank["index"])
         missing = set(entity_of) - writer.done_indices
         if missing:
             raise RuntimeError(
@@ -142,8 +165,10 @@ def run_shard(
 
 def _predict_into(writer: ShardWriter, backend_name: str | Backend, todo: pd.DataFrame, rows: pd.DataFrame,
                   entity_of: dict[int, str], image_dir: str | Path, artifact_dir: str | Path, tag: str,
-                  show_progress: bool, console_every: float, settings: dict[str, Any]) -> None:
-    """Ask the backend for ``todo`` and write each batch as it comes (see ``run_shard``)."""
+                  show_progress: bool, console_every: float, settings: dict[str, Any],
+                  before_first_write: Callable[[], None] = lambda: None) -> None:
+    """Ask the backend for ``todo`` and write each batch as it comes (see ``run_shard``); ``before_first_write``
+    runs once the backend answered its first batch, before it is written."""
     backend = get_backend(backend_name) if isinstance(backend_name, str) else backend_name
     asked = set(todo["index"].astype("int64").tolist())
     bar = tqdm(total=len(rows), initial=len(rows) - len(todo), unit="row", desc=tag, disable=not show_progress,
@@ -152,6 +177,7 @@ def _predict_into(writer: ShardWriter, backend_name: str | Backend, todo: pd.Dat
     say(f"[{tag}] {len(todo)} of {len(rows)} rows to predict")
     try:
         for batch in backend.predict(todo, Path(image_dir), Path(artifact_dir), **settings):
+            before_first_write()
             cleaned = []
             seen: set[int] = set()
             for index, raw in batch:

@@ -19,16 +19,26 @@ import psutil
 from utils.pipeline.options import EXIT_BUSY, PROG, RunnerError
 
 
+class Stopping(RuntimeError):
+    """A process was started after the run began to stop (it was stopped at once)."""
+
+
 class Children:
     """The processes this run started, and how to stop each with everything below it (kernels, OCR workers)."""
 
     def __init__(self) -> None:
         self.procs: list[subprocess.Popen[str]] = []
         self.lock = threading.Lock()
+        self.closed = False  # set by stop_all: a process started after it (a shard's retry) is stopped at once
 
     def add(self, proc: subprocess.Popen[str]) -> None:
+        """Keep ``proc`` to stop it later; once ``stop_all`` ran, stop it now and raise ``Stopping``."""
         with self.lock:
-            self.procs.append(proc)
+            if not self.closed:
+                self.procs.append(proc)
+                return
+        _stop(_tree([proc]), 1.0)
+        raise Stopping("the run is stopping: no new process is started")
 
     def discard(self, proc: subprocess.Popen[str]) -> None:
         with self.lock:
@@ -44,6 +54,7 @@ class Children:
         """SIGTERM every started process and all its descendants, SIGKILL what is left after ``grace`` seconds;
         how many processes were stopped. The tree is collected before any signal (orphans get re-parented)."""
         with self.lock:
+            self.closed = True
             roots = list(self.procs)
         tree = _tree(roots)
         _stop(tree, grace)

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import pandas as pd
 from matplotlib.figure import Figure
 
+from utils.data.census import rows_without_image
 from utils.pipeline.gallery import plot_mistakes, write_gallery
 from utils.pipeline.outcomes import normalize_rows, number_unit, worst_mistakes
 
@@ -170,6 +171,18 @@ def _short_unit(unit: str) -> str:
     return _SHORT_UNITS.get(unit, unit)
 
 
+def no_image_lines(rows: pd.DataFrame, image_dir: str | Path | None) -> list[str]:
+    """A report paragraph counting the rows without a usable image and how they were answered (none: [])."""
+    if image_dir is None or "image_link" not in rows.columns:
+        return []
+    without = rows_without_image(rows, image_dir)
+    if not without.any():
+        return []
+    answered = int((rows.loc[without, "prediction"].astype(str).str.strip() != "").sum())
+    return [f"Rows without an image in {image_dir}: {int(without.sum())} of {len(rows)}, {answered} of them answered "
+            "anyway (a guess: --guess-without-image), the others ''.", ""]
+
+
 def write_report(
     out_dir: str | Path,
     report: ReportLike,
@@ -177,8 +190,10 @@ def write_report(
     image_dir: str | Path | None = None,
     n_worst: int = 12,
     title: str = "Evaluation report",
+    notes: list[str] | tuple[str, ...] = (),
 ) -> ReportFiles:
-    """Write ``report.md``, ``f1_by_entity.png``, ``worst_mistakes.png``, ``gallery.html`` and ``f1_table.csv``."""
+    """Write ``report.md``, ``f1_by_entity.png``, ``worst_mistakes.png``, ``gallery.html`` and ``f1_table.csv``
+    (``notes``: lines said under the overall F1, e.g. how many test rows have labels)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = normalize_rows(report.rows, test)
@@ -195,6 +210,8 @@ def write_report(
         "",
         f"Overall F1: **{float(report.f1):.4f}** on {len(rows)} rows ({int(rows['correct'].sum())} correct).",
         "",
+        *[line for note in notes for line in (note, "")],
+        *no_image_lines(rows, image_dir),
         "| entity | n | precision | recall | F1 |",
         "| --- | ---: | ---: | ---: | ---: |",
     ]

@@ -35,7 +35,7 @@ from typing import Any
 from utils.env.console import MARK, duration
 from utils.pipeline.options import PROG, REPO, Interrupted, Plan, RunnerError, parse
 from utils.pipeline.params import papermill_args
-from utils.pipeline.processes import Children, WorkLock, say_console
+from utils.pipeline.processes import Children, Stopping, WorkLock, say_console
 
 NOTEBOOKS = REPO / "notebooks"
 NOTEBOOK_OF = {"01": "01_prepare_data.ipynb", "02": "02_finetune_lora.ipynb", "03": "03_infer_shard.ipynb",
@@ -52,6 +52,13 @@ def _failure_line(log_text: str) -> str | None:
     found = re.findall(r"^(?:\x1b\[[0-9;]*m)*([A-Za-z_][\w.]*(?:Error|Exception|Interrupt)\b:? .*)$", log_text,
                        re.MULTILINE)
     return found[-1].strip() if found else None
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
 
 
 def _executed_any_cell(notebook: Path) -> bool:
@@ -108,6 +115,8 @@ class Runner:
         retries = self.plan.run.start_retries
         for attempt in range(retries + 1):
             rc = self._execute_once(job)
+            if self.children.closed:  # the run is stopping: whatever papermill answered, the notebook was stopped
+                raise Stopping(f"[{job.tag}] stopped")
             if rc == 0:
                 return
             text = job.log.read_text(encoding="utf-8", errors="replace") if job.log.is_file() else ""
@@ -120,7 +129,8 @@ class Runner:
                 job.log.rename(job.log.with_name(f"{job.log.name}.attempt{attempt + 1}"))
                 time.sleep(delay)
                 continue
-            reason = _failure_line(text) or "see the log"
+            reason = _failure_line(text) or (f"papermill was stopped by {_signal_name(-rc)} (from outside this run)"
+                                             if rc < 0 else "see the log")
             tail = "\n".join(text.strip().splitlines()[-15:])
             raise RunnerError(f"[{job.tag}] failed: {reason}\n  notebook: {job.output}\n  log: {job.log}\n"
                               f"--- last lines of the log ---\n{tail}")
@@ -130,18 +140,19 @@ class Runner:
                                 bufsize=1, env=self._env(job.env), start_new_session=True,
                                 errors="replace")
         self.children.add(proc)
-        try:
-            with open(job.log, "w", encoding="utf-8") as log:
-                assert proc.stdout is not None
-                for line in proc.stdout:
-                    log.write(line)
-                    log.flush()
-                    stripped = line.strip()
-                    if stripped.startswith(MARK):
-                        self.echo(stripped[len(MARK):])
-            return proc.wait()
-        finally:
-            self.children.discard(proc)
+        # Only a process that has ended leaves the stop list: on SIGTERM/Ctrl-C (``Interrupted`` raised here, in the
+        # main thread) it must stay there for ``main``'s ``stop_all``, with its kernel below it.
+        with open(job.log, "w", encoding="utf-8") as log:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                log.write(line)
+                log.flush()
+                stripped = line.strip()
+                if stripped.startswith(MARK):
+                    self.echo(stripped[len(MARK):])
+        rc = proc.wait()
+        self.children.discard(proc)
+        return rc
 
     # -- the whole run
     def run(self) -> int:
@@ -250,6 +261,8 @@ class Runner:
             try:
                 self.execute(make_job(shard, slots[slot]))
                 self.echo(f"[03] shard {shard}/{n} finished in {duration(time.monotonic() - t0)}")
+            except Stopping:  # the run was stopped (SIGTERM, Ctrl-C): the shard did not finish
+                self.echo(f"[03] shard {shard}/{n} stopped after {duration(time.monotonic() - t0)}")
             except BaseException as exc:  # noqa: BLE001 - reported below, the others go on
                 errors[shard] = exc
             finally:

@@ -102,10 +102,13 @@ class ShardWriter:
     too (the kernel drops ``flock`` locks with the process)."""
 
     def __init__(self, out_dir: str | Path, shard_index: int, num_shards: int,
-                 run: dict[str, Any] | str | None = None) -> None:
+                 run: dict[str, Any] | str | None = None, defer_stale: bool = False) -> None:
         """Open (or resume) a shard. ``run`` is the run record (a dict with an ``id``; a plain string is taken as
         the id): a shard file left by another run is moved aside (``*.stale-<time>``, kept, never deleted) and
-        the shard starts afresh, so answers of two different inputs are never mixed in one shard."""
+        the shard starts afresh, so answers of two different inputs are never mixed in one shard.
+
+        ``defer_stale``: such a file stays where it is until ``replace_stale()`` (``stale`` says so; nothing can be
+        written before), so that its answers are kept when the work that replaces them fails to start."""
         _check_shard_args(shard_index, num_shards)
         self.out_dir = Path(out_dir)
         self.shard_index = int(shard_index)
@@ -122,8 +125,11 @@ class ShardWriter:
         try:
             self.dropped_torn_line = False
             self.changed: list[str] = []  # what differed from the previous run's record, when moved aside
-            self.moved_stale: list[Path] = self._move_aside_if_stale()
-            self.done_indices: set[int] = self._open()
+            self.moved_stale: list[Path] = []
+            self.stale = self._is_stale()
+            self.done_indices: set[int] = set()
+            if not (self.stale and defer_stale):
+                self.replace_stale()
         except BaseException:
             self.close()
             raise
@@ -158,36 +164,43 @@ class ShardWriter:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _move_aside_if_stale(self) -> list[Path]:
-        """Move this shard's files aside when they were written by another run; the new names."""
+    def _is_stale(self) -> bool:
+        """Whether this shard's files were written by another run (``changed`` says what differs)."""
         if self.run is None or not self.path.exists():
-            return []
+            return False
         previous = read_run(self.path)
         if previous is not None and previous.get("id") == self.run_id:
-            return []
-        if previous is None:
-            self.changed = ["no run record"]
-        else:
-            self.changed = [k for k in sorted(set(previous) | set(self.run))
-                            if k != "id" and previous.get(k) != self.run.get(k)] or ["run id"]
+            return False
+        self.changed = ["no run record"] if previous is None else [
+            k for k in sorted(set(previous) | set(self.run)) if k != "id" and previous.get(k) != self.run.get(k)
+        ] or ["run id"]
+        return True
+
+    def replace_stale(self) -> None:
+        """Move a stale shard aside (``moved_stale``) and open the shard for writing (``done_indices``)."""
+        if self.stale:
+            self.moved_stale = self._move_aside()
+            self.stale = False
+        self.done_indices = self._open()
+
+    def _move_aside(self) -> list[Path]:
+        """Move this shard's files aside; the new names."""
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         n = 1
         while any(p.with_name(f"{p.name}.stale-{stamp}").exists() for p in (self.done_path, self.run_path, self.path)):
             stamp = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{n}"  # never overwrite an older stale set
             n += 1
-        moved = []
-        for old in (self.done_path, self.run_path, self.path):  # the done marker first: never a marker alone
-            if old.exists():
-                new = old.with_name(f"{old.name}.stale-{stamp}")
-                os.replace(old, new)
-                moved.append(new)
+        moved = [old for old in (self.done_path, self.run_path, self.path) if old.exists()]
+        for old in moved:  # the done marker first: never a marker alone
+            os.replace(old, old.with_name(f"{old.name}.stale-{stamp}"))
         fsync_dir(self.out_dir)
-        return moved
+        return [old.with_name(f"{old.name}.stale-{stamp}") for old in moved]
 
     @property
     def is_done(self) -> bool:
-        """Whether the done marker exists (the shard is finished; nothing more may be written)."""
-        return self.done_path.is_file()
+        """Whether the done marker exists (the shard is finished; nothing more may be written); a stale shard's
+        marker (another run's) does not count."""
+        return not self.stale and self.done_path.is_file()
 
     def _open(self) -> set[int]:
         """Create the file with its header, or read it back after cutting a torn last line; the indices in it."""
@@ -240,6 +253,8 @@ class ShardWriter:
         Raises ``ValueError`` (writing nothing) when an index is already in the file or repeated in the batch,
         and ``RuntimeError`` when the shard is already marked done.
         """
+        if self.stale:
+            raise RuntimeError(f"{self.path}: written by another run; replace_stale() before writing")
         if self.is_done:
             raise RuntimeError(f"{self.path}: shard is marked done ({self.done_path.name}); refusing to append")
         batch = [(int(i), _one_line(p), _one_line(r)) for i, p, r in rows]
@@ -261,6 +276,8 @@ class ShardWriter:
 
     def mark_done(self, expected: Iterable[int]) -> None:
         """Write the done marker, after checking the file holds exactly the ``expected`` indices."""
+        if self.stale:
+            raise RuntimeError(f"{self.path}: written by another run; replace_stale() before marking it done")
         expected_set = {int(i) for i in expected}
         missing = expected_set - self.done_indices
         if missing:

@@ -11,7 +11,9 @@ which returns the prediction browser.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
@@ -36,6 +38,21 @@ def _display(*objects: Any) -> None:
         display(obj)
 
 
+def _never_fails(show: Callable[..., Any]) -> Callable[..., Any]:
+    """A display never fails its stage: whatever it raises (a hostile image, a plotting error) is printed as one
+    line, after what the stage wrote is already safe on disk."""
+
+    @functools.wraps(show)
+    def shown(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return show(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - a display is never worth a failed stage
+            print(f"(could not show everything: {type(exc).__name__}: {exc})")
+            return None
+
+    return shown
+
+
 def sample_rows(rows: pd.DataFrame, n: int, seed: int = 0) -> pd.DataFrame:
     """Up to ``n`` rows spread over the entities (about the same number of each), drawn with ``seed``."""
     if rows.empty or n <= 0:
@@ -54,6 +71,7 @@ def split_table(train: pd.DataFrame, val: pd.DataFrame) -> pd.DataFrame:
     }, index=["train", "validation"]).round(3)
 
 
+@_never_fails
 def prepared(result: Prepared, n_images: int = 12) -> None:
     """Stage 01: counts, the split and a grid of training images with their labels."""
     print(result.summary())
@@ -92,6 +110,7 @@ def loss_figure(history: list[dict[str, Any]]) -> Figure | None:
     return fig
 
 
+@_never_fails
 def fitted(result: Fitted) -> None:
     """Stage 02: what was fitted with which settings, how many parameters trained, the loss curve, the F1."""
     print(result.line())
@@ -116,6 +135,7 @@ def fitted(result: Fitted) -> None:
         _display(pd.DataFrame({"value": list(shown.values())}, index=list(shown)).round(4))
 
 
+@_never_fails
 def shard(result: ShardDone, n: int = 8) -> None:
     """Stage 03: the shard's count of answers, and a few predictions with their images."""
     print(result.line())
@@ -126,6 +146,7 @@ def shard(result: ShardDone, n: int = 8) -> None:
                                empty_text="this shard has no rows"))
 
 
+@_never_fails
 def postprocessed(result: Postprocessed, interactive: bool = False) -> Any:
     """Stage 04: F1 table, bar chart, worst mistakes, and the browser (returned)."""
     from IPython.display import Image

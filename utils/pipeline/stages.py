@@ -13,6 +13,8 @@ import hashlib
 import json
 import os
 import re
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,14 +22,14 @@ from typing import Any
 
 import pandas as pd
 
-from utils.data.census import ImageCensus, check_images, fetch_missing, image_census
+from utils.data.census import ImageCensus, check_images, fetch_missing, image_census, rows_without_image
 from utils.env import paths as _paths
 from utils.env.console import say
-from utils.env.fileio import atomic_write_bytes
+from utils.env.fileio import atomic_write_bytes, move_into
 from utils.models.backend import FIT_STATUS, FIT_SUMMARY, get_backend, label_table_setting
 from utils.pipeline.params import FitParams, InferParams, PostprocessParams, PrepareParams, check_known
-from utils.pipeline.submission import SubmissionError, build_submission, read_labels
-from utils.pipeline.workdir import StageError, WorkDir
+from utils.pipeline.submission import SubmissionError, build_submission, labels_for_test, read_labels
+from utils.pipeline.workdir import StageError, WorkDir, files_state
 
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 _UNIT = re.compile(r"^\s*\S+\s+(.+?)\s*$")
@@ -215,9 +217,9 @@ def prepare(**params: Any) -> Prepared:
         f"({'all' if p.per_entity == 0 else f'up to {p.per_entity} per entity'}), {len(test)} test rows")
 
     wanted = pd.concat([sample["image_link"], test["image_link"]], ignore_index=True)
-    summary = fetch_missing(wanted, images, download=p.download)
+    summary = fetch_missing(wanted, images, download=p.download, guess=p.guess_without_image)
     census = image_census(wanted, images)
-    check_images(census, "the sample and the test set", p.max_missing_images, "01")
+    check_images(census, "the sample and the test set", p.max_missing_images, "01", guess=p.guess_without_image)
 
     work.prepared.mkdir(parents=True, exist_ok=True)
     for name, frame in (("train", train_rows), ("val", val_rows), ("test", test)):
@@ -300,7 +302,6 @@ def finetune(**params: Any) -> Fitted:
         return Fitted(p.backend, artifact, p.settings, True, True, read_fit_summary(artifact))
     if previous and previous.get("fingerprint") == fingerprint and not previous.get("complete", True):
         say("[02] the last fit stopped before its end (time budget): continuing it")
-    marker.unlink(missing_ok=True)
     images = work.image_dir(p.image_dir)
     train, val = work.read_table("train"), work.read_table("val")
     census = image_census(pd.concat([train["image_link"], val["image_link"]]), images)
@@ -308,7 +309,15 @@ def finetune(**params: Any) -> Fitted:
     if handed:
         say(f"[02] the backend also learns from every label of {manifest['train_csv']} ({all_labels})")
     out.mkdir(parents=True, exist_ok=True)
-    fitted = Path(get_backend(p.backend).fit(train, val, images, out, **settings))
+    before = files_state(Path(previous["artifact"])) if previous else None
+    marker.unlink(missing_ok=True)  # the fit writes into the artifact: until it ends, no marker vouches for it
+    try:
+        fitted = Path(get_backend(p.backend).fit(train, val, images, out, **settings))
+    except BaseException:
+        if previous and files_state(Path(previous["artifact"])) == before:  # the backend refused before writing
+            atomic_write_bytes(marker, json.dumps(previous).encode("utf-8"))  # (a setting it does not know): the
+            say("[02] the fit failed before it wrote anything: the earlier fit is kept")  # earlier fit stands
+        raise
     status = read_fit_status(fitted)
     content = {"artifact": str(fitted), "fingerprint": fingerprint, "complete": bool(status.get("complete", True))}
     atomic_write_bytes(marker, json.dumps(content).encode("utf-8"))
@@ -353,12 +362,13 @@ def infer_shard(**params: Any) -> ShardDone:
     links = rows["image_link"]
     if len(links):
         if p.download:
-            fetch_missing(links, images)
-        check_images(image_census(links, images), "this shard", p.max_missing_images, tag)
+            fetch_missing(links, images, guess=p.guess_without_image)
+        check_images(image_census(links, images), "this shard", p.max_missing_images, tag, guess=p.guess_without_image)
     artifact = work.fitted_artifact(p.backend, p.artifact_dir)
     out = work.shards(p.shards_dir)
     out.mkdir(parents=True, exist_ok=True)
-    path = Path(run_shard(p.backend, test, p.shard_index, p.num_shards, images, artifact, out, tag=tag, **settings))
+    path = Path(run_shard(p.backend, test, p.shard_index, p.num_shards, images, artifact, out, tag=tag,
+                          guess_without_image=p.guess_without_image, **settings))
     answers = read_shard(path)[["index", "prediction", "raw"]]
     return ShardDone(path, rows.merge(answers, on="index", how="left"), images)
 
@@ -368,7 +378,9 @@ def infer_shard(**params: Any) -> ShardDone:
 
 def postprocess(**params: Any) -> Postprocessed:
     """Stage 04 (``PostprocessParams``): check the labels path first, ``build_submission`` (merge, clean from raw,
-    check, write ``submission.csv`` atomically), then score and report where labels exist."""
+    check), then score the test rows that have labels and report. Every output is written into a folder beside
+    them first and moved in only once all are written (``submission.csv`` last): a failed stage 04 (a full disk)
+    replaces none of them."""
     p: PostprocessParams = _stage_params(PostprocessParams, params)
     work = WorkDir.of(p.work_dir)
     manifest = work.manifest() if work.manifest_path.is_file() else {}
@@ -377,18 +389,32 @@ def postprocess(**params: Any) -> Postprocessed:
     labels_path = _paths.resolve(p.labels_csv, Path(manifest["labels_csv"]) if manifest.get("labels_csv") else None)
     labels = read_labels(labels_path) if labels_path is not None else None  # a bad path fails before anything
     test = load_test_rows(work, p.test_csv)
-    submission = build_submission(work.shards(p.shards_dir), p.num_shards, test, out / "submission.csv")
-    images = _paths.resolve(p.image_dir, Path(manifest["image_dir"]) if manifest.get("image_dir") else None)
-    result = Postprocessed(out / "submission.csv", submission, test, images)
-    if images is not None:
-        say(f"[04] {image_census(test['image_link'], images).line('the test set')}")
-    if labels is None:
-        result.notes.append("no labels: no F1 report (pass labels_csv to score)")
-    else:
-        from utils.core.metrics import score
-        from utils.pipeline.report import write_report
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".04-writing-", dir=out))
+    try:
+        submission = build_submission(work.shards(p.shards_dir), p.num_shards, test, staging / "submission.csv")
+        images = _paths.resolve(p.image_dir, Path(manifest["image_dir"]) if manifest.get("image_dir") else None)
+        result = Postprocessed(out / "submission.csv", submission, test, images)
+        if images is not None:
+            say(f"[04] {image_census(test['image_link'], images).line('the test set')}")
+            without = rows_without_image(test, images).to_numpy()
+            n, guessed = without.sum(), (submission["prediction"].astype(str) != "").to_numpy()[without].sum()
+            if n:
+                say(f"[04] {n} rows have no image: {n - guessed} answered '', {guessed} guessed by the backend")
+        labels, coverage = labels_for_test(labels, test, labels_path)
+        result.notes += coverage
+        if labels is None:
+            result.notes.append("no F1 report" + ("" if coverage else ": no labels (pass labels_csv to score)"))
+        else:
+            from utils.core.metrics import score
+            from utils.pipeline.report import write_report
 
-        result.report = score(submission, labels)
-        result.files = write_report(out, result.report, test, images, n_worst=p.n_worst)
+            result.report = score(submission, labels)
+            result.files = write_report(staging, result.report, test, images, n_worst=p.n_worst, notes=coverage)
+        move_into(staging, out, last="submission.csv")
+        if result.files is not None:  # where the files are now
+            result.files = type(result.files)(**{k: v and out / Path(v).name for k, v in vars(result.files).items()})
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     say(f"[04] {result.summary()}")
     return result

@@ -15,6 +15,7 @@ import pandas as pd
 
 from utils.core.sanity import check_submission, summarize
 from utils.core.units import normalize_prediction
+from utils.env.console import say
 from utils.env.fileio import atomic_write_bytes
 from utils.pipeline.shards import merge_shards
 from utils.pipeline.workdir import StageError
@@ -65,3 +66,22 @@ def write_csv_atomically(frame: pd.DataFrame, path: Path) -> Path:
     return path
 
 
+def labels_for_test(labels: pd.DataFrame | None, test: pd.DataFrame, path: Path | None
+                    ) -> tuple[pd.DataFrame | None, list[str]]:
+    """The labels of the test rows only (a label for a row not in the test set would count as a miss), and what to
+    say about it: label rows not in the test set (ignored), test rows without a label (not scored)."""
+    if labels is None:
+        return None, []
+    in_test = labels["index"].isin(test["index"].astype("int64"))
+    notes = []
+    if not in_test.all():
+        odd = labels.loc[~in_test, "index"].head(3).tolist()
+        notes.append(f"warning: {int((~in_test).sum())} of {len(labels)} rows of {path} name indices that are not "
+                     f"in the test set (e.g. {odd}): not scored; are these the labels of this test set?")
+    labels = labels[in_test]
+    if len(labels) < len(test):
+        notes.append(f"labels for {len(labels)} of {len(test)} test rows: F1 is measured on those "
+                     f"{len(labels)} rows only")
+    for note in notes:
+        say(f"[04] {note}")
+    return (labels if len(labels) else None), notes

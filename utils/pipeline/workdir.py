@@ -125,3 +125,16 @@ class WorkDir:
     @property
     def run_lock(self) -> Path:
         return self.root / ".run.lock"
+
+
+def files_state(folder: Path) -> list[tuple[str, int, int]]:
+    """Every file below ``folder`` with its size and modification time (a fit that wrote anything changes it)."""
+    found = []
+    for root, _, names in os.walk(folder):
+        for name in names:
+            try:
+                st = os.stat(os.path.join(root, name))
+            except OSError:
+                continue
+            found.append((os.path.relpath(os.path.join(root, name), folder), st.st_size, st.st_mtime_ns))
+    return sorted(found)

@@ -25,6 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from utils.data.images import read_image_bytes
 from utils.env.fileio import atomic_write_bytes
 from utils.models.ocr.engine import (
     CHARSETS,
@@ -45,10 +46,10 @@ def cache_file(cache_dir: Path, image: Path, settings: OcrSettings) -> Path | No
     the image is missing. Keying on content (not mtime) keeps hits when a folder is copied or re-mounted (a Kaggle
     input copied to the working dir, a data share materialised afresh): hashing costs ~1 ms, OCR ~0.5 s."""
     image = Path(image)
-    try:
-        digest = hashlib.blake2b(image.read_bytes(), digest_size=16)
-    except OSError:
+    data = read_image_bytes(image)  # None for a missing file, a folder or a FIFO (never blocks on one)
+    if data is None:
         return None
+    digest = hashlib.blake2b(data, digest_size=16)
     digest.update(settings.key().encode())
     return Path(cache_dir) / settings.key() / f"{image.name}.{digest.hexdigest()[:12]}.json"
 
