@@ -67,7 +67,7 @@ def test_a_missing_wrong_or_unlicensed_token_ends_with_one_sentence_saying_what_
                                                                                       tmp_path: Path) -> None:
     missing = _run(tmp_path, hub.url, token=None)
     assert missing.returncode != 0
-    assert _last_line(missing).startswith("utils.models.paligemma.hub.ModelAccessError: ")
+    assert _last_line(missing).startswith("utils.models.finetune.hub.ModelAccessError: ")
     assert "none was found" in _last_line(missing) and "HF_TOKEN" in _last_line(missing)
 
     wrong = _run(tmp_path, hub.url, token="hf_wrong")
