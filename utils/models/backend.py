@@ -34,6 +34,7 @@ DEFAULT_BACKEND = "ocr"
 BACKENDS: dict[str, str] = {
     "paligemma": "utils.models.paligemma.backend:PaliGemmaBackend",
     "ocr": "utils.models.ocr.backend:OcrBackend",
+    "vlm": "utils.models.vlm.backend:VlmBackend",
 }
 PLUGIN_ENV = "PRODUCT_VALUES_BACKENDS"
 #: A backend's fit may write this JSON into its artifact folder, for stage 02's display: ``settings``,

@@ -118,3 +118,15 @@ def describe(defined: dict[str, Setting], title: str) -> str:
         lines.append(f"  {s.name}: {s.type} = {default}")
         lines += textwrap.wrap(s.help, 112, initial_indent="      ", subsequent_indent="      ")
     return "\n".join(lines)
+
+
+def split(settings: dict[str, Any], *config_types: type) -> list[dict[str, Any]]:
+    """``settings`` split among dataclasses by field name (a name two define goes to both); an unknown name raises
+    ``TypeError`` with the closest valid one and all of them."""
+    defined = settings_of(*config_types)
+    try:
+        check({k: v for k, v in settings.items() if k not in defined}, defined, "setting")
+    except SettingsError as exc:
+        raise TypeError(str(exc)) from None
+    names = [{f.name for f in fields(t)} for t in config_types]
+    return [{k: v for k, v in settings.items() if k in n} for n in names]
