@@ -137,3 +137,30 @@ def test_the_vlm_settings_are_checked_like_any_backend_s() -> None:
     FitParams(backend="vlm", settings={"max_pixels": 200704, "num_train_epochs": 0})
     with pytest.raises(ParamError, match="did you mean 'max_pixels'"):
         FitParams(backend="vlm", settings={"max_pixel": 200704})
+
+
+@pytest.mark.slow
+def test_run_all_with_the_vlm_backend(tmp_path: Path) -> None:
+    """--backend vlm through all four notebooks with a tiny local Qwen2-VL (offline, CPU)."""
+    import os
+    import subprocess
+
+    from utils.core.sanity import check_submission
+    from utils.models.vlm.tiny import build_tiny_vlm
+
+    tiny = build_tiny_vlm(tmp_path / "tiny", "qwen2_vl")
+    model = {"model_id": str(tiny), "min_pixels": 56 * 56, "max_pixels": 64 * 64}
+    fit = {**model, "max_steps": 2, "train_batch_size": 2, "grad_accum": 1, "eval_max_rows": 2}
+    out, work = tmp_path / "out", tmp_path / "work"
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    result = subprocess.run(
+        ["bash", str(repo / "run_all.sh"), "--backend", "vlm", "--demo-train", "12", "--demo-test", "6", "--shards",
+         "2", "--out", str(out), "--work", str(work), "--runs", str(tmp_path / "runs"), "--fit-settings",
+         json.dumps(fit), "--infer-settings", json.dumps({**model, "max_new_tokens": 4})],
+        capture_output=True, text=True, env=env, timeout=400)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert (work / "artifacts" / "vlm.fitted").is_file()
+    submission = pd.read_csv(out / "submission.csv", keep_default_na=False)
+    assert check_submission(pd.read_csv(work / "demo" / "test.csv"), submission) == []
+    assert (out / "report.md").is_file()
