@@ -138,7 +138,8 @@ class InferParams:
     image_dir: str = param("", "image cache; empty: the one stage 01 used", flag="--images")
     shards_dir: str = param("", "where shard files go; empty: <work_dir>/shards")
     test_csv: str = param("", "test CSV (for a separate session); empty: the test table stage 01 wrote", cli=False)
-    num_threads: int = param(1, "CPU threads for this shard (math libraries; a CPU backend's worker processes)", flag="--threads")
+    num_threads: int = param(1, "CPU threads for this shard (math libraries; a CPU backend's worker processes)",
+                             flag="--threads")
     batch_size: int = param(0, "rows per batch; 0: the backend's default")
     download: bool = param(True, "first download this shard's missing images (when the network allows)")
     max_missing_images: float = param(DEFAULT_MAX_MISSING_IMAGES,

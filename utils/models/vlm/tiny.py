@@ -69,8 +69,8 @@ def train_tokenizer(special: tuple[str, ...], vocab_size: int = 500):
 
 def _vision(family: str, image_size: int) -> dict:
     if family == "qwen2_vl":
-        return dict(depth=1, embed_dim=32, hidden_size=64, mlp_ratio=2, num_heads=2, patch_size=14, spatial_merge_size=2,
-                    temporal_patch_size=2, in_channels=3)
+        return dict(depth=1, embed_dim=32, hidden_size=64, mlp_ratio=2, num_heads=2, patch_size=14,
+                    spatial_merge_size=2, temporal_patch_size=2, in_channels=3)
     return dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                 image_size=image_size, patch_size=8)
 
