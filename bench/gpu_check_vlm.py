@@ -116,7 +116,7 @@ def build_checkpoint(work: Path, dry_run: bool) -> Path:
     n = sum(p.numel() for p in model.parameters())
     model.save_pretrained(out)
     save_processor(processor, out)
-    print(f"built {n / 1e9:.3f}B random parameters ({'scaled down, fp32' if dry_run else 'fp16'}) and saved them "
+    print(f"built {n / 1e6:,.1f} M random parameters ({'scaled down, fp32' if dry_run else 'fp16'}) and saved them "
           f"in {time.perf_counter() - t:.0f} s", flush=True)
     del model
     free_memory()
@@ -379,12 +379,15 @@ def t4_arithmetic(name: str, spec: dict, quantization: str, image_tokens: int, t
                  f"{gib(infer_bytes(c, b))} at batch {b}" for b in infer_batches)
              + f"; up to batch {largest} fits"]
     step_s = 16 * c["row_flop"] / flops
-    test_h = 131187 / rate(infer_batches[-1]) / 3600
+    from utils.models.vlm.infer import VlmInferConfig
+
+    test_h = 131187 / rate(VlmInferConfig().batch_size) / 3600  # at the backend's default batch
     slower = " (4-bit: slower, bitsandbytes dequantises on the fly)" if quantization != "none" else ""
     lines.append(f"    speed at {efficiency:.0%} of the T4's {T4['tflops']:.0f} TFLOP/s{slower}: prefill "
                  f"{c['prefill_flop'] / 1e12:.1f} TFLOP per image; answers "
                  f"({new_tokens} tokens) " + ", ".join(f"batch {b} {rate(b):.1f} img/s" for b in infer_batches)
-                 + f"; the 131,187 test images {test_h:.1f} h on one T4 ({test_h / 2:.1f} h on Kaggle's two); "
+                 + f"; at batch {VlmInferConfig().batch_size} the 131,187 test images {test_h:.1f} h on one T4 "
+                 f"({test_h / 2:.1f} h on Kaggle's two); "
                  f"training {c['row_flop'] / 1e12:.1f} TFLOP per row, {step_s:.1f} s per 16-row optimizer step, "
                  f"{16 * 3600 / step_s:,.0f} rows per hour")
     return lines
