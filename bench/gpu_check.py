@@ -1,4 +1,6 @@
-"""GPU check at full size: PaliGemma-3B-448's architecture with random weights (no download).
+"""GPU check at full size: PaliGemma-3B-448's architecture with random weights (no download); ``--backend vlm``
+checks the vlm backend's default Qwen2-VL-2B-Instruct instead (``bench/gpu_check_vlm.py``, its own options:
+``--backend vlm --help``).
 
 (a) a few 4-bit LoRA optimizer steps through the project's own ``utils.models.paligemma.train.fit`` at the notebook's default batch
     size (``TrainConfig.train_batch_size``), with ``dtype="auto"`` and ``device="auto"`` exactly as the notebooks
@@ -18,6 +20,7 @@ the embedding matrix is full size). Everything must finish in under 8 minutes.
 
     python bench/gpu_check.py                  # on a GPU machine
     python bench/gpu_check.py --dry-run        # CPU: the same steps with the tiny model, to check the script
+    python bench/gpu_check.py --backend vlm [--dry-run]
 """
 
 from __future__ import annotations
@@ -232,10 +235,20 @@ def make_synthetic_set_rows(work: Path):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run (a) and (b); exit 1 when the memory or time limit is broken."""
+    """Run (a) and (b); exit 1 when the memory or time limit is broken. ``--backend vlm``: the vlm backend's check."""
     from utils.models.paligemma.train import TrainConfig
 
+    backends = ("paligemma", "vlm")
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--backend", default="paligemma", choices=backends)
+    known, rest = first.parse_known_args(argv)
+    if known.backend == "vlm":
+        from gpu_check_vlm import main as vlm_main  # bench/ (this file's folder) is on sys.path
+
+        return vlm_main(rest)
     parser = argparse.ArgumentParser(description="PaliGemma-3B-448 GPU check (random weights)")
+    parser.add_argument("--backend", default="paligemma", choices=backends,
+                        help="paligemma (these options) or vlm (Qwen2-VL-2B; see --backend vlm --help)")
     parser.add_argument("--dry-run", action="store_true", help="tiny model on CPU: checks the script only")
     parser.add_argument("--train-batch-size", type=int, default=TrainConfig().train_batch_size,
                         help="rows in the training step (default: the notebook's, TrainConfig.train_batch_size)")

@@ -1,4 +1,4 @@
-"""utils.models.paligemma.hub through huggingface_hub's real code: a loopback stand-in for the hub (``HF_ENDPOINT``), a Kaggle input
+"""utils.models.finetune.hub through huggingface_hub's real code: a loopback stand-in for the hub (``HF_ENDPOINT``), a Kaggle input
 folder in a temporary root, tokens in the environment. Each case runs in a fresh interpreter, as a notebook does."""
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def test_a_missing_wrong_or_unlicensed_token_ends_with_one_sentence_saying_what_
                                                                                       tmp_path: Path) -> None:
     missing = _run(tmp_path, hub.url, token=None)
     assert missing.returncode != 0
-    assert _last_line(missing).startswith("utils.models.paligemma.hub.ModelAccessError: ")
+    assert _last_line(missing).startswith("utils.models.finetune.hub.ModelAccessError: ")
     assert "none was found" in _last_line(missing) and "HF_TOKEN" in _last_line(missing)
 
     wrong = _run(tmp_path, hub.url, token="hf_wrong")
@@ -125,7 +125,7 @@ def test_revision_auto_follows_the_compute_dtype(monkeypatch: pytest.MonkeyPatch
 
 FALLBACK = (
     "from transformers import PaliGemmaForConditionalGeneration\n"
-    "from utils.models.paligemma.load import from_source, load_processor\n"
+    "from utils.models.finetune.hub import from_source\nfrom utils.models.paligemma.load import load_processor\n"
     "load_processor({model!r}, 'float16')\n"
     "from_source(PaliGemmaForConditionalGeneration, {model!r}, 'float16', fallback_to_main=True)\n"
     "print('LOADED')\n"

@@ -163,7 +163,8 @@ def test_on_a_t4_every_dtype_is_float16(monkeypatch: pytest.MonkeyPatch, tmp_pat
 
     from utils.models.paligemma.infer import InferConfig
     from utils.models.paligemma.load import ModelConfig, bnb_config
-    from utils.models.paligemma.train import TrainConfig, training_arguments
+    from utils.models.paligemma.train import TrainConfig
+    from utils.models.paligemma.trainer import training_arguments
 
     from . import fake_gpu
 

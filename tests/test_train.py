@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from utils.data.tables import make_prompt
-from utils.models.paligemma.checkpoints import last_checkpoint
+from utils.models.finetune.checkpoints import last_checkpoint
 from utils.models.paligemma.data import IGNORE_INDEX, AnswerDataset, PaliGemmaCollator, answer_loss, answer_window
 from utils.models.paligemma.load import ModelConfig, is_adapter_dir, load_base_model, load_processor
 from utils.models.paligemma.tiny import make_synthetic_set, render_text_image
@@ -255,7 +255,7 @@ def test_a_killed_session_resumes_from_a_read_only_checkpoint_folder(tiny_dir: P
     import shutil
     import stat
 
-    from utils.models.paligemma.checkpoints import CheckpointMismatch
+    from utils.models.finetune.checkpoints import CheckpointMismatch
 
     rows, image_dir = data
     train = rows.iloc[:12]

@@ -58,6 +58,7 @@ class Spec:
     intro: str
     params: type
     cells: list[tuple[str, str]]  # ("md" | "code", source)
+    settings_stage: str | None = None  # "fit" / "infer": a cell describing every backend's ``settings`` follows
 
 
 def call(function: str, params: type, indent: str = "    ") -> str:
@@ -107,6 +108,7 @@ dies (`resume_from` takes a checkpoint folder kept from an earlier session).""",
             ("md", "## Settings, trainable parameters, loss curve and validation F1"),
             ("code", "show.fitted(fitted)"),
         ],
+        "fit",
     ),
     Spec(
         "03_infer_shard.ipynb",
@@ -124,6 +126,7 @@ marker. Run several copies at once (`run_all.sh`), or one per Kaggle session (`r
             ("md", "## A few predictions with their images"),
             ("code", "show.shard(shard)"),
         ],
+        "infer",
     ),
     Spec(
         "04_postprocess.ipynb",
@@ -161,11 +164,39 @@ def parameters_source(parameters: list[tuple[str, str, str, str]]) -> str:
     return "\n".join(f"{name}: {kind} = {value}  # {comment}" for name, kind, value, comment in parameters)
 
 
+def settings_markdown(stage: str) -> str:
+    """What ``settings`` takes, per registered backend, for ``stage``: one table of names, types, defaults and help
+    (from the backend's own settings dataclasses, ``utils.models.backend.settings_defined``)."""
+    import json
+
+    from utils.models.backend import BACKENDS, backend_class, settings_defined
+
+    flag = "--fit-settings" if stage == "fit" else "--infer-settings"
+    parts = [f"## What `settings` takes\n\nEach backend defines its {stage} settings once (a dataclass per stage); a "
+             f"wrong name or type stops the stage before any work, naming the valid ones. The same JSON is "
+             f"`run_all.sh {flag}`; `bash run_all.sh --help-backend NAME` prints the same list."]
+    for name in sorted(BACKENDS):  # the built-in ones (a plug-in is described by run_all.sh --help-backend)
+        defined = settings_defined(name, stage)
+        doc = (backend_class(name).__doc__ or "").strip().splitlines()[0]
+        if defined is None:
+            parts.append(f"**{name}**: {doc} Declares no settings.")
+            continue
+        rows = ["| name | type | default | what it does |", "| --- | --- | --- | --- |"]
+        for s in defined.values():
+            default = json.dumps(list(s.default) if isinstance(s.default, tuple) else s.default, default=str)
+            cells = [f"`{s.name}`", s.type, f"`{default}`", s.help]
+            rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+        parts.append(f"<details><summary><b>{name}</b>: {doc}</summary>\n\n" + "\n".join(rows) + "\n\n</details>")
+    return "\n\n".join(parts)
+
+
 def build(spec: Spec) -> nbformat.NotebookNode:
     """The notebook for ``spec``, with deterministic cell ids and no outputs."""
     stem = spec.name.split("_", 1)[0]
     cells = [new_markdown_cell(spec.intro)]
     cells.append(new_code_cell(parameters_source(parameters(spec.params)), metadata={"tags": ["parameters"]}))
+    if spec.settings_stage:
+        cells.append(new_markdown_cell(settings_markdown(spec.settings_stage)))
     cells.append(new_markdown_cell("## Platform, paths and versions"))
     cells.append(new_code_cell(SETUP))
     for kind, source in spec.cells:

@@ -5,6 +5,12 @@
 so importing this module (or ``utils.pipeline.predict``) stays cheap and works on a machine that has only one
 backend's dependencies.
 
+What a backend declares on its class, besides ``fit`` and ``predict`` (all optional; the pipeline reads them through
+the functions below and never names a backend): ``fit_settings`` / ``infer_settings`` (the dataclasses whose fields
+are its settings, ``utils.models.settings``), ``uses_gpu``, ``label_table_setting``, ``threads_setting`` (the
+predict setting that gets a shard's ``--threads``), ``speed_settings`` (predict settings that change how fast answers
+come, not which), ``run_environment(work_dir)`` (environment variables for the notebooks of a run) and ``warm``.
+
 A backend of your own plugs in without editing this file: ``register_backend("mine", "my_pkg.mod:MyBackend")`` in
 Python, or, for ``run_all.sh`` and its notebook processes, the environment variable
 ``PRODUCT_VALUES_BACKENDS="mine=my_pkg.mod:MyBackend"`` (comma-separated for several).
@@ -20,10 +26,15 @@ from typing import Any, Protocol, runtime_checkable
 
 import pandas as pd
 
+from utils.models.settings import STAGES, Setting, check, describe, settings_of
+
+#: The backend of a run that names none (CPU, offline, no download).
+DEFAULT_BACKEND = "ocr"
 #: backend name -> "module:ClassName", imported lazily by :func:`get_backend`.
 BACKENDS: dict[str, str] = {
     "paligemma": "utils.models.paligemma.backend:PaliGemmaBackend",
     "ocr": "utils.models.ocr.backend:OcrBackend",
+    "vlm": "utils.models.vlm.backend:VlmBackend",
 }
 PLUGIN_ENV = "PRODUCT_VALUES_BACKENDS"
 #: A backend's fit may write this JSON into its artifact folder, for stage 02's display: ``settings``,
@@ -100,6 +111,56 @@ def label_table_setting(name: str) -> str | None:
     ``label_table_setting``; default None): stage 02 passes ``train.csv`` there when the user did not, so that a fit
     on a sample still learns from every label (the ocr backend's value and unit priors: ``prior_csv``)."""
     return getattr(backend_class(name), "label_table_setting", None)
+
+
+def threads_setting(name: str) -> str | None:
+    """The predict setting of backend ``name`` that gets a shard's CPU threads (``--threads``) unless the user set
+    it (the ocr backend's ``workers``: OCR processes of one thread each); None: the threads only cap math
+    libraries."""
+    return getattr(backend_class(name), "threads_setting", None)
+
+
+def speed_settings(name: str) -> frozenset[str]:
+    """Predict settings of backend ``name`` that change how fast answers come, not which (left out of a shard's run
+    record, so a smaller batch after running out of memory keeps the answers already written)."""
+    return frozenset(getattr(backend_class(name), "speed_settings", ()))
+
+
+def run_environment(name: str, work_dir: str | Path) -> dict[str, str]:
+    """Environment variables backend ``name`` wants for the notebooks of a run on ``work_dir`` (a cache folder
+    shared by the shards); the runner sets them unless already set."""
+    hook = getattr(backend_class(name), "run_environment", None)
+    return {str(k): str(v) for k, v in (hook(Path(work_dir)) if hook else {}).items()}
+
+
+def settings_defined(name: str, stage: str) -> dict[str, Setting] | None:
+    """The settings backend ``name`` accepts for ``stage`` ("fit" or "infer"), by name; None when the backend
+    declares none (then any name passes to it unchecked)."""
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+    types = getattr(backend_class(name), f"{stage}_settings", None)
+    return settings_of(*types) if types is not None else None
+
+
+def check_settings(name: str, stage: str, settings: dict[str, Any]) -> None:
+    """``SettingsError`` in one line for an unknown name (with the closest valid one and all of them) or a value of
+    the wrong type among ``settings`` of ``stage`` for backend ``name``."""
+    defined = settings_defined(name, stage)
+    if defined is not None:
+        check(settings, defined, f"{stage} setting of backend {name!r}")
+
+
+def describe_settings(name: str) -> str:
+    """Every setting of backend ``name``, per stage: name, type, default and help (``run_all.sh --help-backend``)."""
+    cls = backend_class(name)
+    parts = [f"backend {name!r}: {(cls.__doc__ or '').strip().splitlines()[0] if cls.__doc__ else ''}".rstrip()]
+    for stage, flag in (("fit", "--fit-settings"), ("infer", "--infer-settings")):
+        defined = settings_defined(name, stage)
+        if defined is None:
+            parts.append(f"{stage} settings ({flag}): not declared; passed to the backend as given")
+        else:
+            parts.append(describe(defined, f"{stage} settings ({flag} JSON; {len(defined)} names):"))
+    return "\n\n".join(parts)
 
 
 def get_backend(name: str, **kwargs: Any) -> Backend:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from utils.models.backend import DEFAULT_BACKEND
 from utils.pipeline.params import (
     STAGES,
     FitParams,
@@ -58,11 +59,13 @@ class RunParams:
                                      "the Kaggle session, e.g. /kaggle/input/<dataset>")
     prepare_only: bool = param(False, "only write the parameterised shard notebooks (one per Kaggle session) into "
                                       "OUT/shard_notebooks/; runs nothing")
-    parallel: int = param(0, "shard notebooks running at once; 0: one per GPU (paligemma) or CPU cores / threads")
-    shards_per_gpu: int = param(1, "shards sharing one GPU at once (each loads the whole model: ~6 GiB in fp16)")
+    parallel: int = param(0, "shard notebooks running at once; 0: one per GPU (a GPU backend) or CPU cores / threads")
+    shards_per_gpu: int = param(1, "shards sharing one GPU at once (each loads the whole model)")
     kernel: str = param("python3", "Jupyter kernel papermill runs")
     start_retries: int = param(3, "retries of a shard whose kernel failed to start")
     wait: bool = param(False, "wait for another run holding the work folder instead of failing")
+    help_backend: str = param("", "print what backend NAME is and every fit and predict setting it takes (name, type, "
+                                  "default, help), then exit", flag="--help-backend")
 
 
 # ------------------------------------------------------------------------------------------------ options
@@ -105,7 +108,7 @@ def build_parser(about: str = "") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Runs notebooks/01..04 through papermill; the shard notebooks of 03 in parallel. With no "
-                    "options: the built-in demo, the CPU 'ocr' backend, 4 shards.\n\n" + about,
+                    f"options: the built-in demo, the {DEFAULT_BACKEND!r} backend, 4 shards.\n\n" + about,
     )
     titles = {RunParams: "the run", PrepareParams: "01 prepare data", FitParams: "02 fit",
               InferParams: "03 predict the shards", PostprocessParams: "04 merge, check, report"}
@@ -125,6 +128,8 @@ def build_parser(about: str = "") -> argparse.ArgumentParser:
             convert = {"int": int, "float": float, "str": str, "dict": _json_object}[kind]
             metavar = {"int": "N", "float": "X", "str": "PATH" if "dir" in f.name or "csv" in f.name else "TEXT",
                        "dict": "JSON"}[kind]
+            if f.name == "help_backend":
+                metavar = "NAME"
             group.add_argument(flag, dest=_dest(flag), type=convert, default=default, help=help_text,
                                metavar=metavar)
     return parser
@@ -151,6 +156,8 @@ def _stage(cls: type, options: dict[str, Any], **overrides: Any) -> Any:
 def parse(argv: list[str], about: str = "") -> Plan:
     """Parse and check the command line (``RunnerError`` with exit code 2 for anything wrong)."""
     options = vars(build_parser(about).parse_args(argv))
+    if options["help_backend"]:
+        show_backend(options["help_backend"])
     for dest in ("train_csv", "test_csv", "labels_csv", "images", "work", "out", "runs", "artifact_dir",
                  "shards_dir"):
         value = options.get(dest)
@@ -172,6 +179,17 @@ def parse(argv: list[str], about: str = "") -> Plan:
     plan = Plan(run, prepare, fit, infer, post, " ".join([PROG, *argv]))
     check_paths(plan)
     return plan
+
+
+def show_backend(name: str) -> None:
+    """``--help-backend NAME``: print the backend's settings and exit 0 (exit 2 naming the choices when unknown)."""
+    from utils.models.backend import available_backends, describe_settings
+
+    if name not in available_backends():
+        raise RunnerError(f"{PROG}: --help-backend {name!r}: no such backend; choose one of: "
+                          f"{', '.join(available_backends())}", EXIT_USAGE)
+    print(describe_settings(name))
+    raise SystemExit(0)
 
 
 def check_paths(plan: Plan) -> None:

@@ -14,6 +14,8 @@ import math
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, get_type_hints
 
+from utils.models.backend import BACKENDS, DEFAULT_BACKEND
+
 #: The reference approach's scale: about 13,500 training rows, the same number per entity (8 x 1,700 = 13,600).
 DEFAULT_PER_ENTITY = 1700
 DEFAULT_MAX_MISSING_IMAGES = 0.5
@@ -62,12 +64,20 @@ def _backend(cls: type, obj: Any) -> None:
            f"must be one of {', '.join(available_backends())}, got {obj.backend!r}", cls)
 
 
-def _settings(cls: type, obj: Any) -> None:
+def _settings(cls: type, obj: Any, stage: str) -> None:
+    """``settings`` is a JSON object whose names and types the backend defines for ``stage`` (``fit``/``infer``)."""
+    from utils.models.backend import check_settings
+    from utils.models.settings import SettingsError
+
     _check(isinstance(obj.settings, dict), "settings", f"must be a JSON object, got {obj.settings!r}", cls)
+    try:
+        check_settings(obj.backend, stage, obj.settings)
+    except SettingsError as exc:
+        _check(False, "settings", f"{exc} (bash run_all.sh --help-backend {obj.backend} lists them)", cls)
 
 
-GUESS_HELP = ("rows without a usable image (missing, a folder, not a file) get the backend's guess (ocr: the "
-              "product group's commonest label) instead of ''")
+GUESS_HELP = ("rows without a usable image (missing, a folder, not a file) get the backend's guess (a backend may "
+              "answer the product group's commonest label) instead of ''")
 
 
 @dataclass
@@ -102,20 +112,21 @@ class PrepareParams:
 
 @dataclass
 class FitParams:
-    """Stage 02: fit the backend on the prepared tables (fine-tune PaliGemma, or fit the OCR ranker)."""
+    """Stage 02: fit the backend on the prepared tables (a fine-tune, or the fit of a CPU model)."""
 
-    backend: str = param("ocr", '"paligemma" (GPU, LoRA fine-tune) or "ocr" (CPU OCR + learned ranker)')
+    backend: str = param(DEFAULT_BACKEND, f"one of {', '.join(sorted(BACKENDS))} or a plug-in (bash run_all.sh "
+                                          "--help-backend NAME says what it is and lists its settings)")
     work_dir: str = param("", "where the stages hand over; empty: /kaggle/working/work, /content/work or <repo>/work",
                           flag="--work")
-    artifact_dir: str = param("", "where the adapter/ranker is saved; empty: <work_dir>/artifacts/<backend>")
+    artifact_dir: str = param("", "where the fitted model is saved; empty: <work_dir>/artifacts/<backend>")
     image_dir: str = param("", "image cache; empty: the one stage 01 used", flag="--images")
     refit: bool = param(False, "fit again even when a finished fit with the same data and settings exists")
-    settings: dict = param({}, 'backend settings by field name, e.g. {"num_train_epochs": 1} (TrainConfig / '
-                               "RankerConfig)", flag="--fit-settings")
+    settings: dict = param({}, "the backend's fit settings by name (JSON object); every name with its type, default "
+                               "and help: bash run_all.sh --help-backend NAME", flag="--fit-settings")
 
     def __post_init__(self) -> None:
         _backend(FitParams, self)
-        _settings(FitParams, self)
+        _settings(FitParams, self, "fit")
 
 
 @dataclass
@@ -124,21 +135,23 @@ class InferParams:
 
     shard_index: int = param(0, "which shard this run predicts, 0 .. num_shards - 1", cli=False)
     num_shards: int = param(4, "how many shards the test set is cut into", flag="--shards")
-    backend: str = param("ocr", '"paligemma" or "ocr"; the one stage 02 fitted')
+    backend: str = param(DEFAULT_BACKEND, f"one of {', '.join(sorted(BACKENDS))} or a plug-in; the one stage 02 "
+                                          "fitted")
     work_dir: str = param("", "where the stages hand over; empty: /kaggle/working/work, /content/work or <repo>/work",
                           flag="--work")
-    artifact_dir: str = param("", "the adapter/ranker folder; empty: the one stage 02 wrote")
+    artifact_dir: str = param("", "the fitted model's folder; empty: the one stage 02 wrote")
     image_dir: str = param("", "image cache; empty: the one stage 01 used", flag="--images")
     shards_dir: str = param("", "where shard files go; empty: <work_dir>/shards")
     test_csv: str = param("", "test CSV (for a separate session); empty: the test table stage 01 wrote", cli=False)
-    num_threads: int = param(1, "CPU threads for this shard (math libraries, OCR processes)", flag="--threads")
+    num_threads: int = param(1, "CPU threads for this shard (math libraries; a CPU backend's worker processes)",
+                             flag="--threads")
     batch_size: int = param(0, "rows per batch; 0: the backend's default")
     download: bool = param(True, "first download this shard's missing images (when the network allows)")
     max_missing_images: float = param(DEFAULT_MAX_MISSING_IMAGES,
                                       "fail when more than this share of the images is missing; 1: never fail")
     guess_without_image: bool = param(False, GUESS_HELP)
-    settings: dict = param({}, "more backend predict settings by field name (InferConfig / RankerConfig)",
-                           flag="--infer-settings")
+    settings: dict = param({}, "the backend's predict settings by name (JSON object); every name: bash run_all.sh "
+                               "--help-backend NAME", flag="--infer-settings")
 
     def __post_init__(self) -> None:
         _whole(InferParams, self, "num_shards", "num_threads", minimum=1)
@@ -148,16 +161,19 @@ class InferParams:
                InferParams)
         _share(InferParams, self, "max_missing_images")
         _backend(InferParams, self)
-        _settings(InferParams, self)
+        _settings(InferParams, self, "infer")
 
     def backend_settings(self) -> dict[str, Any]:
-        """What the backend's ``predict`` (and ``warm``) get: ``settings``, plus ``batch_size`` when set, and for
-        ocr ``workers`` = ``num_threads`` unless the settings name it (OCR processes, one inference thread each)."""
+        """What the backend's ``predict`` (and ``warm``) get: ``settings``, plus ``batch_size`` when set, and the
+        backend's ``threads_setting`` = ``num_threads`` unless the settings name it (``utils.models.backend``)."""
+        from utils.models.backend import threads_setting
+
         out = dict(self.settings)
         if self.batch_size > 0:
             out["batch_size"] = self.batch_size
-        if self.backend == "ocr":
-            out.setdefault("workers", self.num_threads)
+        threads = threads_setting(self.backend)
+        if threads:
+            out.setdefault(threads, self.num_threads)
         return out
 
 

@@ -30,9 +30,6 @@ from utils.pipeline.shards import ShardWriter, shard_rows
 
 log = logging.getLogger(__name__)
 
-#: Backend settings that change how fast answers come, not which: left out of the run record (a smaller batch after
-#: running out of memory must not throw away the answers already written).
-NEUTRAL_SETTINGS = frozenset({"workers", "progress", "cache_dir", "batch_size"})
 
 
 def _digest(payload: Any) -> str:
@@ -63,18 +60,32 @@ def image_identity(links: pd.Series, image_dir: str | Path) -> str:
     return _digest(seen)
 
 
-def run_record(backend_name: str, rows: pd.DataFrame, image_dir: str | Path, artifact_dir: str | Path,
+#: The pipeline's own setting that changes how fast answers come, not which (``InferParams.batch_size``): left out of
+#: the run record, with each backend's ``speed_settings``, so a smaller batch after running out of memory keeps the
+#: answers already written.
+BATCH_SETTINGS = frozenset({"batch_size"})
+
+
+def run_record(backend: str | Backend, rows: pd.DataFrame, image_dir: str | Path, artifact_dir: str | Path,
                settings: dict[str, Any], guess_without_image: bool = False) -> dict[str, Any]:
     """What a shard's answers depend on, each part hashed: the model (the fitted artifact), the shard's rows
-    (index, link, entity), its images, the cleaning rules, the backend settings and what a row without an image
-    is answered (``no_image``); ``id`` covers them all."""
+    (index, link, entity), its images, the cleaning rules, the backend settings, less those that change only the
+    speed (``BATCH_SETTINGS`` and the backend's ``speed_settings``), and what a row without an image is answered
+    (``no_image``); ``id`` covers them all."""
+    from utils.models.backend import speed_settings
+
+    if isinstance(backend, str):
+        name, neutral = backend, BATCH_SETTINGS | speed_settings(backend)
+    else:
+        name = getattr(backend, "name", "custom")
+        neutral = BATCH_SETTINGS | frozenset(getattr(backend, "speed_settings", ()))
     record = {
         "no_image": "guess" if guess_without_image else "empty",
         "model": artifact_fingerprint(artifact_dir),
         "rows": _digest(rows[["index", "image_link", "entity_name"]].astype(str).values.tolist()),
         "images": image_identity(rows["image_link"], image_dir),
         "cleaning": cleaning_fingerprint(),
-        "settings": _digest([backend_name, {k: v for k, v in settings.items() if k not in NEUTRAL_SETTINGS}]),
+        "settings": _digest([name, {k: v for k, v in settings.items() if k not in neutral}]),
     }
     record["id"] = _digest(record)
     return record
@@ -109,19 +120,18 @@ def run_shard(
     to a bar and, every ``console_every`` seconds, to a console line (``tag``, e.g. ``03 shard 1/4``).
 
     A row whose image is not a regular file in ``image_dir`` (missing, a folder, a FIFO, a symlink loop) is answered
-    ``""`` without the backend, as the console says; ``guess_without_image`` hands it to the backend instead (the
-    ocr backend then answers its product group's commonest label).
+    ``""`` without the backend, as the console says; ``guess_without_image`` hands it to the backend instead (which
+    may guess, e.g. the product group's commonest label).
     """
     missing_cols = [c for c in ("index", "entity_name") if c not in test.columns]
     if missing_cols:
         raise ValueError(f"run_shard needs test columns index and entity_name; missing {', '.join(missing_cols)}")
     rows = shard_rows(test, shard_index, num_shards)
     tag = tag or f"shard {shard_index} of {num_shards}"
-    name = backend_name if isinstance(backend_name, str) else getattr(backend_name, "name", "custom")
     if run_id is not None:
         record: dict[str, Any] = {"id": run_id}
     elif "image_link" in rows.columns:
-        record = run_record(name, rows, image_dir, artifact_dir, settings, guess_without_image)
+        record = run_record(backend_name, rows, image_dir, artifact_dir, settings, guess_without_image)
     else:
         record = {"id": artifact_fingerprint(artifact_dir), "model": artifact_fingerprint(artifact_dir)}
     with ShardWriter(out_dir, shard_index, num_shards, run=record, defer_stale=True) as writer:

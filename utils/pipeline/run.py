@@ -46,7 +46,7 @@ START_FAILURES = ("Kernel died before replying to kernel_info", "ZMQError", "Add
 
 
 def _failure_line(log_text: str) -> str | None:
-    """The exception line of a failed notebook (``utils.models.paligemma.hub.ModelAccessError: ...``), if any."""
+    """The exception line of a failed notebook (``utils.models.finetune.hub.ModelAccessError: ...``), if any."""
     import re
 
     found = re.findall(r"^(?:\x1b\[[0-9;]*m)*([A-Za-z_][\w.]*(?:Error|Exception|Interrupt)\b:? .*)$", log_text,
@@ -96,7 +96,11 @@ class Runner:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
         env.setdefault("WANDB_DIR", self.plan.run.work_dir)
-        env.setdefault("OCR_CACHE_DIR", str(Path(self.plan.run.work_dir) / "ocr_cache"))
+        from utils.models.backend import run_environment
+
+        for backend in dict.fromkeys((self.plan.fit.backend, self.plan.infer.backend)):
+            for key, value in run_environment(backend, self.plan.run.work_dir).items():
+                env.setdefault(key, value)  # e.g. a cache folder the shards share
         env["MPLBACKEND"] = "Agg"
         env["PYTHONUNBUFFERED"] = "1"
         env.update(extra)
@@ -313,7 +317,7 @@ class Runner:
                     helpers[shard] = (proc, slot)
                     threading.Thread(target=watch_helper, args=(shard, proc), daemon=True).start()
                     self.echo(f"[03] an idle slot ({where(slot)}) helps shard {shard}/{n}: preparing its last rows "
-                              "first (OCR into the shared cache), while the shard writes its own rows")
+                              "first (into the backend's shared cache), while the shard writes its own rows")
                 if not running:
                     break
             done_event.wait(timeout=1.0)
@@ -335,13 +339,12 @@ class Runner:
     def _start_helper(self, shard: int, slot_env: dict[str, str], run_dir: Path) -> subprocess.Popen[str]:
         """``python -m utils.pipeline.warm`` for ``shard`` on a free slot (its log beside the shard's)."""
         import json
+        from dataclasses import asdict
 
         infer = self.plan.infer
-        settings = infer.backend_settings()  # the shard's own: the helper reads images the way the shard does
-        cmd = [sys.executable, "-m", "utils.pipeline.warm", "--work", infer.work_dir or self.plan.run.work_dir,
-               "--shard", str(shard), "--shards", str(infer.num_shards), "--backend", infer.backend,
-               "--artifact-dir", infer.artifact_dir, "--images", infer.image_dir, "--shards-dir", infer.shards_dir,
-               "--settings", json.dumps(settings)]
+        # the shard's own parameters: the helper prepares its rows the way the shard reads them
+        params = asdict(replace(infer, shard_index=shard, work_dir=infer.work_dir or self.plan.run.work_dir))
+        cmd = [sys.executable, "-m", "utils.pipeline.warm", "--params", json.dumps(params)]
         log = open(run_dir / f"03_warm_shard_{shard:02d}_of_{infer.num_shards:02d}.log", "a", encoding="utf-8")
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, env=self._env(slot_env),
                                 start_new_session=True)

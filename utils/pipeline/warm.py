@@ -15,16 +15,18 @@ import sys
 from pathlib import Path
 
 from utils.models.backend import get_backend
+from utils.pipeline.params import InferParams, ParamError, build
 from utils.pipeline.shards import read_shard, shard_path, shard_rows
 from utils.pipeline.workdir import WorkDir
 
 
-def warm_shard(work_dir: str, shard_index: int, num_shards: int, backend: str, artifact_dir: str = "",
-               image_dir: str = "", shards_dir: str = "", settings: dict | None = None) -> int:
-    """Warm the unanswered rows of one shard, last row first; how many rows were handed to the backend."""
-    work = WorkDir.of(work_dir)
-    rows = shard_rows(work.read_table("test"), shard_index, num_shards)
-    path = shard_path(work.shards(shards_dir), shard_index, num_shards)
+def warm_shard(params: InferParams) -> int:
+    """Warm the unanswered rows of shard ``params.shard_index``, last row first, with the settings the shard's own
+    ``predict`` gets (``InferParams.backend_settings``); how many rows were handed to the backend."""
+    p = params
+    work = WorkDir.of(p.work_dir)
+    rows = shard_rows(work.read_table("test"), p.shard_index, p.num_shards)
+    path = shard_path(work.shards(p.shards_dir), p.shard_index, p.num_shards)
     if path.is_file():
         try:
             done = set(read_shard(path)["index"].tolist())
@@ -32,28 +34,25 @@ def warm_shard(work_dir: str, shard_index: int, num_shards: int, backend: str, a
             done = set()
         rows = rows[~rows["index"].isin(done)]
     rows = rows.iloc[::-1].reset_index(drop=True)
-    chosen = get_backend(backend)
+    chosen = get_backend(p.backend)
     if not hasattr(chosen, "warm") or rows.empty:
         return 0
-    chosen.warm(rows, Path(work.image_dir(image_dir)), Path(work.fitted_artifact(backend, artifact_dir)),
-                **(settings or {}))
+    chosen.warm(rows, Path(work.image_dir(p.image_dir)), Path(work.fitted_artifact(p.backend, p.artifact_dir)),
+                **p.backend_settings())
     return len(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m utils.pipeline.warm", description=__doc__.split("\n")[0])
-    parser.add_argument("--work", required=True, help="the run's work folder")
-    parser.add_argument("--shard", type=int, required=True, help="the shard to help")
-    parser.add_argument("--shards", type=int, required=True, help="how many shards the test set is cut into")
-    parser.add_argument("--backend", required=True)
-    parser.add_argument("--artifact-dir", default="")
-    parser.add_argument("--images", default="")
-    parser.add_argument("--shards-dir", default="")
-    parser.add_argument("--settings", default="{}", help="the shard's backend settings (JSON)")
+    parser.add_argument("--params", required=True,
+                        help="the shard's stage 03 parameters as a JSON object (utils.pipeline.params.InferParams)")
     a = parser.parse_args(argv)
-    n = warm_shard(a.work, a.shard, a.shards, a.backend, a.artifact_dir, a.images, a.shards_dir,
-                   json.loads(a.settings))
-    print(f"warmed {n} rows of shard {a.shard}/{a.shards}", flush=True)
+    try:
+        params = build(InferParams, json.loads(a.params))
+    except (ValueError, ParamError) as exc:
+        parser.error(str(exc))
+    n = warm_shard(params)
+    print(f"warmed {n} rows of shard {params.shard_index}/{params.num_shards}", flush=True)
     return 0
 
 

@@ -8,7 +8,7 @@
     <work>/artifacts/<backend>/           the fitted artifact: LoRA adapter or ranker (02)
     <work>/artifacts/<backend>.fitted     written last by 02: the artifact, its fingerprint, whether it is complete
     <work>/shards/shard_{i:02d}_of_{n:02d}.csv + .run, .done, .lock          (03, see utils.pipeline.shards)
-    <work>/ocr_cache/                     OCR results per image (the ocr backend)
+    <work>/<cache>/                       a backend's cache shared by a run's notebooks (its run_environment)
     <work>/.run.lock                      held by a running run_all.sh (utils.pipeline.run): one run per folder
 """
 
@@ -117,10 +117,6 @@ class WorkDir:
     def shards(self, given: str = "") -> Path:
         """The shard folder: ``given``, else ``shards``."""
         return Path(os.path.expanduser(given)) if given else self.root / "shards"
-
-    @property
-    def ocr_cache(self) -> Path:
-        return self.root / "ocr_cache"
 
     @property
     def run_lock(self) -> Path:

@@ -32,7 +32,7 @@ from utils.env.fileio import atomic_write_bytes
 from utils.models.backend import FIT_SUMMARY
 from utils.models.ocr.candidates import extract_candidates
 from utils.models.ocr.config import OCR_KEYS, OCR_KEYS_BEFORE, RankerConfig
-from utils.models.ocr.engine import OcrResult
+from utils.models.ocr.engine import DEFAULT_CACHE_ENV, OcrResult
 from utils.models.ocr.features import build_table_oof_priors
 from utils.models.ocr.policy import f1_counts
 from utils.models.ocr.priors import Priors
@@ -107,6 +107,16 @@ class OcrBackend:
 
     name = "ocr"
     label_table_setting = "prior_csv"  # stage 02 passes train.csv: priors and unit habits from every label
+    fit_settings = (RankerConfig,)  # every setting of fit and predict, with its type, default and help
+    infer_settings = (RankerConfig,)
+    threads_setting = "workers"  # a shard's --threads: OCR processes of one inference thread each
+    speed_settings = frozenset({"workers", "cache_dir", "batch_size"})  # how fast, not which answers
+
+    @staticmethod
+    def run_environment(work_dir: Path) -> dict[str, str]:
+        """One OCR cache for every notebook of a run (``$OCR_CACHE_DIR`` unless set): the fit's reads serve the
+        shards, and an idle slot's reading ahead serves the shard it helps."""
+        return {DEFAULT_CACHE_ENV: str(Path(work_dir) / "ocr_cache")}
 
     def fit(self, train: pd.DataFrame, val: pd.DataFrame, image_dir: Path, out_dir: Path,
             progress: Progress | None = None, **settings: Any) -> Path:

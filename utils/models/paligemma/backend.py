@@ -19,7 +19,7 @@ from utils.models.paligemma.infer import (
     saved_max_new_tokens,
 )
 from utils.models.paligemma.load import ModelConfig, split_settings
-from utils.models.paligemma.train import fit
+from utils.models.paligemma.train import TrainConfig, fit
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,9 @@ class PaliGemmaBackend:
 
     name = "paligemma"
     uses_gpu = True  # run_all.sh gives each shard its own GPU
+    fit_settings = (ModelConfig, TrainConfig, InferConfig)  # InferConfig: the final merged-model F1's generation
+    infer_settings = (ModelConfig, InferConfig)
+    speed_settings = frozenset({"batch_size", "progress"})  # how fast, not which answers
 
     def __init__(self) -> None:
         self._loaded: tuple[Any, Any, Any, ModelConfig] | None = None  # (key, model, processor, config): one load

@@ -20,6 +20,7 @@ import torch
 
 from utils.core.metrics import score
 from utils.core.units import normalize_prediction
+from utils.models.finetune.device import float_dtype
 from utils.models.paligemma.data import IMAGE_TOKEN
 from utils.models.paligemma.load import (
     QUANTIZATIONS,
@@ -81,14 +82,6 @@ class InferConfig:
             raise ValueError(f"max_side must be a positive int or None, got {self.max_side}")
 
 
-def _float_dtype(model: Any) -> torch.dtype:
-    """The dtype of the model's first floating-point parameter (what pixel values must be cast to)."""
-    for p in model.parameters():
-        if p.is_floating_point():
-            return p.dtype
-    return torch.float32
-
-
 def _device(model: Any) -> torch.device:
     """Where the model's inputs go."""
     dev = getattr(model, "device", None)
@@ -126,7 +119,7 @@ def generate(model: Any, processor: Any, images: list[Any], prompts: list[str], 
     )
     device = _device(model)
     inputs = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-    inputs["pixel_values"] = batch["pixel_values"].to(device, _float_dtype(model))
+    inputs["pixel_values"] = batch["pixel_values"].to(device, float_dtype(model))
     tok = processor.tokenizer
     out = model.generate(
         **inputs,

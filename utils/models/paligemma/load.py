@@ -3,8 +3,8 @@
 One place decides how the model is built, so training and inference cannot drift apart:
 
 - ``ModelConfig``: the settings (hub id or local folder, quantisation, dtype, device, LoRA), validated on creation.
-- ``resolve_device`` / ``resolve_dtype``: fp16 on a T4 and other pre-Ampere GPUs (no bf16 there), bf16 where the
-  GPU supports it, fp32 on CPU.
+- ``resolve_device`` / ``resolve_dtype`` (``utils.models.finetune.device``): fp16 on a T4 and other pre-Ampere
+  GPUs (no bf16 there), bf16 where the GPU supports it, fp32 on CPU.
 - ``bnb_config``: ``BitsAndBytesConfig`` for 4-bit NF4 or 8-bit, with the compute dtype under its real key
   ``bnb_4bit_compute_dtype`` (a misspelt key is silently ignored by bitsandbytes).
 - ``load_processor`` / ``load_base_model``: the same ``from_pretrained`` path for the hub id and a local folder.
@@ -24,6 +24,14 @@ from typing import Any
 import torch
 
 from utils.data.tables import PROMPT_FORMATS
+from utils.models.finetune.device import (  # noqa: F401  (describe_device: re-exported for train)
+    DTYPES,
+    bf16_supported,
+    describe_device,
+    resolve_device,
+    resolve_dtype,
+)
+from utils.models.finetune.hub import from_source
 
 DEFAULT_MODEL_ID = "google/paligemma-3b-ft-docvqa-448"
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -34,52 +42,7 @@ LORA_VISION: dict[str, tuple[str, ...]] = {
     "all": ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"),
 }
 QUANTIZATIONS = ("4bit", "8bit", "none")
-DTYPES = ("auto", "float16", "bfloat16", "float32")
 SETTINGS_FILE = "paligemma_settings.json"  # the ModelConfig an adapter was trained with, saved beside it
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` → the first CUDA GPU when there is one, else the CPU; anything else is passed to ``torch.device``."""
-    if device == "auto":
-        return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}") from err
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} was asked for but no CUDA GPU is available")
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", 0)
-    return dev
-
-
-def describe_device(device: torch.device) -> str:
-    """``cuda:0 Tesla T4 (compute capability 7.5, 15.0 GiB)`` or ``cpu``."""
-    if device.type != "cuda":
-        return str(device)
-    from utils.env.gpu import gpu
-
-    return gpu(device.index or 0).describe()
-
-
-def bf16_supported(device: torch.device) -> bool:
-    """Whether ``device`` computes in bfloat16 natively: the CPU yes; a CUDA GPU from compute capability 8.0 (A100,
-    L4, H100), not a T4 (7.5). Decided from the capability: ``torch.cuda.is_bf16_supported()`` also says True where
-    bf16 is only emulated, several times slower."""
-    if device.type != "cuda":
-        return True
-    from utils.env.gpu import NATIVE_BF16
-
-    return tuple(torch.cuda.get_device_capability(device)) >= NATIVE_BF16
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """The compute dtype: ``auto`` → bf16 on bf16 GPUs, fp16 on older GPUs (T4), fp32 on CPU."""
-    if dtype == "auto":
-        if device.type != "cuda":
-            return torch.float32
-        return torch.bfloat16 if bf16_supported(device) else torch.float16
-    return getattr(torch, dtype)
 
 
 @dataclass
@@ -183,7 +146,7 @@ class ModelConfig:
     def hub_revision(self) -> str | None:
         """The hub revision to load (None: main): see the ``revision`` setting."""
         if self.revision == "auto":
-            from utils.models.paligemma.hub import dtype_revision
+            from utils.models.finetune.hub import dtype_revision
 
             return dtype_revision(self.model_id, str(self.torch_dtype).removeprefix("torch."))
         return None if self.revision == "main" else self.revision
@@ -246,33 +209,9 @@ def lora_config(cfg: ModelConfig):
     )
 
 
-def from_source(loader: Any, model_id: str | Path, revision: str | None = None, fallback_to_main: bool = False,
-                **kwargs: Any):
-    """``loader.from_pretrained`` for ``model_id`` wherever it is
-    (``utils.models.paligemma.hub.resolve_model_source``: a local folder, a Kaggle model input, the HF cache, or a
-    download with the HF token), hub failures turned into one-line ``ModelAccessError``s. ``fallback_to_main``: a
-    missing ``revision`` branch falls back to main, with a note."""
-    from huggingface_hub.errors import RevisionNotFoundError
-
-    from utils.env.console import say
-    from utils.models.paligemma.hub import exception_chain, explained, resolve_model_source
-
-    source = resolve_model_source(str(model_id), revision)
-    try:
-        with explained(str(model_id), revision):
-            return loader.from_pretrained(source.location, **source.load_kwargs(), **kwargs)
-    except Exception as exc:
-        # transformers wraps the hub's error in an OSError and ``explained`` wraps that again: look at every level
-        missing = any(isinstance(e, RevisionNotFoundError) for e in exception_chain(exc))
-        if not (fallback_to_main and revision and missing):
-            raise
-    say(f"note: {model_id} has no '{revision}' branch; loading main (float32 weights, twice the download)")
-    return from_source(loader, model_id, None, **kwargs)
-
-
 def model_source(cfg: ModelConfig) -> str:
     """One line saying where ``cfg``'s base weights come from (local folder, Kaggle input, cache or download)."""
-    from utils.models.paligemma.hub import resolve_model_source
+    from utils.models.finetune.hub import resolve_model_source
 
     return resolve_model_source(str(cfg.model_id), cfg.hub_revision).describe()
 

@@ -1,8 +1,8 @@
-"""PaliGemma LoRA fine-tuning: the Trainer, with a time budget, resume across sessions and the final F1.
+"""PaliGemma LoRA fine-tuning: settings, a time budget, resume across sessions and the final F1.
 
 - ``TrainConfig``: the fine-tune's settings (``**settings`` of ``fit``, with ``ModelConfig``'s and ``InferConfig``'s).
-- ``PaliGemmaTrainer``: the HF ``Trainer`` computing logits only over the answer window (``utils.models.paligemma.
-  data``), stopping on a NaN/inf loss, logging ETA and plan.
+- the HF ``Trainer`` and its arguments (``utils.models.paligemma.trainer``): logits only over the answer window,
+  a NaN/inf loss stops the run, ETA and plan in every log, the vision tower's LoRA at a lower LR, one device.
 - ``train_model`` / ``fit``: seed, then model and LoRA; checkpoints of other data or settings moved aside
   (``checkpoints``); a time budget that plans the steps and stops with a saved adapter (``budget``); the adapter
   saved *before* the final evaluation, which scores the merged fp16 model (the one stage 03 runs) on a capped,
@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 import math
 import time
@@ -21,20 +20,18 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 
 from utils.env.console import say
 from utils.models.backend import FIT_STATUS, FIT_SUMMARY
-from utils.models.paligemma.checkpoints import WANDB_FILE, fingerprint, prepare_checkpoints, read_json, write_json
-from utils.models.paligemma.data import AnswerDataset, PaliGemmaCollator, answer_loss, answer_window
-from utils.models.paligemma.hub import offline, resolve_model_source
+from utils.models.finetune.checkpoints import WANDB_FILE, fingerprint, prepare_checkpoints, read_json, write_json
+from utils.models.finetune.device import free_memory
+from utils.models.finetune.hub import offline, resolve_model_source
+from utils.models.paligemma.data import AnswerDataset, PaliGemmaCollator
 from utils.models.paligemma.infer import (
-    FP16_REMEDY,
     GENERATION_FILE,
     MAX_NEW_TOKENS_LIMIT,
     GenerationStats,
     InferConfig,
-    NonFiniteError,
     eval_sample,
     generated_f1,
     load_predictor,
@@ -145,139 +142,11 @@ class TrainConfig:
                              f"{self.time_budget_hours} h")
 
 
-# ------------------------------------------------------------------------------------------------- trainer
-
-
-def _make_trainer_class():
-    """The Trainer subclass (built lazily so importing this module stays cheap)."""
-    from transformers import Trainer
-
-    class PaliGemmaTrainer(Trainer):
-        """HF Trainer: loss on the answer window only, NaN/inf loss stops the run, ETA and plan in every log."""
-
-        def __init__(self, *args: Any, f1_eval: Any = None, budget: Any = None, check_finite: bool = True,
-                     vision_lr_scale: float = 1.0, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.vision_lr_scale = vision_lr_scale
-            self.model_accepts_loss_kwargs = False  # our loss is a per-batch mean: let the Trainer scale it
-            self.f1_eval = f1_eval
-            self.budget = budget
-            self.check_finite = check_finite
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
-            inputs = dict(inputs)
-            labels = inputs.pop("labels")
-            keep = answer_window(labels)
-            outputs = model(**inputs, logits_to_keep=keep, use_cache=False)
-            loss = answer_loss(outputs.logits, labels)
-            if self.check_finite and model.training and not bool(torch.isfinite(loss)):
-                raise NonFiniteError(f"the training loss became {float(loss)} at step {self.state.global_step + 1}: "
-                                     f"{FP16_REMEDY}")
-            return (loss, outputs) if return_outputs else loss
-
-        def create_optimizer(self, model=None):  # noqa: ANN001
-            """The Trainer's optimizer, with the vision tower's LoRA weights in groups of their own at
-            ``learning_rate * vision_lr_scale`` (the LR schedule scales every group alike)."""
-            optimizer = super().create_optimizer(model)
-            if self.vision_lr_scale == 1.0 or getattr(optimizer, "vision_lr_scale", None) is not None:
-                return optimizer
-            vision = {id(p) for n, p in (model or self.model).named_parameters() if ".vision_tower." in n}
-            groups = []
-            for group in optimizer.param_groups:
-                options = {k: v for k, v in group.items() if k != "params"}
-                text = [p for p in group["params"] if id(p) not in vision]
-                image = [p for p in group["params"] if id(p) in vision]
-                groups += [{**options, "params": text}] if text else []
-                groups += [{**options, "params": image, "lr": group["lr"] * self.vision_lr_scale}] if image else []
-            self.optimizer = type(optimizer)(groups, **optimizer.defaults)
-            self.optimizer.vision_lr_scale = self.vision_lr_scale
-            return self.optimizer
-
-        def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
-            if self.budget is not None and ("loss" in logs or "train_loss" in logs):
-                logs = {**logs, **self.budget.log_fields(self.state)}
-            super().log(logs, *args, **kwargs)
-
-        def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):  # noqa: ANN001
-            metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix) if self.eval_dataset else {}
-            if self.f1_eval is not None:
-                f1 = self.f1_eval(self.model)
-                metrics[f"{metric_key_prefix}_f1"] = f1
-                self.log({f"{metric_key_prefix}_f1": f1})
-            return metrics
-
-    return PaliGemmaTrainer
-
-
 def answer_token_budget(tokenizer: Any, answers: list[str], margin: int) -> tuple[int, int]:
     """(longest tokenised answer incl. ``<eos>``, that plus ``margin`` capped at the inference limit)."""
     texts = sorted({str(a) for a in answers if str(a)}, key=len, reverse=True)[:2000] or [""]
     longest = max(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]) + 1
     return longest, min(MAX_NEW_TOKENS_LIMIT, longest + margin)
-
-
-def _one_device_arguments(base: type) -> type:
-    """``TrainingArguments`` pinned to the one device the model was put on (``ModelConfig.device``).
-
-    With several visible GPUs and no distributed launch, transformers counts them all (``n_gpu``), wraps the model in
-    ``DataParallel`` and multiplies the per-device batch by their number: on Kaggle's "GPU T4 x2" a configured batch of
-    4 becomes 8, half the planned steps, a checkpoint that resumes with another batch in a one-GPU session, and wandb
-    saying 4. The fit uses one GPU (the second serves stage 03's shards), so ``n_gpu`` is at most 1, as transformers
-    itself sets it for a model-parallel model."""
-
-    class OneDeviceTrainingArguments(base):  # type: ignore[misc, valid-type]
-        @property
-        def n_gpu(self) -> int:
-            return min(1, super().n_gpu)
-
-    return OneDeviceTrainingArguments
-
-
-def training_arguments(model_cfg: ModelConfig, train_cfg: TrainConfig, ckpt_dir: Path, max_steps: int,
-                       eval_on: bool, report_to: list[str] | str, run_name: str | None = None):
-    """The HF ``TrainingArguments``: fp16 mixed precision on a GPU without native bf16 (a T4), bf16 where it is
-    native, neither on CPU; the same dtype decision as the model's compute dtype."""
-    from transformers import TrainingArguments
-
-    device, dtype = model_cfg.torch_device, model_cfg.torch_dtype
-    on_gpu = device.type == "cuda"
-    return _one_device_arguments(TrainingArguments)(
-        output_dir=str(ckpt_dir),
-        num_train_epochs=train_cfg.num_train_epochs,
-        max_steps=max_steps,
-        per_device_train_batch_size=train_cfg.train_batch_size,
-        per_device_eval_batch_size=train_cfg.train_batch_size,
-        gradient_accumulation_steps=train_cfg.grad_accum,
-        learning_rate=train_cfg.learning_rate,
-        warmup_steps=train_cfg.warmup_ratio,
-        lr_scheduler_type=train_cfg.lr_scheduler,
-        weight_decay=train_cfg.weight_decay,
-        max_grad_norm=train_cfg.max_grad_norm,
-        logging_steps=train_cfg.logging_steps,
-        save_strategy="steps",
-        save_steps=train_cfg.save_steps,
-        save_total_limit=train_cfg.save_total_limit,
-        eval_strategy="steps" if eval_on else "no",
-        eval_steps=train_cfg.eval_steps if eval_on else None,
-        prediction_loss_only=True,
-        fp16=on_gpu and dtype == torch.float16,
-        bf16=on_gpu and dtype == torch.bfloat16,
-        use_cpu=not on_gpu,
-        seed=train_cfg.seed,
-        remove_unused_columns=False,
-        label_names=["labels"],
-        dataloader_pin_memory=on_gpu,
-        disable_tqdm=True,  # budget.TrainingProgress shows the planned steps, ETA and budget instead
-        report_to=report_to,
-        run_name=run_name,
-    )
-
-
-def _free() -> None:
-    """Collect dropped models and give GPU memory back before the next model is loaded."""
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def train_model(
@@ -295,7 +164,8 @@ def train_model(
     from transformers import PrinterCallback, set_seed
 
     from utils.env.tracking import init_run, wandb_mode
-    from utils.models.paligemma.budget import CheckpointMeta, TimeBudget, TrainingProgress
+    from utils.models.finetune.budget import CheckpointMeta, TimeBudget, TrainingProgress
+    from utils.models.paligemma.trainer import PaliGemmaTrainer, training_arguments
 
     started = time.monotonic()
     out = Path(out_dir)
@@ -350,7 +220,7 @@ def train_model(
                               ["wandb"] if mode != "disabled" else "none", getattr(run, "name", None) or None)
     f1_eval = (lambda m: generated_f1(m, processor, sample, image_dir, infer_cfg,
                                       prompt_format=model_cfg.prompt_format)) if eval_on else None
-    trainer = _make_trainer_class()(
+    trainer = PaliGemmaTrainer(
         model=model,
         args=args,
         train_dataset=train_ds,
@@ -385,7 +255,7 @@ def train_model(
             f"{'' if complete else '; incomplete: run stage 02 again to continue'})")
         log_history = list(state.log_history)
         budget.trainer = trainer = model = None
-        _free()
+        free_memory()
         if len(sample):
             say(f"[02] final F1 of the merged model (as stage 03 runs it) on {len(sample)} validation rows ...")
             stats = GenerationStats()
@@ -396,7 +266,7 @@ def train_model(
                                                       check_finite=train_cfg.check_finite)
             metrics["final_truncated"] = stats.truncated
             merged = merged_processor = merged_cfg = None
-            _free()
+            free_memory()
             say(f"[02] final F1 (merged {str(model_cfg.torch_dtype).removeprefix('torch.')}, {len(sample)} rows): "
                 f"{metrics['final_f1_merged']:.4f}" + (f"; {stats.note()}" if stats.note() else ""))
         summary = {

@@ -23,7 +23,7 @@ from typing import Any
 from transformers import TrainerCallback, get_scheduler
 
 from utils.env.console import Every, duration, say
-from utils.models.paligemma.checkpoints import PLAN_FILE, copy_meta_into, read_json, write_json
+from utils.models.finetune.checkpoints import PLAN_FILE, copy_meta_into, read_json, write_json
 
 
 class TimeBudget(TrainerCallback):

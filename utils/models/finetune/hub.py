@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from utils.env.console import say
 from utils.env.secrets import hf_token
 
 KAGGLE_INPUT = Path("/kaggle/input")
@@ -271,3 +272,23 @@ def explained(model_id: str, revision: str | None = None) -> Iterator[None]:
         if message is None:
             raise
         raise ModelAccessError(message) from exc
+
+
+def from_source(loader: Any, model_id: str | Path, revision: str | None = None, fallback_to_main: bool = False,
+                **kwargs: Any):
+    """``loader.from_pretrained`` for ``model_id`` wherever it is (``resolve_model_source``: a local folder, a Kaggle
+    model input, the HF cache, or a download with the HF token), hub failures turned into one-line
+    ``ModelAccessError``s. ``fallback_to_main``: a missing ``revision`` branch falls back to main, with a note."""
+    from huggingface_hub.errors import RevisionNotFoundError
+
+    source = resolve_model_source(str(model_id), revision)
+    try:
+        with explained(str(model_id), revision):
+            return loader.from_pretrained(source.location, **source.load_kwargs(), **kwargs)
+    except Exception as exc:
+        # transformers wraps the hub's error in an OSError and ``explained`` wraps that again: look at every level
+        missing = any(isinstance(e, RevisionNotFoundError) for e in exception_chain(exc))
+        if not (fallback_to_main and revision and missing):
+            raise
+    say(f"note: {model_id} has no '{revision}' branch; loading main (float32 weights, twice the download)")
+    return from_source(loader, model_id, None, **kwargs)
