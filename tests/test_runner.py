@@ -211,3 +211,34 @@ def test_an_idle_slot_helps_the_last_running_shard(tmp_path: Path) -> None:
         assert warm["warmed"] == sorted(warm["warmed"], reverse=True)  # the last rows first
     submission = pd.read_csv(tmp_path / "out" / "submission.csv", keep_default_na=False)
     assert len(submission) == 12  # each shard still wrote only its own rows, every index once
+
+
+def test_on_colab_the_kernels_get_the_secrets_the_runner_read(tmp_path: Path) -> None:
+    """Colab's secrets (``google.colab.userdata``) answer only where a frontend does: the runner's process, not a
+    kernel papermill starts. The runner reads HF_TOKEN and WANDB_API_KEY itself and hands them to every kernel
+    through its environment, and no notebook, parameter or log holds them."""
+    import hashlib
+
+    token, key = "hf_ColabSecretToken4242", "wandbColabKey0000111122223333"
+    store = tmp_path / "colab_store" / "secrets.json"
+    store.parent.mkdir()
+    store.write_text(json.dumps({"HF_TOKEN": token, "WANDB_API_KEY": key}))
+    root = tmp_path / "session"
+    env = {k: v for k, v in _env().items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY")}
+    env.update(FAKE_COLAB_SECRETS=str(store), PYTHONPATH=str(REPO))
+    fake_colab = str(REPO / "tests" / "fake_colab_site")
+    runner = ("import sys; sys.path.insert(0, sys.argv.pop(1)); from utils.pipeline.run import main; "
+              "sys.exit(main(sys.argv[1:]))")  # the fake module on the runner's own path only
+    result = subprocess.run([sys.executable, "-c", runner, fake_colab, *_args(root)], capture_output=True,
+                            text=True, env=env, timeout=300, cwd=REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
+    records = _records(root)
+    assert len(records) == 2
+    for record in records:
+        assert record["secrets"] == {"HF_TOKEN": hashlib.sha256(token.encode()).hexdigest(),
+                                     "WANDB_API_KEY": hashlib.sha256(key.encode()).hexdigest()}
+    for path in root.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert token.encode() not in data and key.encode() not in data, path
+    assert token not in result.stdout + result.stderr and key not in result.stdout + result.stderr

@@ -83,10 +83,15 @@ class Runner:
         self.plan = plan
         self.echo = echo
         self.children = Children()
+        self._secrets: dict[str, str] | None = None  # read once, in this process (see secrets_for_children)
 
     # -- one notebook
     def _env(self, extra: dict[str, str]) -> dict[str, str]:
-        env = dict(os.environ)
+        if self._secrets is None:
+            from utils.env.secrets import secrets_for_children
+
+            self._secrets = secrets_for_children()
+        env = {**os.environ, **self._secrets}  # a kernel may not reach the secret store itself (Colab)
         env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
         env.setdefault("WANDB_DIR", self.plan.run.work_dir)
         env.setdefault("OCR_CACHE_DIR", str(Path(self.plan.run.work_dir) / "ocr_cache"))
