@@ -270,6 +270,39 @@ def test_a_shard_downloads_its_missing_images(tmp_path: Path, fake_backend: str)
     assert {p.name for p in cache.glob("*.jpg")} == mine and len(mine) == 3
 
 
+def test_stage_01_stores_downloaded_images_under_a_size_cap(tmp_path: Path) -> None:
+    """``image_max_side`` (``--image-max-side``): what stage 01 downloads is stored at most that large."""
+    import io
+
+    from PIL import Image
+
+    from tests.image_server import ImageServer
+    from utils.data.demo import make_demo_data
+
+    made = make_demo_data(tmp_path / "data", 8, 4, seed=3)
+    train, test = pd.read_csv(made.train_csv), pd.read_csv(made.test_csv)
+    with ImageServer() as server:
+        for frame in (train, test):
+            links = []
+            for n, _ in enumerate(frame["image_link"]):
+                buf = io.BytesIO()
+                Image.new("RGB", (1600 + 10 * n, 900), (n * 9 % 255, 40, 90)).save(buf, "JPEG", quality=90)
+                links.append(server.add(f"/big/{id(frame)}_{n}.jpg", buf.getvalue()))
+            frame["image_link"] = links
+        train.to_csv(tmp_path / "train.csv", index=False)
+        test.to_csv(tmp_path / "test.csv", index=False)
+        stages.prepare(train_csv=str(tmp_path / "train.csv"), test_csv=str(tmp_path / "test.csv"),
+                       image_dir=str(tmp_path / "cache"), work_dir=str(tmp_path / "work"), per_entity=0,
+                       image_max_side=640)
+    stored = list((tmp_path / "cache").glob("*.jpg"))
+    assert len(stored) == len(train) + len(test)
+    for path in stored:
+        with Image.open(path) as im:
+            assert max(im.size) == 640
+    with pytest.raises(ValueError, match="image_max_side"):
+        stages.prepare(train_csv="demo", work_dir=str(tmp_path / "w2"), image_max_side=-1)
+
+
 def test_a_failed_postprocess_never_replaces_a_good_submission(
     prepared: stages.Prepared, fake_backend: str, tmp_path: Path
 ) -> None:

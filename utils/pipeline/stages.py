@@ -215,7 +215,7 @@ def prepare(**params: Any) -> Prepared:
         f"({'all' if p.per_entity == 0 else f'up to {p.per_entity} per entity'}), {len(test)} test rows")
 
     wanted = pd.concat([sample["image_link"], test["image_link"]], ignore_index=True)
-    summary = fetch_missing(wanted, images, download=p.download)
+    summary = fetch_missing(wanted, images, download=p.download, max_side=p.image_max_side)
     census = image_census(wanted, images)
     check_images(census, "the sample and the test set", p.max_missing_images, "01")
 
@@ -353,7 +353,7 @@ def infer_shard(**params: Any) -> ShardDone:
     links = rows["image_link"]
     if len(links):
         if p.download:
-            fetch_missing(links, images)
+            fetch_missing(links, images, download=True, max_side=p.image_max_side)
         check_images(image_census(links, images), "this shard", p.max_missing_images, tag)
     artifact = work.fitted_artifact(p.backend, p.artifact_dir)
     out = work.shards(p.shards_dir)
