@@ -188,7 +188,8 @@ def test_prepare_only_shows_papermill_errors(tmp_path: Path) -> None:
     blocked = tmp_path / "out" / "shard_notebooks" / "03_infer_shard_00_of_02.ipynb"
     blocked.mkdir(parents=True)  # a folder where the notebook must be written: papermill fails
     result = subprocess.run(["bash", str(REPO / "run_all.sh"), "--prepare-only", "--shards", "2", "--out",
-                             str(tmp_path / "out")], capture_output=True, text=True, env=_env(), timeout=120, cwd=REPO)
+                             str(tmp_path / "out"), "--test-csv", "/s/test.csv", "--artifact-dir", "/s/ocr"],
+                            capture_output=True, text=True, env=_env(), timeout=120, cwd=REPO)
     assert result.returncode == 1
     assert "writing 03_infer_shard_00_of_02.ipynb failed" in result.stderr
     assert "IsADirectoryError" in result.stderr  # papermill's own reason, not swallowed

@@ -111,6 +111,40 @@ def test_later_stages_need_stage_01(tmp_path: Path, fake_backend: str) -> None:
         stages.finetune(backend=fake_backend, work_dir=str(tmp_path / "nothing"))
 
 
+class AdapterBackend(AnswerKeyBackend):
+    """The fake, keeping its artifact in a folder inside the fit's folder (as paligemma keeps ``adapter/``)."""
+
+    name = "adapter_key"
+
+    def fit(self, train: pd.DataFrame, val: pd.DataFrame, image_dir: Path, out_dir: Path, **settings: Any) -> Path:
+        return super().fit(train, val, image_dir, Path(out_dir) / "adapter", **settings)
+
+
+def test_a_shard_in_a_session_of_its_own_needs_only_the_test_csv_and_the_fitted_folder(
+        prepared: stages.Prepared, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fresh work folder (no stage 01 or 02 there): the rows from ``test_csv``, the images downloaded into (or
+    looked for in) its own ``images/``, the model from a copy of stage 02's folder made in the first session (its
+    marker names the old session's path), the shard written into its own ``shards/``."""
+    import shutil
+
+    monkeypatch.setitem(backends.BACKENDS, "adapter_key", f"{__name__}:AdapterBackend")
+    stages.finetune(backend="adapter_key", work_dir=str(prepared.work_dir))
+    copy = tmp_path / "input" / "artifacts"
+    shutil.copytree(prepared.work_dir / "artifacts", copy)
+    shutil.move(prepared.work_dir / "artifacts", tmp_path / "gone")  # the first session's paths are gone
+    fresh = tmp_path / "session2" / "work"
+    made = prepared.manifest
+    shutil.copytree(made["image_dir"], fresh / "images")  # as if downloaded there
+    done = stages.infer_shard(shard_index=0, num_shards=2, backend="adapter_key", work_dir=str(fresh),
+                              test_csv=made["test_csv"], artifact_dir=str(copy / "adapter_key"), download=False,
+                              settings={"answers_csv": made["labels_csv"]})
+    assert done.path.parent == fresh / "shards" and len(done.rows) == 5
+    assert (done.rows["prediction"] != "").sum() >= 3  # answered from the copy's adapter/ (predict checks it)
+    with pytest.raises(stages.StageError, match="no fitted adapter_key artifact .* pass artifact_dir"):
+        stages.infer_shard(shard_index=1, num_shards=2, backend="adapter_key", work_dir=str(fresh),
+                           test_csv=made["test_csv"], download=False)
+
+
 class AllLabelsBackend(AnswerKeyBackend):
     """The fake, asking (like the ocr backend's ``prior_csv``) for the whole labelled table in a fit setting."""
 

@@ -104,8 +104,8 @@ class Runner:
         cmd = [sys.executable, "-m", "papermill", str(NOTEBOOKS / job.notebook), str(job.output),
                "-k", self.plan.run.kernel, "--cwd", str(NOTEBOOKS), "-r", "repo_dir", self.plan.run.repo_dir,
                *job.args]
-        if prepare_only:
-            return cmd + ["--prepare-only"]
+        if prepare_only:  # a session of its own: the notebook installs the requirements first
+            return cmd + ["-p", "install_requirements", "True", "--prepare-only"]
         return cmd + ["--log-output", "--no-progress-bar", "--start-timeout", "120"]
 
     def execute(self, job: Job) -> None:
@@ -169,13 +169,20 @@ class Runner:
             return Job(tag, NOTEBOOK_OF[stage], run_dir / f"{stem}.ipynb", run_dir / f"{stem}.log",
                        papermill_args(params), env or {})
 
-        self.echo("[01] prepare data")
-        self.execute(job("01", "01", plan.prepare))
-        self.echo(f"[02] fit backend '{plan.fit.backend}'")
-        self.execute(job("02", "02", plan.fit))
-        self.run_shards(lambda i, env: job(f"03 shard {i}/{plan.infer.num_shards}", "03",
-                                           replace(plan.infer, shard_index=i),
-                                           f"03_infer_shard_{i:02d}_of_{plan.infer.num_shards:02d}", env))
+        if "01" in plan.stages:
+            self.echo("[01] prepare data")
+            self.execute(job("01", "01", plan.prepare))
+        if "02" in plan.stages:
+            self.echo(f"[02] fit backend '{plan.fit.backend}'")
+            self.execute(job("02", "02", plan.fit))
+        if "03" in plan.stages:
+            self.run_shards(lambda i, env: job(f"03 shard {i}/{plan.infer.num_shards}", "03",
+                                               replace(plan.infer, shard_index=i),
+                                               f"03_infer_shard_{i:02d}_of_{plan.infer.num_shards:02d}", env))
+        if "04" not in plan.stages:
+            self.echo(f"{PROG}: stages {', '.join(plan.stages)} done in {duration(time.monotonic() - started)}; "
+                      f"the hand-over folder: {plan.run.work_dir}")
+            return 0
         self.echo("[04] merge, check, submit, report")
         self.execute(job("04", "04", plan.post))
         submission = Path(plan.run.out_dir) / "submission.csv"
@@ -214,12 +221,13 @@ class Runner:
         """Stage 03: empty shards finished directly, the others queued over the slots, at most one per slot."""
         from utils.pipeline.predict import empty_shard
         from utils.pipeline.shards import shard_path, shard_rows
+        from utils.pipeline.stages import load_test_rows
         from utils.pipeline.workdir import WorkDir
 
         infer = self.plan.infer
         n = infer.num_shards
         work = WorkDir.of(infer.work_dir)
-        test = work.read_table("test")
+        test = load_test_rows(work, infer.test_csv)
         shards_dir = work.shards(infer.shards_dir)
         empty = [i for i in range(n) if empty_shard(shards_dir, i, n, test) is not None]
         todo = [i for i in range(n) if i not in empty]
@@ -356,8 +364,14 @@ class Runner:
             if result.returncode != 0:
                 raise RunnerError(f"{PROG}: writing {name} failed:\n{result.stderr.strip()}")
             self.echo(f"wrote {dest / name}")
-        self.echo(f"upload each into its own session (set repo_dir/work_dir there if they differ), then run 04 "
-                  f"with num_shards={n}")
+        infer = plan.infer
+        shards = infer.shards_dir or (infer.work_dir or "<the session's default work folder>") + "/shards"
+        self.echo(f"each runs in a session of its own: it installs the requirements, reads the test rows from "
+                  f"{infer.test_csv} and the model from {infer.artifact_dir} (read-only is fine), "
+                  f"{'reads the images from ' + infer.image_dir if infer.image_dir else 'downloads its images'} and "
+                  f"writes its shard into {shards}; the repository must be at {plan.run.repo_dir} there. Then put "
+                  f"every shard_*.csv with its .run and .done files into one folder and run: bash run_all.sh "
+                  f"--stages 04 --shards {n} --test-csv TEST.csv --shards-dir FOLDER")
         return 0
 
 

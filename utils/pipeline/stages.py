@@ -311,6 +311,8 @@ def finetune(**params: Any) -> Fitted:
     fitted = Path(get_backend(p.backend).fit(train, val, images, out, **settings))
     status = read_fit_status(fitted)
     content = {"artifact": str(fitted), "fingerprint": fingerprint, "complete": bool(status.get("complete", True))}
+    if fitted.resolve() == out.resolve() or out.resolve() in fitted.resolve().parents:
+        content["relative"] = fitted.resolve().relative_to(out.resolve()).as_posix()  # found again in a copy
     atomic_write_bytes(marker, json.dumps(content).encode("utf-8"))
     if not content["complete"]:
         say(f"[02] the fit stopped early ({status.get('stopped_by') or 'incomplete'}, step "
@@ -347,7 +349,7 @@ def infer_shard(**params: Any) -> ShardDone:
     settings = p.backend_settings()
     work = WorkDir.of(p.work_dir)
     test = load_test_rows(work, p.test_csv)
-    images = work.image_dir(p.image_dir)
+    images = work.image_dir(p.image_dir, fresh_ok=bool(p.test_csv))  # a session of its own: images downloaded here
     tag = f"03 shard {p.shard_index}/{p.num_shards}"
     rows = shard_rows(test, p.shard_index, p.num_shards)
     links = rows["image_link"]
@@ -356,6 +358,10 @@ def infer_shard(**params: Any) -> ShardDone:
             fetch_missing(links, images, download=True, max_side=p.image_max_side)
         check_images(image_census(links, images), "this shard", p.max_missing_images, tag)
     artifact = work.fitted_artifact(p.backend, p.artifact_dir)
+    if not artifact.exists():
+        raise StageError(f"no fitted {p.backend} artifact at {artifact}: run stage 02 with this work_dir first, or "
+                         "pass artifact_dir (--artifact-dir): the fitted folder, e.g. the first session's "
+                         f"work/artifacts/{p.backend} added as an input")
     out = work.shards(p.shards_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = Path(run_shard(p.backend, test, p.shard_index, p.num_shards, images, artifact, out, tag=tag, **settings))
