@@ -243,3 +243,30 @@ def test_on_colab_the_kernels_get_the_secrets_the_runner_read(tmp_path: Path) ->
             data = path.read_bytes()
             assert token.encode() not in data and key.encode() not in data, path
     assert token not in result.stdout + result.stderr and key not in result.stdout + result.stderr
+
+
+def test_stage_03_says_from_its_first_batches_whether_the_rest_fits_the_session(tmp_path: Path) -> None:
+    """A slow backend (2 rows per 0.6 s batch and shard) and a session clock that has almost run out: after the
+    first batches the runner prints the measured rate, the hours the rest needs and the hours the session has
+    left, and a warning saying what to do; with the whole session ahead it only prints the estimate."""
+    import re
+
+    late = str(time.time() - 12 * 3600 + 60)  # a 12-hour session that started 11 h 59 min ago
+    result = _run_all(_args(tmp_path / "late", "--parallel", "2", sleep=0.6, shards=2, demo_test=16),
+                      PRODUCT_VALUES_SESSION_START=late, PRODUCT_VALUES_SESSION_HOURS="12")
+    assert result.returncode == 0, result.stdout + result.stderr
+    line = re.search(r"\[03\] measured ([\d.]+) rows/s over (\d) shards: about ([\d.]+) h for the rest \((\d+) rows\);"
+                     r" this session has about ([\d.]+) h left \(Local 12 h from its start, .*: "
+                     r"PRODUCT_VALUES_SESSION_START\)", result.stdout)
+    assert line, result.stdout
+    rate, shards, rest_h, rows, left_h = float(line[1]), int(line[2]), float(line[3]), int(line[4]), float(line[5])
+    assert shards == 2 and 2.0 <= rate <= 8.0  # two shards of 2 rows per 0.6 s: about 6.7 rows/s, minus overheads
+    assert 0 < rows < 16 and rest_h < 0.1 and left_h < 0.1
+    assert "warning: [03] the rest will NOT fit this session" in result.stdout and "--stages 03,04" in result.stdout
+    assert result.stdout.index("[03] measured") < result.stdout.index("[03] shard 0/2 finished")  # said in time
+
+    fresh = _run_all(_args(tmp_path / "fresh", "--parallel", "2", sleep=0.6, shards=2, demo_test=16),
+                     PRODUCT_VALUES_SESSION_START=str(time.time()), PRODUCT_VALUES_SESSION_HOURS="12")
+    assert fresh.returncode == 0, fresh.stdout + fresh.stderr
+    assert re.search(r"this session has about 1[12]\.\d h left", fresh.stdout), fresh.stdout
+    assert "will NOT fit" not in fresh.stdout

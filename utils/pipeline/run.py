@@ -293,10 +293,15 @@ class Runner:
                 written = 0
             return sizes[shard] - written
 
+        from utils.pipeline.session import ShardClock, this_session
+
+        clock = ShardClock(this_session(), sizes, len(slots), self.echo)
         while pending or running:
             with state_lock:
+                clock.seen({s: sizes[s] - rows_left(s) for s in todo}, set(running))
                 while pending and free and not errors:
                     shard, slot = pending.pop(0), free.pop(0)
+                    clock.started(shard, sizes[shard] - rows_left(shard))
                     self.echo(f"[03] shard {shard}/{n} started on {where(slot)}")
                     thread = threading.Thread(target=work_on, args=(shard, slot), daemon=True)
                     running[shard] = thread
