@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Install everything the pipeline and its tests need into the current Python environment.
 #   bash setup.sh            # torch 2.13.0 (kept if a torch is already installed, as on Kaggle/Colab), then the rest
+#   bash setup.sh --in-notebook   # from a notebook's set-up cell (utils.env.install): only the requirements; no
+#                                 # editable install (the folder may be a read-only input), no kernel registration
 # TORCH_SPEC overrides which torch to install when none is present (default: torch==2.13.0).
 set -euo pipefail
+IN_NOTEBOOK=0
+[ "${1:-}" = "--in-notebook" ] && IN_NOTEBOOK=1
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
 
@@ -19,6 +23,11 @@ echo "torch==${installed}" >"$constraints"
 
 # 2. everything else, pinned in requirements.txt (never torchvision: it does not import beside this torch).
 "$PY" -m pip install -q -r requirements.txt -c "$constraints"
+
+if [ "$IN_NOTEBOOK" = 1 ]; then
+  echo "setup: requirements ready (torch ${installed})"
+  exit 0
+fi
 
 # 3. this package itself, editable (its dependencies are the pinned ones above).
 "$PY" -m pip install -q --no-deps -e .

@@ -6,6 +6,7 @@ the product's own plug-in seam, so the runner, papermill and the stages run for 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -22,7 +23,8 @@ PLUGIN = ("answers=tests.fake_backends:AnswerBackend,gpu_answers=tests.fake_back
 class AnswerBackend:
     """Fit writes a small artifact (after ``sleep`` seconds); predict answers each row from ``answers_csv`` in
     batches of two, sleeping ``sleep`` seconds per batch, and records its process and time span in ``record_dir``
-    (one JSON per process)."""
+    (one JSON per process), with a digest (never the value) of each secret its process sees in the environment
+    (``secrets``)."""
 
     name = "answers"
 
@@ -39,16 +41,18 @@ class AnswerBackend:
             if answers_csv else pd.Series(dtype=str)
         record = Path(record_dir) / f"predict-{os.getpid()}.json" if record_dir else None
         start = time.time()
+        seen = {name: hashlib.sha256(os.environ[name].encode()).hexdigest() if os.environ.get(name) else None
+                for name in ("HF_TOKEN", "WANDB_API_KEY")}
         if record is not None:
             record.parent.mkdir(parents=True, exist_ok=True)
             record.write_text(json.dumps({"pid": os.getpid(), "start": start, "end": None,
-                                          "gpus": os.environ.get("CUDA_VISIBLE_DEVICES")}))
+                                          "gpus": os.environ.get("CUDA_VISIBLE_DEVICES"), "secrets": seen}))
         for s in range(0, len(rows), 2):
             time.sleep(sleep)
             yield [(int(i), str(labels.get(int(i), ""))) for i in rows["index"].iloc[s:s + 2]]
         if record is not None:
             record.write_text(json.dumps({"pid": os.getpid(), "start": start, "end": time.time(),
-                                          "gpus": os.environ.get("CUDA_VISIBLE_DEVICES")}))
+                                          "gpus": os.environ.get("CUDA_VISIBLE_DEVICES"), "secrets": seen}))
 
 
 class WarmAnswerBackend(AnswerBackend):

@@ -5,7 +5,8 @@ huggingface_hub reaches whatever ``HF_ENDPOINT`` names (its documented setting),
 ``/<repo>/resolve/<revision>/<file>`` with the headers the library reads (``X-Repo-Commit``, ``ETag``,
 ``X-Error-Code``). Repositories are local folders; ``token`` makes every repository need ``Authorization: Bearer
 <token>`` (401 otherwise), ``licence_accepted=False`` answers 403 GatedRepo to a valid token, as the real hub does
-for a gated model whose licence the account has not accepted. Every request is recorded.
+for a gated model whose licence the account has not accepted; ``gated=True`` answers a request without any token
+401 GatedRepo, as the real hub does for an anonymous request to a gated model. Every request is recorded.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class FakeHub:
     repos: dict[tuple[str, str], Path]  # (repo_id, revision) -> folder with the files
     token: str | None = None
     licence_accepted: bool = True
+    gated: bool = False
     requests: list[Request] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -79,6 +81,9 @@ class FakeHub:
         if len(parts) < 5 or parts[2] != "resolve":
             return self._error(handler, 404, "EntryNotFound", "not served by the fake hub")
         repo, revision, filename = f"{parts[0]}/{parts[1]}", parts[3], "/".join(parts[4:])
+        if self.gated and auth is None:
+            return self._error(handler, 401, "GatedRepo", f"Access to model {repo} is restricted. You must have "
+                                                          "access to it and be authenticated to access it.")
         if self.token is not None and auth != f"Bearer {self.token}":
             return self._error(handler, 401, "RepoNotFound", "Invalid credentials in Authorization header")
         if not self.licence_accepted:

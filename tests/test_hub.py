@@ -79,6 +79,19 @@ def test_a_missing_wrong_or_unlicensed_token_ends_with_one_sentence_saying_what_
     assert TOKEN not in gated.stdout + gated.stderr
 
 
+def test_an_anonymous_request_to_a_gated_model_asks_for_a_token(tiny_dir: Path, tmp_path: Path) -> None:
+    """The real hub answers a request without a token to a gated repository 401 GatedRepo (GatedRepoError): with no
+    token anywhere, the sentence says to add one, not to accept the licence "with the account the HF_TOKEN belongs
+    to"."""
+    with FakeHub({(MODEL, "main"): tiny_dir, (MODEL, "float16"): tiny_dir}, token=TOKEN, gated=True) as gated:
+        anonymous = _run(tmp_path, gated.url, token=None)
+        assert gated.downloads() and all(r.authorization is None for r in gated.downloads())
+    assert anonymous.returncode != 0
+    line = _last_line(anonymous)
+    assert line.startswith("utils.models.paligemma.hub.ModelAccessError: ")
+    assert "none was found" in line and "add it as HF_TOKEN" in line and "the HF_TOKEN belongs to" not in line
+
+
 def test_no_network_and_offline_mode_say_what_to_do(tmp_path: Path) -> None:
     unreachable = _run(tmp_path, "http://127.0.0.1:9", TOKEN)  # nothing listens on the discard port
     assert unreachable.returncode != 0

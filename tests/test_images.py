@@ -362,6 +362,43 @@ def test_cli_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture
     assert capsys.readouterr().out.strip() == "downloaded 0, cached 0, failed 0"
 
 
+def test_a_stored_size_cap_shrinks_only_larger_images(server: ImageServer, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """``max_side`` (``--max-side``, stage 01/03 ``image_max_side``): an image with a longer side is stored
+    re-encoded at that side, in its own format, EXIF orientation applied; smaller ones are stored byte for byte."""
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display: 2000 x 1000 stored shows as 1000 x 2000
+    big = _jpeg(2000, 1000, exif=exif.tobytes())
+    small = _jpeg(600, 400)
+    wide_png = _png(1800, 300, mode="RGBA")
+    served = {"/cap/big.jpg": big, "/cap/small.jpg": small, "/cap/wide.png": wide_png}
+    urls = [server.add(path, body) for path, body in served.items()]
+    summary = download_images(urls, tmp_path / "capped", max_side=1280, **FAST)
+    assert summary.downloaded == 3 and summary.failed == 0
+    capped = tmp_path / "capped"
+    assert (capped / "small.jpg").read_bytes() == small
+    with Image.open(capped / "big.jpg") as im:
+        assert im.format == "JPEG" and im.size == (640, 1280)  # upright, longest side 1280
+    assert (capped / "big.jpg").stat().st_size < len(big)
+    with Image.open(capped / "wide.png") as im:
+        assert im.format == "PNG" and im.size == (1280, 213) and im.mode == "RGBA"
+    shown = load_image(capped / "big.jpg")
+    assert shown is not None and shown.size == (640, 1280)  # what a model reads: the same way up as the original
+    assert summary.bytes_downloaded == sum(p.stat().st_size for p in capped.iterdir() if p.suffix != ".csv")
+
+    uncapped = download_images(urls, tmp_path / "full", **FAST)  # the default stores what came
+    assert uncapped.downloaded == 3 and (tmp_path / "full" / "big.jpg").read_bytes() == big
+
+    _write_csv(tmp_path / "t.csv", urls)
+    rc = D.main(["download", str(tmp_path / "t.csv"), str(tmp_path / "cli"), "--no-progress", "--allow-local",
+                 "--max-side", "896"])
+    assert rc == 0
+    with Image.open(tmp_path / "cli" / "big.jpg") as im:
+        assert max(im.size) == 896
+    assert D.main(["download", str(tmp_path / "t.csv"), str(tmp_path / "c3"), "--max-side", "-5"]) == 2
+    assert "max_side must be a positive int" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_sigkill_mid_run_never_exposes_partial_files(tmp_path: Path) -> None:
     bodies = {f"k{i:02d}.jpg": _jpeg(200 + i, 150, (i * 5, 100, 200)) for i in range(40)}

@@ -18,6 +18,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -149,7 +150,9 @@ def test_prepare_only_writes_the_shard_notebooks_for_separate_sessions(kaggle) -
     root, _, env = kaggle
     out = root / "working" / "prepare_only"
     result = _run(["--prepare-only", "--backend", "paligemma", "--shards", "2", "--out", str(out),
-                   "--work", "/kaggle/working/work", "--repo-dir", "/kaggle/input/repo"], env, timeout=300)
+                   "--work", "/kaggle/working/work", "--repo-dir", "/kaggle/input/repo",
+                   "--test-csv", "/kaggle/input/data/test.csv",
+                   "--artifact-dir", "/kaggle/input/session1/work/artifacts/paligemma"], env, timeout=300)
     assert result.returncode == 0, result.stderr
     written = sorted((out / "shard_notebooks").glob("*.ipynb"))
     assert [p.name for p in written] == ["03_infer_shard_00_of_02.ipynb", "03_infer_shard_01_of_02.ipynb"]
@@ -180,3 +183,90 @@ def test_on_a_t4_every_dtype_is_float16(monkeypatch: pytest.MonkeyPatch, tmp_pat
     assert ModelConfig(**saved).torch_dtype == torch.float16 and InferConfig().merge_adapter
     with pytest.raises(ValueError, match="bfloat16.*not supported on Tesla T4"):
         ModelConfig(dtype="bfloat16")
+
+
+_REPO_FILES = ("utils", "notebooks", "setup.sh", "run_all.sh", "requirements.txt", "constraints.txt", "pyproject.toml")
+
+
+def _fresh_session(session: Path, artifacts: Path, backend: str, test_csv: Path) -> dict[str, float]:
+    """A new session's folders at the same paths as every other one (as Kaggle's /kaggle/input and /kaggle/working
+    are): only the repository, the first session's fitted artifact and the test CSV as inputs, an empty working
+    folder. Returns the inputs' files with their modification times (nothing may write there)."""
+    if session.exists():
+        shutil.rmtree(session)
+    inputs = session / "input"
+    for name in _REPO_FILES:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, inputs / "repo" / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            (inputs / "repo").mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, inputs / "repo" / name)
+    shutil.copytree(artifacts / backend, inputs / "session1" / "artifacts" / backend)
+    shutil.copy2(artifacts / f"{backend}.fitted", inputs / "session1" / "artifacts" / f"{backend}.fitted")
+    (inputs / "data").mkdir()
+    shutil.copy2(test_csv, inputs / "data" / "test.csv")
+    (session / "working").mkdir()
+    return {str(p): p.stat().st_mtime_ns for p in inputs.rglob("*")}
+
+
+def test_prepared_shard_notebooks_run_in_sessions_of_their_own(tmp_path: Path) -> None:
+    """``--prepare-only`` shard notebooks, each run with papermill in a fresh session holding only the repository,
+    the fitted artifact (an input, left untouched) and the test CSV: each installs its requirements, downloads its
+    own images, writes its shard; stage 04 on the collected shards gives the one-machine run's submission."""
+    from .image_server import ImageServer
+
+    env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    env.pop("PRODUCT_VALUES_BACKENDS", None)
+    one = tmp_path / "one_machine"
+    common = ["--demo-train", "60", "--demo-test", "8", "--shards", "2"]
+    whole = _run([*common, "--work", str(one / "work"), "--out", str(one / "out"), "--runs", str(one / "runs")],
+                 env)
+    assert whole.returncode == 0, whole.stdout + whole.stderr
+    expected = pd.read_csv(one / "out" / "submission.csv", keep_default_na=False)
+
+    session = tmp_path / "session"  # every shard session sees the same paths, as on Kaggle
+    refused = _run(["--prepare-only", "--shards", "2", "--out", str(tmp_path / "prepared"), "--repo-dir",
+                    str(session / "input" / "repo"), "--test-csv", str(session / "input" / "data" / "test.csv")], env)
+    assert refused.returncode == 2 and "--prepare-only needs --artifact-dir" in refused.stderr
+    prepared = _run(["--prepare-only", "--shards", "2", "--out", str(tmp_path / "prepared"),
+                     "--repo-dir", str(session / "input" / "repo"),
+                     "--test-csv", str(session / "input" / "data" / "test.csv"),
+                     "--artifact-dir", str(session / "input" / "session1" / "artifacts" / "ocr"),
+                     "--work", str(session / "working" / "work")], env)
+    assert prepared.returncode == 0, prepared.stdout + prepared.stderr
+    notebooks = sorted((tmp_path / "prepared" / "shard_notebooks").glob("*.ipynb"))
+    assert len(notebooks) == 2
+
+    collected = tmp_path / "collected"
+    collected.mkdir()
+    test = pd.read_csv(one / "work" / "demo" / "test.csv")
+    with ImageServer() as server:  # the images behind URLs, as the challenge's are
+        test["image_link"] = [server.add(f"/images/{link.rsplit('/', 1)[-1]}",
+                                         (one / "work" / "demo" / "images" / link.rsplit("/", 1)[-1]).read_bytes())
+                              for link in test["image_link"]]
+        test.to_csv(tmp_path / "test.csv", index=False)
+        kernel_env = {k: v for k, v in {**env, **os.environ}.items() if k not in ("PYTHONPATH", "OCR_CACHE_DIR")}
+        for number, notebook in enumerate(notebooks):
+            inputs = _fresh_session(session, one / "work" / "artifacts", "ocr", tmp_path / "test.csv")
+            done = subprocess.run([sys.executable, "-m", "papermill", str(notebook),
+                                   str(session / "working" / notebook.name), "--cwd", str(session / "working"),
+                                   "-k", "python3", "--log-output"], capture_output=True, text=True,
+                                  env=kernel_env, timeout=600, cwd=session / "working")
+            assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+            assert "setup: requirements ready" in done.stdout + done.stderr  # its own set-up ran
+            assert {str(p): p.stat().st_mtime_ns for p in (session / "input").rglob("*")} == inputs  # untouched
+            images = list((session / "working" / "work" / "images").glob("*.png")) + \
+                list((session / "working" / "work" / "images").glob("*.jpg"))
+            assert images, "the shard downloaded its images into its own working folder"
+            for path in (session / "working" / "work" / "shards").glob(f"shard_{number:02d}_of_02.csv*"):
+                shutil.copy2(path, collected / path.name)
+    assert sorted(p.name for p in collected.glob("*.done")) == ["shard_00_of_02.csv.done", "shard_01_of_02.csv.done"]
+
+    merged = tmp_path / "merge"
+    result = _run(["--stages", "04", "--shards", "2", "--test-csv", str(tmp_path / "test.csv"), "--shards-dir",
+                   str(collected), "--work", str(merged / "work"), "--out", str(merged / "out"), "--runs",
+                   str(merged / "runs")], env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    submission = pd.read_csv(merged / "out" / "submission.csv", keep_default_na=False)
+    pd.testing.assert_frame_equal(submission, expected)

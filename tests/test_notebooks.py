@@ -111,7 +111,8 @@ def test_run_all_flags() -> None:
 def test_prepare_only_writes_parameterised_shard_notebooks(tmp_path: Path) -> None:
     result = _run_all("--prepare-only", "--shards", "3", "--out", str(tmp_path / "out"), "--work", "/kaggle/working/w",
                       "--infer-settings", '{"max_side": 960}', "--batch-size", "8",
-                      "--repo-dir", "/kaggle/input/repo")
+                      "--repo-dir", "/kaggle/input/repo", "--test-csv", "/kaggle/input/data/test.csv",
+                      "--artifact-dir", "/kaggle/input/first/work/artifacts/ocr")
     assert result.returncode == 0, result.stderr
     written = sorted((tmp_path / "out" / "shard_notebooks").glob("*.ipynb"))
     assert [p.name for p in written] == [f"03_infer_shard_{i:02d}_of_03.ipynb" for i in range(3)]
@@ -122,6 +123,9 @@ def test_prepare_only_writes_parameterised_shard_notebooks(tmp_path: Path) -> No
         assert "/kaggle/working/w" in injected[0].source and "batch_size = 8" in injected[0].source
         assert 'settings = {"max_side": 960}' in injected[0].source
         assert 'repo_dir = "/kaggle/input/repo"' in injected[0].source
+        assert "install_requirements = True" in injected[0].source  # a session of its own sets itself up
+        assert 'test_csv = "/kaggle/input/data/test.csv"' in injected[0].source
+        assert 'artifact_dir = "/kaggle/input/first/work/artifacts/ocr"' in injected[0].source
         assert all(c.outputs == [] for c in _code_cells(path)), "prepare-only must not execute"
     assert not (tmp_path / "runs").exists()
 

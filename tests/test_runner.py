@@ -200,7 +200,8 @@ def test_prepare_only_shows_papermill_errors(tmp_path: Path) -> None:
     blocked = tmp_path / "out" / "shard_notebooks" / "03_infer_shard_00_of_02.ipynb"
     blocked.mkdir(parents=True)  # a folder where the notebook must be written: papermill fails
     result = subprocess.run(["bash", str(REPO / "run_all.sh"), "--prepare-only", "--shards", "2", "--out",
-                             str(tmp_path / "out")], capture_output=True, text=True, env=_env(), timeout=120, cwd=REPO)
+                             str(tmp_path / "out"), "--test-csv", "/s/test.csv", "--artifact-dir", "/s/ocr"],
+                            capture_output=True, text=True, env=_env(), timeout=120, cwd=REPO)
     assert result.returncode == 1
     assert "writing 03_infer_shard_00_of_02.ipynb failed" in result.stderr
     assert "IsADirectoryError" in result.stderr  # papermill's own reason, not swallowed
@@ -252,3 +253,61 @@ def test_a_kill_during_a_single_notebook_stage_stops_papermill_and_its_kernel(tm
     finally:
         if run.poll() is None:
             run.kill()
+
+
+def test_on_colab_the_kernels_get_the_secrets_the_runner_read(tmp_path: Path) -> None:
+    """Colab's secrets (``google.colab.userdata``) answer only where a frontend does: the runner's process, not a
+    kernel papermill starts. The runner reads HF_TOKEN and WANDB_API_KEY itself and hands them to every kernel
+    through its environment, and no notebook, parameter or log holds them."""
+    import hashlib
+
+    token, key = "hf_ColabSecretToken4242", "wandbColabKey0000111122223333"
+    store = tmp_path / "colab_store" / "secrets.json"
+    store.parent.mkdir()
+    store.write_text(json.dumps({"HF_TOKEN": token, "WANDB_API_KEY": key}))
+    root = tmp_path / "session"
+    env = {k: v for k, v in _env().items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY")}
+    env.update(FAKE_COLAB_SECRETS=str(store), PYTHONPATH=str(REPO))
+    fake_colab = str(REPO / "tests" / "fake_colab_site")
+    runner = ("import sys; sys.path.insert(0, sys.argv.pop(1)); from utils.pipeline.run import main; "
+              "sys.exit(main(sys.argv[1:]))")  # the fake module on the runner's own path only
+    result = subprocess.run([sys.executable, "-c", runner, fake_colab, *_args(root)], capture_output=True,
+                            text=True, env=env, timeout=300, cwd=REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
+    records = _records(root)
+    assert len(records) == 2
+    for record in records:
+        assert record["secrets"] == {"HF_TOKEN": hashlib.sha256(token.encode()).hexdigest(),
+                                     "WANDB_API_KEY": hashlib.sha256(key.encode()).hexdigest()}
+    for path in root.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert token.encode() not in data and key.encode() not in data, path
+    assert token not in result.stdout + result.stderr and key not in result.stdout + result.stderr
+
+
+def test_stage_03_says_from_its_first_batches_whether_the_rest_fits_the_session(tmp_path: Path) -> None:
+    """A slow backend (2 rows per 0.6 s batch and shard) and a session clock that has almost run out: after the
+    first batches the runner prints the measured rate, the hours the rest needs and the hours the session has
+    left, and a warning saying what to do; with the whole session ahead it only prints the estimate."""
+    import re
+
+    late = str(time.time() - 12 * 3600 + 60)  # a 12-hour session that started 11 h 59 min ago
+    result = _run_all(_args(tmp_path / "late", "--parallel", "2", sleep=0.6, shards=2, demo_test=16),
+                      PRODUCT_VALUES_SESSION_START=late, PRODUCT_VALUES_SESSION_HOURS="12")
+    assert result.returncode == 0, result.stdout + result.stderr
+    line = re.search(r"\[03\] measured ([\d.]+) rows/s over (\d) shards: about ([\d.]+) h for the rest \((\d+) rows\);"
+                     r" this session has about ([\d.]+) h left \(Local 12 h from its start, .*: "
+                     r"PRODUCT_VALUES_SESSION_START\)", result.stdout)
+    assert line, result.stdout
+    rate, shards, rest_h, rows, left_h = float(line[1]), int(line[2]), float(line[3]), int(line[4]), float(line[5])
+    assert shards == 2 and 2.0 <= rate <= 8.0  # two shards of 2 rows per 0.6 s: about 6.7 rows/s, minus overheads
+    assert 0 < rows < 16 and rest_h < 0.1 and left_h < 0.1
+    assert "warning: [03] the rest will NOT fit this session" in result.stdout and "--stages 03,04" in result.stdout
+    assert result.stdout.index("[03] measured") < result.stdout.index("[03] shard 0/2 finished")  # said in time
+
+    fresh = _run_all(_args(tmp_path / "fresh", "--parallel", "2", sleep=0.6, shards=2, demo_test=16),
+                     PRODUCT_VALUES_SESSION_START=str(time.time()), PRODUCT_VALUES_SESSION_HOURS="12")
+    assert fresh.returncode == 0, fresh.stdout + fresh.stderr
+    assert re.search(r"this session has about 1[12]\.\d h left", fresh.stdout), fresh.stdout
+    assert "will NOT fit" not in fresh.stdout

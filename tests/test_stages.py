@@ -13,7 +13,7 @@ import pytest
 
 from utils.core.sanity import check_submission
 from utils.core.units import normalize_prediction
-from utils.data import census
+from utils.data import census, tables
 from utils.models import backend as backends
 from utils.pipeline import show, stages
 from utils.pipeline.shards import MergeError, shard_path
@@ -109,6 +109,40 @@ def test_prepare_needs_a_test_csv(tmp_path: Path) -> None:
 def test_later_stages_need_stage_01(tmp_path: Path, fake_backend: str) -> None:
     with pytest.raises(stages.StageError, match="01_prepare_data"):
         stages.finetune(backend=fake_backend, work_dir=str(tmp_path / "nothing"))
+
+
+class AdapterBackend(AnswerKeyBackend):
+    """The fake, keeping its artifact in a folder inside the fit's folder (as paligemma keeps ``adapter/``)."""
+
+    name = "adapter_key"
+
+    def fit(self, train: pd.DataFrame, val: pd.DataFrame, image_dir: Path, out_dir: Path, **settings: Any) -> Path:
+        return super().fit(train, val, image_dir, Path(out_dir) / "adapter", **settings)
+
+
+def test_a_shard_in_a_session_of_its_own_needs_only_the_test_csv_and_the_fitted_folder(
+        prepared: stages.Prepared, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fresh work folder (no stage 01 or 02 there): the rows from ``test_csv``, the images downloaded into (or
+    looked for in) its own ``images/``, the model from a copy of stage 02's folder made in the first session (its
+    marker names the old session's path), the shard written into its own ``shards/``."""
+    import shutil
+
+    monkeypatch.setitem(backends.BACKENDS, "adapter_key", f"{__name__}:AdapterBackend")
+    stages.finetune(backend="adapter_key", work_dir=str(prepared.work_dir))
+    copy = tmp_path / "input" / "artifacts"
+    shutil.copytree(prepared.work_dir / "artifacts", copy)
+    shutil.move(prepared.work_dir / "artifacts", tmp_path / "gone")  # the first session's paths are gone
+    fresh = tmp_path / "session2" / "work"
+    made = prepared.manifest
+    shutil.copytree(made["image_dir"], fresh / "images")  # as if downloaded there
+    done = stages.infer_shard(shard_index=0, num_shards=2, backend="adapter_key", work_dir=str(fresh),
+                              test_csv=made["test_csv"], artifact_dir=str(copy / "adapter_key"), download=False,
+                              settings={"answers_csv": made["labels_csv"]})
+    assert done.path.parent == fresh / "shards" and len(done.rows) == 5
+    assert (done.rows["prediction"] != "").sum() >= 3  # answered from the copy's adapter/ (predict checks it)
+    with pytest.raises(stages.StageError, match="no fitted adapter_key artifact .* pass artifact_dir"):
+        stages.infer_shard(shard_index=1, num_shards=2, backend="adapter_key", work_dir=str(fresh),
+                           test_csv=made["test_csv"], download=False)
 
 
 class AllLabelsBackend(AnswerKeyBackend):
@@ -276,11 +310,11 @@ def test_limit_threads() -> None:
 def test_count_tables() -> None:
     train = pd.DataFrame({"entity_name": ["width", "width", "voltage"], "entity_value": ["1 inch", "", "2.0 volt"]})
     val = pd.DataFrame({"entity_name": ["width"], "entity_value": ["3.0 inch"]})
-    counts = stages.count_table(train, val)
+    counts = tables.count_table(train, val)
     assert counts.loc[("width", "inch"), "train"] == 1 and counts.loc[("width", "inch"), "val"] == 1
     assert counts.loc[("width", "(empty)"), "train"] == 1
     test = pd.DataFrame({"entity_name": ["depth"]})
-    entities = stages.entity_count_table(train, val, test)
+    entities = tables.entity_count_table(train, val, test)
     assert entities.loc["depth", "test"] == 1 and entities.loc["width", "train"] == 2
 
 
@@ -309,6 +343,39 @@ def test_a_shard_downloads_its_missing_images(tmp_path: Path, fake_backend: str)
                            settings={"answers_csv": str(made.labels_csv)})
     mine = set(shard_rows(test, 1, 2)["image_link"].map(lambda link: link.rsplit("/", 1)[-1]))
     assert {p.name for p in cache.glob("*.jpg")} == mine and len(mine) == 3
+
+
+def test_stage_01_stores_downloaded_images_under_a_size_cap(tmp_path: Path) -> None:
+    """``image_max_side`` (``--image-max-side``): what stage 01 downloads is stored at most that large."""
+    import io
+
+    from PIL import Image
+
+    from tests.image_server import ImageServer
+    from utils.data.demo import make_demo_data
+
+    made = make_demo_data(tmp_path / "data", 8, 4, seed=3)
+    train, test = pd.read_csv(made.train_csv), pd.read_csv(made.test_csv)
+    with ImageServer() as server:
+        for frame in (train, test):
+            links = []
+            for n, _ in enumerate(frame["image_link"]):
+                buf = io.BytesIO()
+                Image.new("RGB", (1600 + 10 * n, 900), (n * 9 % 255, 40, 90)).save(buf, "JPEG", quality=90)
+                links.append(server.add(f"/big/{id(frame)}_{n}.jpg", buf.getvalue()))
+            frame["image_link"] = links
+        train.to_csv(tmp_path / "train.csv", index=False)
+        test.to_csv(tmp_path / "test.csv", index=False)
+        stages.prepare(train_csv=str(tmp_path / "train.csv"), test_csv=str(tmp_path / "test.csv"),
+                       image_dir=str(tmp_path / "cache"), work_dir=str(tmp_path / "work"), per_entity=0,
+                       image_max_side=640)
+    stored = list((tmp_path / "cache").glob("*.jpg"))
+    assert len(stored) == len(train) + len(test)
+    for path in stored:
+        with Image.open(path) as im:
+            assert max(im.size) == 640
+    with pytest.raises(ValueError, match="image_max_side"):
+        stages.prepare(train_csv="demo", work_dir=str(tmp_path / "w2"), image_max_side=-1)
 
 
 def test_a_failed_postprocess_never_replaces_a_good_submission(

@@ -38,11 +38,17 @@ REPO_PARAM = (
     "repo_dir", "str", '".."',
     'the clone holding utils/ (Kaggle: "/kaggle/input/<dataset>", Colab: "/content/<repo>")',
 )
+INSTALL_PARAM = (
+    "install_requirements", "bool", "False",
+    "first install the pinned requirements (a fresh session; run_all.sh --prepare-only sets it)",
+)
 
 SETUP = """import sys
 
 sys.path.insert(0, repo_dir)
-from utils.env import paths
+from utils.env import install, paths
+
+install.requirements(repo_dir, install_requirements)
 from utils.pipeline import show, stages
 
 print(paths.describe())"""
@@ -152,8 +158,9 @@ FUNCTION = {PrepareParams: "stages.prepare", FitParams: "stages.finetune", Infer
 
 
 def parameters(params: type) -> list[tuple[str, str, str, str]]:
-    """(name, type, literal, comment) for ``repo_dir`` and every field of the stage's dataclass."""
-    rows = [REPO_PARAM]
+    """(name, type, literal, comment) for ``repo_dir``, ``install_requirements`` and every field of the stage's
+    dataclass."""
+    rows = [REPO_PARAM, INSTALL_PARAM]
     for f in fields(params):
         rows.append((f.name, type_name(params, f.name), literal(default_of(f)), f.metadata["help"]))
     return rows

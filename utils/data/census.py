@@ -87,14 +87,15 @@ def check_images(census: ImageCensus, what: str, max_missing: float, tag: str, g
 
 
 def fetch_missing(links: pd.Series, image_dir: Path, download: bool = True, workers: int = 16,
-                  guess: bool = False) -> Any:
-    """Download the images of ``links`` missing from ``image_dir`` when allowed and possible; warn about what stays
-    missing. Returns the ``utils.data.download.DownloadSummary``, or None when nothing was downloaded."""
+                  max_side: int | None = None, guess: bool = False) -> Any:
+    """Download the images of ``links`` missing from ``image_dir`` when allowed and possible (stored with their
+    longest side at most ``max_side`` when given); warn about what stays missing. Returns the
+    ``utils.data.download.DownloadSummary``, or None when nothing was downloaded."""
     missing = missing_images(links, image_dir)
     if missing and download and _paths.is_writable(image_dir):
         from utils.data.download import download_images
 
-        summary = download_images(missing, image_dir, workers=workers)
+        summary = download_images(missing, image_dir, workers=workers, max_side=max_side or None)
         if summary.failed:
             say(f"warning: {summary.failed} images could not be downloaded (see {image_dir / 'failures.csv'}); "
                 f"their rows will be {no_image_answer(guess)}")

@@ -56,7 +56,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
-from utils.data.images import InvalidImage, cached_image, image_filename, looks_complete, validate_image_bytes
+from utils.data.images import (
+    InvalidImage,
+    cached_image,
+    image_filename,
+    looks_complete,
+    shrink_image_bytes,
+    validate_image_bytes,
+)
 from utils.env.csv_input import decode_utf8, read_input_bytes
 from utils.env.fileio import atomic_write_bytes, fsync_dir
 
@@ -134,6 +141,7 @@ class _Settings:
     full_decode: bool
     fsync: bool
     policy: _AddressPolicy = field(default_factory=lambda: _AddressPolicy(False, ()))
+    max_side: int | None = None  # stored size cap (longest side), re-encoded
 
 
 class _Retryable(Exception):
@@ -469,6 +477,8 @@ def _download_one(
                 validate_image_bytes(data, s.max_pixels, s.full_decode)
             except InvalidImage as exc:
                 raise _Permanent(str(exc)) from None
+            if s.max_side:
+                data = shrink_image_bytes(data, s.max_side)
             atomic_write_bytes(dest, data, tmp=_temp_name(dest), fsync=s.fsync)
             return "downloaded", "", attempts, len(data)
         except _Permanent as exc:
@@ -633,6 +643,7 @@ def download_images(
     fsync: bool = True,
     progress: bool = True,
     allow_local: bool | str | Iterable[str] | None = None,
+    max_side: int | None = None,
 ) -> DownloadSummary:
     """Download every image in ``urls`` into ``cache_dir`` (named by ``image_filename``); resumable.
 
@@ -648,6 +659,10 @@ def download_images(
     address/network (a comma-separated string or an iterable: ``["192.168.1.0/24"]``) that contains the peer.
     None (the default) reads the environment variable ``AMAZON_ALLOW_LOCAL_IMAGES`` the same way (unset: refuse).
     A refused URL fails with a reason starting ``refused:``; nothing is sent to the refused address.
+
+    ``max_side`` caps what is stored: an image with a longer side is re-encoded at that longest side
+    (``utils.data.images.shrink_image_bytes``); files already cached are left as they are. ``bytes_downloaded``
+    counts the bytes stored.
     """
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive int, got {workers!r}")
@@ -655,11 +670,13 @@ def download_images(
         raise ValueError("retries, backoff must be >= 0 and timeout, total_timeout, max_bytes > 0")
     if isinstance(urls, (str, bytes)):
         raise ValueError("urls must be an iterable of URLs, not one string")
+    if max_side is not None and (not isinstance(max_side, int) or isinstance(max_side, bool) or max_side < 1):
+        raise ValueError(f"max_side must be a positive int or None, got {max_side!r}")
     policy = address_policy(allow_local)
     cache = Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
     s = _Settings(timeout, total_timeout, retries, backoff, backoff_cap, max_bytes, max_pixels,
-                  verify_cached, full_decode, fsync, policy)
+                  verify_cached, full_decode, fsync, policy, max_side or None)
     started = time.monotonic()
     removed = clean_temp_files(cache)
     if removed:
@@ -800,6 +817,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--allow-local", action="store_true",
                    help=f"allow loopback/private/link-local addresses (a local mirror); default: refuse, unless "
                         f"the environment variable {ALLOW_LOCAL_ENV} allows them")
+    p.add_argument("--max-side", type=int, default=0, metavar="PX",
+                   help="store each image with its longest side at most PX (re-encoded; 1280 keeps what the ocr "
+                        "backend reads, 896 what paligemma reads); 0: as downloaded (default)")
     p.add_argument("--max-failed-share", type=_share, default=DEFAULT_MAX_FAILED_SHARE, metavar="SHARE",
                    help="exit 1 when more than this share of the unique images failed (default %(default)s = 1%%;"
                         " 1 never fails)")
@@ -812,7 +832,7 @@ def main(argv: list[str] | None = None) -> int:
             urls, args.cache_dir, workers=args.workers, timeout=args.timeout, total_timeout=args.total_timeout,
             retries=args.retries, backoff=args.backoff, max_bytes=args.max_bytes,
             verify_cached=args.verify_cached, full_decode=args.full_decode, progress=not args.no_progress,
-            allow_local=True if args.allow_local else None,
+            allow_local=True if args.allow_local else None, max_side=args.max_side or None,
         )
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

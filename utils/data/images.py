@@ -9,6 +9,8 @@
   instead of crashing. ``is_image_file`` / ``open_image_file`` / ``read_image_bytes``: regular files only.
 - ``validate_image_bytes`` / ``looks_complete``: a body or a cached file that is HTML, truncated, corrupt or a
   decompression bomb is rejected (used by the downloader before it keeps a file, and for files already cached).
+- ``shrink_image_bytes``: an image re-encoded with its longest side capped (the downloader's ``max_side``: a stored
+  size cap, so 90k test images fit a Kaggle working folder).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ MAX_PIXELS = 89_478_485
 _MAX_NAME_LEN = 200  # leaves room for the temp-file prefix/suffix under the usual 255-byte limit
 _UNSAFE_CHARS = re.compile(r'[\x00-\x1f\x7f/\\:*?"<>|]')
 _JPEG_EOI_WINDOW = 4096  # quick check of cached files: EOI within the last bytes
+STORE_JPEG_QUALITY = 90  # re-encoding quality of a capped JPEG (1280 px: 80% of the dev images' bytes)
 
 
 # ----------------------------------------------------------------------------------------------- names
@@ -264,3 +267,34 @@ def looks_complete(path: Path, full: bool, max_pixels: int | None) -> bool:
             return True
     except Exception:  # noqa: BLE001
         return False
+
+
+# ----------------------------------------------------------------------------------------------- stored size
+
+
+def shrink_image_bytes(data: bytes, max_side: int) -> bytes:
+    """``data`` with its longest side at most ``max_side``: unchanged when it already is (or cannot be read),
+    otherwise EXIF orientation applied, resized (LANCZOS) and re-encoded in its own format (JPEG at
+    ``STORE_JPEG_QUALITY``, PNG optimised, others as Pillow writes them); a format Pillow cannot write stays as is.
+    The file name (and so its extension) is the URL's, so the format is kept."""
+    if not isinstance(max_side, int) or max_side < 1:
+        raise ValueError(f"max_side must be a positive int, got {max_side!r}")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            fmt = im.format
+            if max(im.size) <= max_side:
+                return data
+            im.load()
+            out = ImageOps.exif_transpose(im)
+            scale = max_side / max(out.size)
+            size = (max(1, round(out.width * scale)), max(1, round(out.height * scale)))
+            if fmt == "JPEG" and out.mode not in ("RGB", "L", "CMYK"):
+                out = _to_rgb(out)
+            out = out.resize(size, Image.Resampling.LANCZOS)
+            buf = io.BytesIO()
+            kwargs = {"quality": STORE_JPEG_QUALITY} if fmt == "JPEG" else {"optimize": True} if fmt == "PNG" else {}
+            out.save(buf, fmt, **kwargs)
+            return buf.getvalue()
+    except Exception as exc:  # noqa: BLE001 - a body that validated but cannot be re-encoded is kept as it came
+        log.debug("image kept at full size (%s)", exc)
+        return data

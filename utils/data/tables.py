@@ -19,6 +19,7 @@ who want them out of training.
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -272,3 +273,29 @@ def make_prompt(entity_name: str, prompt_format: str = "question") -> str:
         raise ValueError(f"prompt_format must be one of {tuple(PROMPT_FORMATS)}, got {prompt_format!r}")
     question = PROMPT_TEMPLATE.format(entity=entity_name.replace("_", " "))
     return PROMPT_FORMATS[prompt_format].format(question=question)
+
+
+_UNIT = re.compile(r"^\s*\S+\s+(.+?)\s*$")
+
+
+def _unit(value: str) -> str:
+    match = _UNIT.match(value or "")
+    return match.group(1) if match else "(empty)"
+
+
+def count_table(train: pd.DataFrame, val: pd.DataFrame) -> pd.DataFrame:
+    """Rows per entity and unit in train and val (``(empty)`` for rows without an answer)."""
+    parts = []
+    for name, frame in (("train", train), ("val", val)):
+        units = frame["entity_value"].fillna("").astype(str).map(_unit)
+        parts.append(pd.DataFrame({"entity_name": frame["entity_name"], "unit": units, "split": name}))
+    joined = pd.concat(parts, ignore_index=True)
+    table = joined.groupby(["entity_name", "unit", "split"]).size().unstack("split", fill_value=0)
+    return table.reindex(columns=["train", "val"], fill_value=0).astype(int)
+
+
+def entity_count_table(train: pd.DataFrame, val: pd.DataFrame, test: pd.DataFrame) -> pd.DataFrame:
+    """Rows per entity in train, val and test."""
+    splits = (("train", train), ("val", val), ("test", test))
+    counts = {name: frame["entity_name"].value_counts() for name, frame in splits}
+    return pd.DataFrame(counts).fillna(0).astype(int).sort_index()

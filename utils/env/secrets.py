@@ -52,3 +52,12 @@ def hf_token() -> str | None:
 def wandb_key() -> str | None:
     """The wandb API key (``WANDB_API_KEY``), or None."""
     return get_secret("WANDB_API_KEY")
+
+
+def secrets_for_children() -> dict[str, str]:
+    """``HF_TOKEN`` and ``WANDB_API_KEY`` as found by this process (environment, Kaggle or Colab secret), for the
+    environment of the processes it starts: a notebook kernel started by papermill on Colab has no frontend to
+    answer ``google.colab.userdata.get``, so ``run_all.sh`` reads the secrets once in its own process and hands
+    them down (only through the environment: never into a notebook, its parameters or a log)."""
+    found = {"HF_TOKEN": hf_token(), "WANDB_API_KEY": wandb_key()}
+    return {name: value for name, value in found.items() if value}

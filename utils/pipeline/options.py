@@ -30,6 +30,7 @@ from utils.pipeline.params import (
 REPO = Path(__file__).resolve().parents[2]
 PROG = "run_all.sh"
 EXIT_USAGE, EXIT_FAILED, EXIT_BUSY = 2, 1, 3
+ALL_STAGES = ("01", "02", "03", "04")
 
 
 class RunnerError(RuntimeError):
@@ -58,7 +59,10 @@ class RunParams:
     repo_dir: str = param(str(REPO), "the notebooks' repo_dir; for --prepare-only the path the repo will have in "
                                      "the Kaggle session, e.g. /kaggle/input/<dataset>")
     prepare_only: bool = param(False, "only write the parameterised shard notebooks (one per Kaggle session) into "
-                                      "OUT/shard_notebooks/; runs nothing")
+                                      "OUT/shard_notebooks/; runs nothing; needs --test-csv and --artifact-dir as "
+                                      "paths in those sessions")
+    stages: str = param(",".join(ALL_STAGES), "the stages to run, e.g. 01,02 (prepare and fit in one session) or "
+                                              "03,04 (shards and submission in the next; without 01: --test-csv)")
     parallel: int = param(0, "shard notebooks running at once; 0: one per GPU (a GPU backend) or CPU cores / threads")
     shards_per_gpu: int = param(1, "shards sharing one GPU at once (each loads the whole model)")
     kernel: str = param("python3", "Jupyter kernel papermill runs")
@@ -145,6 +149,7 @@ class Plan:
     infer: InferParams
     post: PostprocessParams
     command: str = ""
+    stages: tuple[str, ...] = ALL_STAGES
 
 
 def _stage(cls: type, options: dict[str, Any], **overrides: Any) -> Any:
@@ -167,8 +172,13 @@ def parse(argv: list[str], about: str = "") -> Plan:
         run = _stage(RunParams, options)
         prepare = _stage(PrepareParams, options)
         fit = _stage(FitParams, options)
-        infer = _stage(InferParams, options, test_csv=options["test_csv"] if run.prepare_only else "")
-        post = _stage(PostprocessParams, options, interactive=False)
+        chosen = _chosen_stages(options["stages"])
+        elsewhere = run.prepare_only or "01" not in chosen  # the test rows come from the CSV, not from stage 01
+        default_work = run.prepare_only and options["work"] == str(REPO / "work")
+        work_here = "" if default_work else options["work"]  # "": the shard session's own default
+        infer = _stage(InferParams, options, test_csv=options["test_csv"] if elsewhere else "", work_dir=work_here)
+        post = _stage(PostprocessParams, options, interactive=False,
+                      test_csv=options["test_csv"] if elsewhere else "")
     except ParamError as exc:
         raise RunnerError(f"{PROG}: {exc}", EXIT_USAGE) from None
     for name in ("parallel", "start_retries"):
@@ -176,7 +186,7 @@ def parse(argv: list[str], about: str = "") -> Plan:
             raise RunnerError(f"{PROG}: --{name.replace('_', '-')} must be >= 0", EXIT_USAGE)
     if run.shards_per_gpu < 1:
         raise RunnerError(f"{PROG}: --shards-per-gpu must be >= 1", EXIT_USAGE)
-    plan = Plan(run, prepare, fit, infer, post, " ".join([PROG, *argv]))
+    plan = Plan(run, prepare, fit, infer, post, " ".join([PROG, *argv]), chosen)
     check_paths(plan)
     return plan
 
@@ -192,11 +202,34 @@ def show_backend(name: str) -> None:
     raise SystemExit(0)
 
 
+def _chosen_stages(text: str) -> tuple[str, ...]:
+    """``"03,04"`` -> ``("03", "04")`` in run order; ``ParamError`` for anything else."""
+    chosen = [part.strip().zfill(2) for part in str(text).split(",") if part.strip()]
+    unknown = [c for c in chosen if c not in ALL_STAGES]
+    if not chosen or unknown:
+        raise ParamError(f"stages (--stages) must name some of {','.join(ALL_STAGES)}, got {text!r}")
+    return tuple(c for c in ALL_STAGES if c in chosen)
+
+
 def check_paths(plan: Plan) -> None:
     """Every input path exists and every output folder can be one, before anything runs."""
     p = plan.prepare
     demo = p.train_csv.strip().lower() == "demo"
-    if not demo and not p.test_csv and not plan.run.prepare_only:
+    _check_folder("--out", Path(plan.run.out_dir))
+    if plan.run.prepare_only:  # the paths are those of the sessions the notebooks will run in, not of this machine
+        missing = [flag for flag, value in (("--test-csv", p.test_csv), ("--artifact-dir", plan.infer.artifact_dir))
+                   if not value]
+        if missing:
+            raise RunnerError(f"{PROG}: --prepare-only needs {' and '.join(missing)}: the paths they will have in "
+                              "the shard's own session (e.g. --test-csv /kaggle/input/<dataset>/test.csv "
+                              "--artifact-dir /kaggle/input/<first-session>/work/artifacts/<backend>, read-only "
+                              "is fine); a shard session has no stage 01 or 02 of its own", EXIT_USAGE)
+        return
+    if "01" not in plan.stages and not p.test_csv and not (Path(plan.run.work_dir) / "prepared" / "test.parquet"
+                                                             ).is_file():
+        raise RunnerError(f"{PROG}: --stages {','.join(plan.stages)} without stage 01 needs --test-csv (or a --work "
+                          "folder stage 01 wrote)", EXIT_USAGE)
+    if not demo and not p.test_csv:
         raise RunnerError(f"{PROG}: --train-csv needs --test-csv too", EXIT_USAGE)
     files = [("--test-csv", p.test_csv), ("--labels-csv", p.labels_csv)]
     if not demo:
@@ -209,7 +242,7 @@ def check_paths(plan: Plan) -> None:
         what = "is a file, not a folder" if Path(p.image_dir).exists() else "does not exist"
         raise RunnerError(f"{PROG}: --images {p.image_dir} {what} (create it to download the images into it)",
                           EXIT_USAGE)
-    for flag, value in (("--out", plan.run.out_dir), ("--work", plan.run.work_dir), ("--runs", plan.run.runs_dir),
+    for flag, value in (("--work", plan.run.work_dir), ("--runs", plan.run.runs_dir),
                         ("--shards-dir", plan.infer.shards_dir), ("--artifact-dir", plan.fit.artifact_dir)):
         if value:
             _check_folder(flag, Path(value))

@@ -97,6 +97,8 @@ class PrepareParams:
     val_fraction: float = param(0.1, "share of product groups held out for validation")
     seed: int = param(0, "random seed for the demo, the sample and the split")
     download: bool = param(True, "download missing images (when the network allows)")
+    image_max_side: int = param(0, "store downloaded images with at most this longest side in pixels (re-encoded; "
+                                   "896 or 1280: what the GPU or the CPU backend reads); 0: as downloaded")
     max_missing_images: float = param(DEFAULT_MAX_MISSING_IMAGES,
                                       "fail when more than this share of the images is missing; 1: never fail")
     guess_without_image: bool = param(False, GUESS_HELP)
@@ -104,7 +106,7 @@ class PrepareParams:
     demo_test: int = param(0, "demo test rows; 0: the demo's default")
 
     def __post_init__(self) -> None:
-        _whole(PrepareParams, self, "per_entity", "seed", "demo_train", "demo_test")
+        _whole(PrepareParams, self, "per_entity", "seed", "demo_train", "demo_test", "image_max_side")
         _share(PrepareParams, self, "max_missing_images")
         _check(isinstance(self.val_fraction, (int, float)) and 0 <= self.val_fraction < 1, "val_fraction",
                f"must be in [0, 1), got {self.val_fraction!r}", PrepareParams)
@@ -147,6 +149,8 @@ class InferParams:
                              flag="--threads")
     batch_size: int = param(0, "rows per batch; 0: the backend's default")
     download: bool = param(True, "first download this shard's missing images (when the network allows)")
+    image_max_side: int = param(0, "store downloaded images with at most this longest side in pixels (re-encoded; "
+                                   "896 or 1280: what the GPU or the CPU backend reads); 0: as downloaded")
     max_missing_images: float = param(DEFAULT_MAX_MISSING_IMAGES,
                                       "fail when more than this share of the images is missing; 1: never fail")
     guess_without_image: bool = param(False, GUESS_HELP)
@@ -155,7 +159,7 @@ class InferParams:
 
     def __post_init__(self) -> None:
         _whole(InferParams, self, "num_shards", "num_threads", minimum=1)
-        _whole(InferParams, self, "batch_size", "shard_index")
+        _whole(InferParams, self, "batch_size", "shard_index", "image_max_side")
         _check(self.shard_index < self.num_shards, "shard_index",
                f"must be in [0, {self.num_shards}), got {self.shard_index} (num_shards={self.num_shards})",
                InferParams)

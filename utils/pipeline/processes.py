@@ -2,16 +2,19 @@
 
 ``Children`` collects every process the runner starts (papermill, and through it the kernels and their OCR
 workers); ``stop_all`` stops the whole tree, so that a killed run leaves no orphan writing a shard. ``WorkLock`` is an
-exclusive ``flock`` held for the whole run: two runs never write one work folder.
+exclusive ``flock`` held for the whole run: two runs never write one work folder. ``Job`` is one notebook to
+execute; ``failure_line`` / ``executed_any_cell`` / ``START_FAILURES`` read how its run went.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import signal
 import subprocess
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
@@ -120,3 +123,50 @@ def say_console(line: str) -> None:
     """One line on the runner's console (thread-safe)."""
     with _PRINT:
         print(line, flush=True)
+
+
+# ------------------------------------------------------------------------------- a notebook run and its outcome
+
+#: What a kernel that never started looks like in papermill's output (retried); a cell error is not among them.
+START_FAILURES = ("Kernel died before replying to kernel_info", "ZMQError", "Address already in use",
+                  "Kernel didn't respond in", "Kernel not responding", "kernel_info_request timed out")
+
+
+def failure_line(log_text: str) -> str | None:
+    """The exception line of a failed notebook (``utils.models.finetune.hub.ModelAccessError: ...``), if any."""
+    import re
+
+    found = re.findall(r"^(?:\x1b\[[0-9;]*m)*([A-Za-z_][\w.]*(?:Error|Exception|Interrupt)\b:? .*)$", log_text,
+                       re.MULTILINE)
+    return found[-1].strip() if found else None
+
+
+def signal_name(signum: int) -> str:
+    """``SIGTERM`` for 15 (``signal N`` for a number without a name)."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def executed_any_cell(notebook: Path) -> bool:
+    """Whether papermill executed any cell of ``notebook`` (a kernel that never started executed none)."""
+    try:
+        import nbformat
+
+        nb = nbformat.read(notebook, as_version=4)
+    except Exception:
+        return False
+    return any(c.get("execution_count") for c in nb.cells if c.cell_type == "code")
+
+
+@dataclass
+class Job:
+    """One notebook to execute."""
+
+    tag: str  # "01", "03 shard 2/4"
+    notebook: str
+    output: Path
+    log: Path
+    args: list[str]
+    env: dict[str, str] = field(default_factory=dict)

@@ -28,61 +28,28 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from utils.env.console import MARK, duration
 from utils.pipeline.options import PROG, REPO, Interrupted, Plan, RunnerError, parse
 from utils.pipeline.params import papermill_args
-from utils.pipeline.processes import Children, Stopping, WorkLock, say_console
+from utils.pipeline.processes import (
+    START_FAILURES,
+    Children,
+    Job,
+    Stopping,
+    WorkLock,
+    executed_any_cell,
+    failure_line,
+    say_console,
+    signal_name,
+)
 
 NOTEBOOKS = REPO / "notebooks"
 NOTEBOOK_OF = {"01": "01_prepare_data.ipynb", "02": "02_finetune_lora.ipynb", "03": "03_infer_shard.ipynb",
                "04": "04_postprocess.ipynb"}
-#: What a kernel that never started looks like in papermill's output (retried); a cell error is not among them.
-START_FAILURES = ("Kernel died before replying to kernel_info", "ZMQError", "Address already in use",
-                  "Kernel didn't respond in", "Kernel not responding", "kernel_info_request timed out")
-
-
-def _failure_line(log_text: str) -> str | None:
-    """The exception line of a failed notebook (``utils.models.finetune.hub.ModelAccessError: ...``), if any."""
-    import re
-
-    found = re.findall(r"^(?:\x1b\[[0-9;]*m)*([A-Za-z_][\w.]*(?:Error|Exception|Interrupt)\b:? .*)$", log_text,
-                       re.MULTILINE)
-    return found[-1].strip() if found else None
-
-
-def _signal_name(signum: int) -> str:
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"
-
-
-def _executed_any_cell(notebook: Path) -> bool:
-    try:
-        import nbformat
-
-        nb = nbformat.read(notebook, as_version=4)
-    except Exception:
-        return False
-    return any(c.get("execution_count") for c in nb.cells if c.cell_type == "code")
-
-
-@dataclass
-class Job:
-    """One notebook to execute."""
-
-    tag: str  # "01", "03 shard 2/4"
-    notebook: str
-    output: Path
-    log: Path
-    args: list[str]
-    env: dict[str, str] = field(default_factory=dict)
-
-
 class Runner:
     """Executes a ``Plan`` (see the module docstring)."""
 
@@ -90,10 +57,15 @@ class Runner:
         self.plan = plan
         self.echo = echo
         self.children = Children()
+        self._secrets: dict[str, str] | None = None  # read once, in this process (see secrets_for_children)
 
     # -- one notebook
     def _env(self, extra: dict[str, str]) -> dict[str, str]:
-        env = dict(os.environ)
+        if self._secrets is None:
+            from utils.env.secrets import secrets_for_children
+
+            self._secrets = secrets_for_children()
+        env = {**os.environ, **self._secrets}  # a kernel may not reach the secret store itself (Colab)
         env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
         env.setdefault("WANDB_DIR", self.plan.run.work_dir)
         from utils.models.backend import run_environment
@@ -110,8 +82,8 @@ class Runner:
         cmd = [sys.executable, "-m", "papermill", str(NOTEBOOKS / job.notebook), str(job.output),
                "-k", self.plan.run.kernel, "--cwd", str(NOTEBOOKS), "-r", "repo_dir", self.plan.run.repo_dir,
                *job.args]
-        if prepare_only:
-            return cmd + ["--prepare-only"]
+        if prepare_only:  # a session of its own: the notebook installs the requirements first
+            return cmd + ["-p", "install_requirements", "True", "--prepare-only"]
         return cmd + ["--log-output", "--no-progress-bar", "--start-timeout", "120"]
 
     def execute(self, job: Job) -> None:
@@ -125,7 +97,7 @@ class Runner:
                 return
             text = job.log.read_text(encoding="utf-8", errors="replace") if job.log.is_file() else ""
             start_failed = any(s in text for s in START_FAILURES) and "PapermillExecutionError" not in text \
-                and not _executed_any_cell(job.output)
+                and not executed_any_cell(job.output)
             if start_failed and attempt < retries:
                 delay = random.uniform(1.0, 3.0) * (attempt + 1)
                 self.echo(f"[{job.tag}] the kernel failed to start (jupyter port race); retry {attempt + 1} of "
@@ -133,7 +105,7 @@ class Runner:
                 job.log.rename(job.log.with_name(f"{job.log.name}.attempt{attempt + 1}"))
                 time.sleep(delay)
                 continue
-            reason = _failure_line(text) or (f"papermill was stopped by {_signal_name(-rc)} (from outside this run)"
+            reason = failure_line(text) or (f"papermill was stopped by {signal_name(-rc)} (from outside this run)"
                                              if rc < 0 else "see the log")
             tail = "\n".join(text.strip().splitlines()[-15:])
             raise RunnerError(f"[{job.tag}] failed: {reason}\n  notebook: {job.output}\n  log: {job.log}\n"
@@ -179,13 +151,20 @@ class Runner:
             return Job(tag, NOTEBOOK_OF[stage], run_dir / f"{stem}.ipynb", run_dir / f"{stem}.log",
                        papermill_args(params), env or {})
 
-        self.echo("[01] prepare data")
-        self.execute(job("01", "01", plan.prepare))
-        self.echo(f"[02] fit backend '{plan.fit.backend}'")
-        self.execute(job("02", "02", plan.fit))
-        self.run_shards(lambda i, env: job(f"03 shard {i}/{plan.infer.num_shards}", "03",
-                                           replace(plan.infer, shard_index=i),
-                                           f"03_infer_shard_{i:02d}_of_{plan.infer.num_shards:02d}", env))
+        if "01" in plan.stages:
+            self.echo("[01] prepare data")
+            self.execute(job("01", "01", plan.prepare))
+        if "02" in plan.stages:
+            self.echo(f"[02] fit backend '{plan.fit.backend}'")
+            self.execute(job("02", "02", plan.fit))
+        if "03" in plan.stages:
+            self.run_shards(lambda i, env: job(f"03 shard {i}/{plan.infer.num_shards}", "03",
+                                               replace(plan.infer, shard_index=i),
+                                               f"03_infer_shard_{i:02d}_of_{plan.infer.num_shards:02d}", env))
+        if "04" not in plan.stages:
+            self.echo(f"{PROG}: stages {', '.join(plan.stages)} done in {duration(time.monotonic() - started)}; "
+                      f"the hand-over folder: {plan.run.work_dir}")
+            return 0
         self.echo("[04] merge, check, submit, report")
         self.execute(job("04", "04", plan.post))
         submission = Path(plan.run.out_dir) / "submission.csv"
@@ -224,12 +203,13 @@ class Runner:
         """Stage 03: empty shards finished directly, the others queued over the slots, at most one per slot."""
         from utils.pipeline.predict import empty_shard
         from utils.pipeline.shards import shard_path, shard_rows
+        from utils.pipeline.stages import load_test_rows
         from utils.pipeline.workdir import WorkDir
 
         infer = self.plan.infer
         n = infer.num_shards
         work = WorkDir.of(infer.work_dir)
-        test = work.read_table("test")
+        test = load_test_rows(work, infer.test_csv)
         shards_dir = work.shards(infer.shards_dir)
         empty = [i for i in range(n) if empty_shard(shards_dir, i, n, test) is not None]
         todo = [i for i in range(n) if i not in empty]
@@ -297,10 +277,15 @@ class Runner:
                 written = 0
             return sizes[shard] - written
 
+        from utils.pipeline.session import ShardClock, this_session
+
+        clock = ShardClock(this_session(), sizes, len(slots), self.echo)
         while pending or running:
             with state_lock:
+                clock.seen({s: sizes[s] - rows_left(s) for s in todo}, set(running))
                 while pending and free and not errors:
                     shard, slot = pending.pop(0), free.pop(0)
+                    clock.started(shard, sizes[shard] - rows_left(shard))
                     self.echo(f"[03] shard {shard}/{n} started on {where(slot)}")
                     thread = threading.Thread(target=work_on, args=(shard, slot), daemon=True)
                     running[shard] = thread
@@ -367,8 +352,14 @@ class Runner:
             if result.returncode != 0:
                 raise RunnerError(f"{PROG}: writing {name} failed:\n{result.stderr.strip()}")
             self.echo(f"wrote {dest / name}")
-        self.echo(f"upload each into its own session (set repo_dir/work_dir there if they differ), then run 04 "
-                  f"with num_shards={n}")
+        infer = plan.infer
+        shards = infer.shards_dir or (infer.work_dir or "<the session's default work folder>") + "/shards"
+        self.echo(f"each runs in a session of its own: it installs the requirements, reads the test rows from "
+                  f"{infer.test_csv} and the model from {infer.artifact_dir} (read-only is fine), "
+                  f"{'reads the images from ' + infer.image_dir if infer.image_dir else 'downloads its images'} and "
+                  f"writes its shard into {shards}; the repository must be at {plan.run.repo_dir} there. Then put "
+                  f"every shard_*.csv with its .run and .done files into one folder and run: bash run_all.sh "
+                  f"--stages 04 --shards {n} --test-csv TEST.csv --shards-dir FOLDER")
         return 0
 
 

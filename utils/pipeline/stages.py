@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -32,7 +31,6 @@ from utils.pipeline.submission import SubmissionError, build_submission, labels_
 from utils.pipeline.workdir import StageError, WorkDir, files_state
 
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
-_UNIT = re.compile(r"^\s*\S+\s+(.+?)\s*$")
 
 __all__ = ["StageError", "SubmissionError", "prepare", "finetune", "infer_shard", "postprocess"]
 
@@ -145,29 +143,6 @@ def limit_threads(num_threads: int) -> None:
         pass
 
 
-def _unit(value: str) -> str:
-    match = _UNIT.match(value or "")
-    return match.group(1) if match else "(empty)"
-
-
-def count_table(train: pd.DataFrame, val: pd.DataFrame) -> pd.DataFrame:
-    """Rows per entity and unit in train and val (``(empty)`` for rows without an answer)."""
-    parts = []
-    for name, frame in (("train", train), ("val", val)):
-        units = frame["entity_value"].fillna("").astype(str).map(_unit)
-        parts.append(pd.DataFrame({"entity_name": frame["entity_name"], "unit": units, "split": name}))
-    joined = pd.concat(parts, ignore_index=True)
-    table = joined.groupby(["entity_name", "unit", "split"]).size().unstack("split", fill_value=0)
-    return table.reindex(columns=["train", "val"], fill_value=0).astype(int)
-
-
-def entity_count_table(train: pd.DataFrame, val: pd.DataFrame, test: pd.DataFrame) -> pd.DataFrame:
-    """Rows per entity in train, val and test."""
-    splits = (("train", train), ("val", val), ("test", test))
-    counts = {name: frame["entity_name"].value_counts() for name, frame in splits}
-    return pd.DataFrame(counts).fillna(0).astype(int).sort_index()
-
-
 def _stage_params(cls: type, fields: dict[str, Any]) -> Any:
     check_known(cls, fields)
     return cls(**fields)
@@ -217,7 +192,8 @@ def prepare(**params: Any) -> Prepared:
         f"({'all' if p.per_entity == 0 else f'up to {p.per_entity} per entity'}), {len(test)} test rows")
 
     wanted = pd.concat([sample["image_link"], test["image_link"]], ignore_index=True)
-    summary = fetch_missing(wanted, images, download=p.download, guess=p.guess_without_image)
+    summary = fetch_missing(wanted, images, download=p.download, max_side=p.image_max_side,
+                            guess=p.guess_without_image)
     census = image_census(wanted, images)
     check_images(census, "the sample and the test set", p.max_missing_images, "01", guess=p.guess_without_image)
 
@@ -237,8 +213,8 @@ def prepare(**params: Any) -> Prepared:
         "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     atomic_write_bytes(work.manifest_path, json.dumps(manifest, indent=2).encode("utf-8"))
-    return Prepared(work, manifest, count_table(train_rows, val_rows),
-                    entity_count_table(train_rows, val_rows, test), census, summary)
+    return Prepared(work, manifest, data.count_table(train_rows, val_rows),
+                    data.entity_count_table(train_rows, val_rows, test), census, summary)
 
 
 # --------------------------------------------------------------------------------------------- 02 fit
@@ -320,6 +296,8 @@ def finetune(**params: Any) -> Fitted:
         raise
     status = read_fit_status(fitted)
     content = {"artifact": str(fitted), "fingerprint": fingerprint, "complete": bool(status.get("complete", True))}
+    if fitted.resolve() == out.resolve() or out.resolve() in fitted.resolve().parents:
+        content["relative"] = fitted.resolve().relative_to(out.resolve()).as_posix()  # found again in a copy
     atomic_write_bytes(marker, json.dumps(content).encode("utf-8"))
     if not content["complete"]:
         say(f"[02] the fit stopped early ({status.get('stopped_by') or 'incomplete'}, step "
@@ -356,15 +334,19 @@ def infer_shard(**params: Any) -> ShardDone:
     settings = p.backend_settings()
     work = WorkDir.of(p.work_dir)
     test = load_test_rows(work, p.test_csv)
-    images = work.image_dir(p.image_dir)
+    images = work.image_dir(p.image_dir, fresh_ok=bool(p.test_csv))  # a session of its own: images downloaded here
     tag = f"03 shard {p.shard_index}/{p.num_shards}"
     rows = shard_rows(test, p.shard_index, p.num_shards)
     links = rows["image_link"]
     if len(links):
         if p.download:
-            fetch_missing(links, images, guess=p.guess_without_image)
+            fetch_missing(links, images, download=True, max_side=p.image_max_side, guess=p.guess_without_image)
         check_images(image_census(links, images), "this shard", p.max_missing_images, tag, guess=p.guess_without_image)
     artifact = work.fitted_artifact(p.backend, p.artifact_dir)
+    if not artifact.exists():
+        raise StageError(f"no fitted {p.backend} artifact at {artifact}: run stage 02 with this work_dir first, or "
+                         "pass artifact_dir (--artifact-dir): the fitted folder, e.g. the first session's "
+                         f"work/artifacts/{p.backend} added as an input")
     out = work.shards(p.shards_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = Path(run_shard(p.backend, test, p.shard_index, p.num_shards, images, artifact, out, tag=tag,

@@ -84,10 +84,13 @@ class WorkDir:
             frame["entity_value"] = frame["entity_value"].fillna("").astype(str)
         return frame
 
-    def image_dir(self, given: str = "") -> Path:
-        """The image folder: ``given``, else the one stage 01 recorded."""
+    def image_dir(self, given: str = "", fresh_ok: bool = False) -> Path:
+        """The image folder: ``given``, else the one stage 01 recorded; with ``fresh_ok`` (a shard in a session of
+        its own, where stage 01 never ran) this folder's ``images/`` when there is no record."""
         if given:
             return Path(os.path.expanduser(given))
+        if fresh_ok and not self.manifest_path.is_file():
+            return self.images
         return Path(self.manifest()["image_dir"])
 
     def artifact(self, backend: str, given: str = "") -> Path:
@@ -107,12 +110,28 @@ class WorkDir:
         return content if isinstance(content, dict) and "artifact" in content else None
 
     def fitted_artifact(self, backend: str, given: str = "") -> Path:
-        """The artifact stage 03 should use: ``given``, else the one the fitted marker names, else the default."""
-        default = self.artifact(backend, given)
-        if given:
-            return default
-        marker = self.read_fitted(default)
-        return Path(marker["artifact"]) if marker else default
+        """The artifact stage 03 should use: the one the fitted marker beside ``given`` (else beside the default
+        folder) names, else that folder itself.
+
+        A ``given`` folder may be a copy of stage 02's folder made in another session (a Kaggle input of the
+        first session's output, read-only): its marker names the artifact by the old session's absolute path, so
+        the artifact is found by its place inside the folder (``relative``, e.g. ``adapter`` for paligemma)."""
+        folder = self.artifact(backend, given)
+        marker = self.read_fitted(folder)
+        if not marker:
+            return folder
+        relative = marker.get("relative")
+        if relative is not None and (folder / relative).exists():
+            return folder / relative
+        recorded = Path(marker["artifact"])
+        if not given:
+            return recorded
+        parts = recorded.parts  # a marker written before ``relative`` was recorded: the path below the folder
+        if folder.name in parts:
+            below = parts[len(parts) - parts[::-1].index(folder.name):]
+            if (folder.joinpath(*below)).exists():
+                return folder.joinpath(*below)
+        return folder
 
     def shards(self, given: str = "") -> Path:
         """The shard folder: ``given``, else ``shards``."""

@@ -215,6 +215,10 @@ def explain(exc: BaseException, model_id: str, revision: str | None = None) -> s
     has_token = hf_token() is not None
     chain = list(exception_chain(exc))
     for e in chain:
+        if isinstance(e, errors.GatedRepoError) and not has_token:  # the hub's answer to an anonymous request
+            return (f"{model_id} is gated and needs a Hugging Face token, and none was found: accept the licence "
+                    f"at {page}, create a read token at https://huggingface.co/settings/tokens, and add it as "
+                    "HF_TOKEN (environment, Kaggle secret or Colab secret), then run again")
         if isinstance(e, errors.GatedRepoError) or _status(e) == 403:
             return (f"{model_id} is gated and the Hugging Face token was not given access: accept the licence at "
                     f"{page} with the account the HF_TOKEN belongs to, then run again")
