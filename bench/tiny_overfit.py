@@ -1,13 +1,14 @@
 """Tiny-model memorisation bench: labels, masks, generation and cleaning fit together (the longer check).
 
 ``utils.models.paligemma.memorise`` fine-tunes a tiny random PaliGemma with the project's own ``fit`` on 16 rendered
-labels and answers them through the ``paligemma`` backend's ``predict`` and the cleaning step; this prints one line
-per row, the times and ``N/16`` (exact matches); the target is >= 15. ``tests/test_memorise.py`` is the short
-version that CI runs.
+labels and answers them through the ``paligemma`` backend's ``predict`` and the cleaning step, once per seed (the
+LoRA init and the data order: a learning rule that works only for a lucky draw fails here); it prints the misses, the
+times and ``N/16`` (exact matches) per seed; the target is >= 15 on every seed. ``tests/test_memorise.py`` is the
+one-seed version that CI runs.
 
-    nice python bench/tiny_overfit.py [--steps 1200] [--quantization none|4bit] [--seed 0] [--work DIR]
+    nice python bench/tiny_overfit.py [--seeds 0,1,2] [--steps 1200] [--quantization none|4bit] [--work DIR]
 
-About a minute on 2 quiet CPU cores (the limit is 15 minutes).
+About 40 s per seed on 2 quiet CPU cores (the limit is 15 minutes).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="tiny PaliGemma memorisation bench (prints N/16)")
     parser.add_argument("--steps", type=int, default=1200, help="optimizer steps")
     parser.add_argument("--lr", type=float, default=5e-3, help="learning rate (a random tiny model needs a high one)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the LoRA init and the data order")
+    parser.add_argument("--seeds", default="0,1,2", help="seeds of the LoRA init and the data order, comma-separated")
     parser.add_argument("--image-size", type=int, default=64, help="tiny model's input resolution")
     parser.add_argument("--quantization", default="none", choices=("none", "4bit"))
     parser.add_argument("--target", type=int, default=15)
@@ -40,13 +41,18 @@ def main(argv: list[str] | None = None) -> int:
     from utils.models.paligemma.memorise import memorise
 
     torch.set_num_threads(min(2, os.cpu_count() or 1))
-    with tempfile.TemporaryDirectory(prefix="tiny_overfit_") as tmp:
-        result = memorise(args.work or Path(tmp), rows=16, steps=args.steps, image_size=args.image_size,
-                          learning_rate=args.lr, seed=args.seed, quantization=args.quantization)
-    print("\n".join(result.lines))
-    print(f"train {result.train_s:.0f} s, predict {result.predict_s:.1f} s")
-    print(result.summary())
-    return 0 if result.right >= args.target else 1
+    scores = []
+    for seed in [int(s) for s in args.seeds.split(",") if s.strip()]:
+        with tempfile.TemporaryDirectory(prefix="tiny_overfit_") as tmp:
+            result = memorise(args.work / f"seed{seed}" if args.work else Path(tmp), rows=16, steps=args.steps,
+                              image_size=args.image_size, learning_rate=args.lr, seed=seed,
+                              quantization=args.quantization)
+        print("\n".join(line for line in result.lines if line.startswith("MISS")))
+        print(f"seed {seed}: train {result.train_s:.0f} s, predict {result.predict_s:.1f} s: {result.summary()}",
+              flush=True)
+        scores.append(result.right)
+    print(" ".join(f"{right}/16" for right in scores))
+    return 0 if min(scores) >= args.target else 1
 
 
 if __name__ == "__main__":

@@ -160,8 +160,9 @@ def test_prepare_only_writes_the_shard_notebooks_for_separate_sessions(kaggle) -
 
 
 def test_on_a_t4_every_dtype_is_float16(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """The decisions a T4 session makes, on the functions the notebooks call: fp16 compute, fp16 4-bit compute,
-    fp16 mixed precision in the Trainer, the float16 weights branch, fp16 inference; never bf16."""
+    """The decisions a 2 x T4 session makes, on the functions the notebooks call: fp16 compute, fp16 4-bit compute,
+    fp16 mixed precision in the Trainer on one GPU with the configured batch, the float16 weights branch, fp16
+    inference; never bf16."""
     import torch
 
     from utils.models.paligemma.infer import InferConfig
@@ -176,8 +177,13 @@ def test_on_a_t4_every_dtype_is_float16(monkeypatch: pytest.MonkeyPatch, tmp_pat
     cfg = ModelConfig()  # the notebook defaults: device and dtype "auto"
     assert cfg.torch_device == torch.device("cuda", 0) and cfg.torch_dtype == torch.float16
     assert bnb_config(cfg).bnb_4bit_compute_dtype == torch.float16
-    args = training_arguments(cfg, TrainConfig(), tmp_path, -1, False, "none")
+    train_cfg = TrainConfig()
+    args = training_arguments(cfg, train_cfg, tmp_path, -1, False, "none")
     assert args.fp16 and not args.bf16
+    # both T4s visible ("GPU T4 x2"): the fit still runs on one, with the batch it was configured with (transformers
+    # counted both and doubled the batch, so the steps, the checkpoints and wandb disagreed with the settings)
+    assert torch.cuda.device_count() == 2
+    assert args.n_gpu == 1 and args.train_batch_size == train_cfg.train_batch_size == 4
     assert cfg.hub_revision == "float16"
     saved = {**cfg.to_dict(), "device": "auto", "dtype": "auto"}  # what stage 03 rebuilds from the adapter
     assert ModelConfig(**saved).torch_dtype == torch.float16 and InferConfig().merge_adapter

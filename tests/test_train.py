@@ -345,3 +345,38 @@ def test_a_nan_loss_stops_training_with_the_remedy(tmp_path: Path, data) -> None
     with pytest.raises(NonFiniteError, match="first batch"):
         list(PaliGemmaBackend().predict(rows.head(2).assign(index=[0, 1]), image_dir, overflowing,
                                         max_new_tokens=2))
+
+
+def test_the_vision_towers_lora_learns_at_its_own_lower_rate_and_a_nan_final_f1_stops_the_fit(
+        tiny_dir: Path, data, tmp_path: Path) -> None:
+    """The vision tower's LoRA at the full LR let the tiny model lose what the image says (bench/tiny_overfit.py:
+    1/16); it learns at ``learning_rate * vision_lr_scale``, every other LoRA weight at ``learning_rate``. And the final
+    F1 of the merged model checks NaN/inf as stage 03 does (it scored an fp16 overflow as F1 ~ 0)."""
+    from transformers import TrainerCallback
+
+    from utils.models.paligemma.infer import NonFiniteError
+
+    rows, image_dir = data
+    seen: dict[str, list[float]] = {}
+
+    class Inspect(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):  # noqa: ANN001
+            names = {id(p): n for n, p in model.named_parameters()}
+            for group in optimizer.param_groups:
+                where = {"vision" if ".vision_tower." in names[id(p)] else "text" for p in group["params"]}
+                assert len(where) == 1  # no group mixes the two
+                seen.setdefault(where.pop(), []).append(group["lr"])
+
+        def on_train_end(self, args, state, control, model=None, **kwargs):  # noqa: ANN001
+            with torch.no_grad():  # what an fp16 overflow leaves in the weights the adapter saves
+                for name, p in model.named_parameters():
+                    if "lora_B" in name:
+                        p.fill_(float("inf"))
+
+    settings = {**FAST, "model_id": str(tiny_dir), "max_steps": 2, "save_steps": 10, "learning_rate": 1e-3,
+                "vision_lr_scale": 0.1, "warmup_ratio": 0.0, "lr_scheduler": "constant"}
+    with pytest.raises(NonFiniteError, match="NaN/inf"):
+        fit(rows.head(4), rows.iloc[4:6], image_dir, tmp_path / "run", callbacks=[Inspect()], **settings)
+    assert seen["text"] and seen["vision"]
+    assert all(lr == pytest.approx(1e-4) for lr in seen["vision"])
+    assert all(lr == pytest.approx(1e-3) for lr in seen["text"])
