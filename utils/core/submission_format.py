@@ -103,11 +103,6 @@ def prediction_problem(prediction: object, entity: object) -> str | None:
     return check_predictions([prediction], [entity]).problem(0)
 
 
-def is_valid_prediction(prediction: object, entity: object) -> bool:
-    """Whether the sanity check accepts ``prediction`` for a row of ``entity`` (empty is valid)."""
-    return prediction_problem(prediction, entity) is None
-
-
 @dataclass(frozen=True)
 class IndexCheck:
     """Parsed index values: ``values`` (int64; 0 where ``bad``), ``bad`` (bool), ``text`` (the cells as read) and

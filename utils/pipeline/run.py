@@ -46,6 +46,7 @@ from utils.pipeline.processes import (
     say_console,
     signal_name,
 )
+from utils.pipeline.workdir import WorkDir
 
 NOTEBOOKS = REPO / "notebooks"
 NOTEBOOK_OF = {"01": "01_prepare_data.ipynb", "02": "02_finetune_lora.ipynb", "03": "03_infer_shard.ipynb",
@@ -380,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     lock = None
     try:
         if not plan.run.prepare_only:
-            lock = WorkLock(Path(plan.run.work_dir) / ".run.lock", plan.run.wait, plan.command)
+            lock = WorkLock(WorkDir(Path(plan.run.work_dir)).run_lock, plan.run.wait, plan.command)
         return runner.run()
     except RunnerError as exc:
         print(str(exc), file=sys.stderr)

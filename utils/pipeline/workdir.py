@@ -139,6 +139,7 @@ class WorkDir:
 
     @property
     def run_lock(self) -> Path:
+        """The lock a running ``run_all.sh`` holds: one run per work folder."""
         return self.root / ".run.lock"
 
 
