@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,10 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
+# run_all.sh, papermill and the kernels run with the interpreter running the tests (a venv need not be activated):
+# run_all.sh starts ``$PYTHON``, and ``python3`` on PATH is this one
+os.environ["PYTHON"] = sys.executable
+os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("AMAZON_DATA_DIR", REPO.parent / "shared" / "data" / "amazon"))
