@@ -23,3 +23,11 @@ def test_the_tiny_model_memorises_rendered_labels_through_fit_predict_and_cleani
     # loses the image later in training; about 40 s of training on 2 quiet cores
     result = memorise(tmp_path, rows=16, steps=1200)
     assert result.right >= 15, "\n".join(result.lines)
+
+
+def test_a_tiny_chat_vlm_memorises_rendered_labels_through_its_chat_template(tmp_path: Path) -> None:
+    # the vlm backend's fit, predict and the cleaning; Idefics3 is the faster of the two tiny families
+    from utils.models.vlm.memorise import memorise as memorise_vlm
+
+    result = memorise_vlm(tmp_path, "idefics3", rows=16, steps=300)
+    assert result.right >= 15, "\n".join(result.lines)

@@ -13,7 +13,7 @@ import torch
 from utils.data.tables import make_prompt
 from utils.models.finetune.checkpoints import last_checkpoint
 from utils.models.finetune.loss import IGNORE_INDEX
-from utils.models.paligemma.tiny import make_synthetic_set, render_text_image
+from utils.models.finetune.memorise import make_synthetic_set, render_text_image
 from utils.models.vlm.data import ChatCollator, chat_prompt, end_of_turn
 from utils.models.vlm.load import VlmModelConfig, load_processor, lora_target_pattern
 

@@ -14,6 +14,12 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from utils.models.finetune.memorise import (  # noqa: F401  (re-exported: tests, benches)
+    SYNTHETIC_ANSWERS,
+    make_synthetic_set,
+    render_text_image,
+)
+
 SPECIAL_TOKENS = ("<pad>", "<eos>", "<bos>", "<unk>", "<mask>")  # ids 0..4, as GemmaTokenizer expects
 BYTE_TOKENS = tuple(f"<0x{i:02X}>" for i in range(256))  # byte fallback: any text encodes, nothing is <unk>
 
@@ -172,71 +178,6 @@ def build_tiny_paligemma(
     processor.save_pretrained(out)
     (out / "tiny_config.json").write_text(json.dumps(asdict(cfg), indent=1))
     return out
-
-
-SYNTHETIC_ANSWERS: tuple[tuple[str, str, str], ...] = (
-    # (entity_name, text printed on the image, label as in train.csv)
-    ("item_weight", "500 g", "500.0 gram"),
-    ("voltage", "12 V", "12.0 volt"),
-    ("width", "30 cm", "30.0 centimetre"),
-    ("item_weight", "2 kg", "2.0 kilogram"),
-    ("wattage", "60 W", "60.0 watt"),
-    ("height", "15 mm", "15.0 millimetre"),
-    ("item_volume", "750 ml", "750.0 millilitre"),
-    ("depth", "8 in", "8.0 inch"),
-    ("voltage", "220 V", "220.0 volt"),
-    ("item_weight", "16 oz", "16.0 ounce"),
-    ("wattage", "1200 W", "1200.0 watt"),
-    ("width", "45 cm", "45.0 centimetre"),
-    ("maximum_weight_recommendation", "150 kg", "150.0 kilogram"),
-    ("item_volume", "2 l", "2.0 litre"),
-    ("height", "3 ft", "3.0 foot"),
-    ("item_weight", "250 mg", "250.0 milligram"),
-)
-
-
-def render_text_image(text: str, size: int = 96, seed: int = 0):
-    """A product-label-like picture: ``text`` in black on a light background (Pillow's scalable default font)."""
-    import random
-
-    from PIL import Image, ImageDraw, ImageFont
-
-    rng = random.Random(f"{text}|{seed}")
-    shade = rng.randint(215, 255)
-    im = Image.new("RGB", (size, size), (shade, rng.randint(215, 255), rng.randint(215, 255)))
-    draw = ImageDraw.Draw(im)
-    font = ImageFont.load_default(size=max(8, size // 4))
-    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-    x = max(0, (size - (right - left)) // 2 - left)
-    y = max(0, (size - (bottom - top)) // 2 - top)
-    draw.text((x, y), text, fill=(0, 0, 0), font=font)
-    return im
-
-
-def make_synthetic_set(out_dir: str | Path, answers=SYNTHETIC_ANSWERS, size: int = 96):
-    """Write one rendered image per answer into ``out_dir/images``; return train-style rows with an ``index``.
-
-    Rows carry ``index, image_link, group_id, entity_name, entity_value`` like ``train.csv``; the image for
-    ``image_link`` sits where ``utils.data.images.image_path(out_dir / "images", image_link)`` looks for it.
-    """
-    import pandas as pd
-
-    images = Path(out_dir) / "images"
-    images.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for i, (entity, printed, label) in enumerate(answers):
-        name = f"synthetic_{i:03d}.png"
-        render_text_image(printed, size, seed=i).save(images / name)
-        rows.append(
-            {
-                "index": i,
-                "image_link": f"https://example.invalid/images/{name}",
-                "group_id": 1000 + i,
-                "entity_name": entity,
-                "entity_value": label,
-            }
-        )
-    return pd.DataFrame(rows)
 
 
 def main(argv: list[str] | None = None) -> None:
