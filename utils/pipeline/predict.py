@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -109,35 +110,70 @@ def run_shard(
     rows = shard_rows(test, shard_index, num_shards)
     tag = tag or f"shard {shard_index} of {num_shards}"
     name = backend_name if isinstance(backend_name, str) else getattr(backend_name, "name", "custom")
-    if run_id is not None:
-        record: dict[str, Any] = {"id": run_id}
-    elif "image_link" in rows.columns:
-        record = run_record(name, rows, image_dir, artifact_dir, settings)
-    else:
-        record = {"id": artifact_fingerprint(artifact_dir), "model": artifact_fingerprint(artifact_dir)}
-    with ShardWriter(out_dir, shard_index, num_shards, run=record) as writer:
-        if writer.moved_stale:
-            say(f"[{tag}] answers of an earlier run moved aside ({', '.join(p.name for p in writer.moved_stale)}):"
-                f" {', '.join(writer.changed)} changed; predicting afresh")
+    record = shard_record(name, rows, image_dir, artifact_dir, settings, run_id)
+    with open_writer(out_dir, shard_index, num_shards, record, tag) as writer:
         if writer.is_done:
             say(f"[{tag}] already done: {writer.path}")
             return writer.path
         entity_of = dict(zip(rows["index"].astype("int64").tolist(), rows["entity_name"].astype(str).tolist()))
         todo = rows[~rows["index"].isin(writer.done_indices)].reset_index(drop=True)
-        if writer.dropped_torn_line:
-            log.warning("%s: dropped a torn last line left by a killed run", tag)
         if len(todo):
             _predict_into(writer, backend_name, todo, rows, entity_of, image_dir, artifact_dir, tag,
                           show_progress, console_every, settings)
-        missing = set(entity_of) - writer.done_indices
-        if missing:
-            raise RuntimeError(
-                f"{tag}: the backend finished without answering {len(missing)} of {len(rows)} indices "
-                f"(e.g. {sorted(missing)[:5]}); run again to fill them in"
-            )
-        writer.mark_done(entity_of)
-        say(f"[{tag}] done: {len(rows)} rows -> {writer.path}")
-        return writer.path
+        return finish_shard(writer, entity_of, tag)
+
+
+def shard_record(name: str, rows: pd.DataFrame, image_dir: str | Path, artifact_dir: str | Path,
+                 settings: dict[str, Any], run_id: str | None = None) -> dict[str, Any]:
+    """The run record a shard of ``rows`` is written under (``run_record``; ``run_id`` replaces it by a plain id)."""
+    if run_id is not None:
+        return {"id": run_id}
+    if "image_link" in rows.columns:
+        return run_record(name, rows, image_dir, artifact_dir, settings)
+    return {"id": artifact_fingerprint(artifact_dir), "model": artifact_fingerprint(artifact_dir)}
+
+
+def open_writer(out_dir: str | Path, shard_index: int, num_shards: int, record: dict[str, Any],
+                tag: str) -> ShardWriter:
+    """The shard's writer under ``record`` (answers of an earlier run moved aside, a torn last line cut: said)."""
+    writer = ShardWriter(out_dir, shard_index, num_shards, run=record)
+    if writer.moved_stale:
+        say(f"[{tag}] answers of an earlier run moved aside ({', '.join(p.name for p in writer.moved_stale)}):"
+            f" {', '.join(writer.changed)} changed; predicting afresh")
+    if writer.dropped_torn_line:
+        log.warning("%s: dropped a torn last line left by a killed run", tag)
+    return writer
+
+
+def clean_batch(batch: Iterable[tuple[int, Any]], entity_of: dict[int, str], asked: set[int],
+                written: set[int], tag: str) -> list[tuple[int, str, str]]:
+    """A backend's ``(index, raw)`` batch as ``(index, prediction, raw)`` rows to write; ``RuntimeError`` for an
+    index not asked for or answered twice (in the batch, or already ``written``)."""
+    cleaned = []
+    seen: set[int] = set()
+    for index, raw in batch:
+        index = int(index)
+        if index not in asked:
+            raise RuntimeError(f"{tag}: backend answered index {index}, which was not asked for")
+        if index in seen or index in written:
+            raise RuntimeError(f"{tag}: backend answered index {index} twice")
+        seen.add(index)
+        raw = "" if raw is None else str(raw)
+        cleaned.append((index, normalize_prediction(entity_of[index], raw), raw))
+    return cleaned
+
+
+def finish_shard(writer: ShardWriter, entity_of: dict[int, str], tag: str) -> Path:
+    """Mark the shard done when every one of its indices is written; else ``RuntimeError`` naming the missing."""
+    missing = set(entity_of) - writer.done_indices
+    if missing:
+        raise RuntimeError(
+            f"{tag}: the backend finished without answering {len(missing)} of {len(entity_of)} indices "
+            f"(e.g. {sorted(missing)[:5]}); run again to fill them in"
+        )
+    writer.mark_done(entity_of)
+    say(f"[{tag}] done: {len(entity_of)} rows -> {writer.path}")
+    return writer.path
 
 
 def _predict_into(writer: ShardWriter, backend_name: str | Backend, todo: pd.DataFrame, rows: pd.DataFrame,
@@ -152,17 +188,7 @@ def _predict_into(writer: ShardWriter, backend_name: str | Backend, todo: pd.Dat
     say(f"[{tag}] {len(todo)} of {len(rows)} rows to predict")
     try:
         for batch in backend.predict(todo, Path(image_dir), Path(artifact_dir), **settings):
-            cleaned = []
-            seen: set[int] = set()
-            for index, raw in batch:
-                index = int(index)
-                if index not in asked:
-                    raise RuntimeError(f"{tag}: backend answered index {index}, which was not asked for")
-                if index in seen or index in writer.done_indices:
-                    raise RuntimeError(f"{tag}: backend answered index {index} twice")
-                seen.add(index)
-                raw = "" if raw is None else str(raw)
-                cleaned.append((index, normalize_prediction(entity_of[index], raw), raw))
+            cleaned = clean_batch(batch, entity_of, asked, writer.done_indices, tag)
             n = writer.write_batch(cleaned)
             bar.update(n)
             done += n
