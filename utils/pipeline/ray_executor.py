@@ -53,10 +53,17 @@ TAG = "03 ray"
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 #: Environment variables the actors get from the driver (never secrets: a node brings its own HF_TOKEN).
 PASSED_ENV = ("PRODUCT_VALUES_BACKENDS", "AMAZON_ALLOW_LOCAL_IMAGES", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
-              "WANDB_MODE", "OCR_CACHE_DIR")
+              "WANDB_MODE", "OCR_CACHE_DIR", "PRODUCT_VALUES_NODE_CACHE")
 #: Artifacts up to this size travel through the object store; larger ones must be on a path every node sees.
 MAX_SHIPPED_ARTIFACT = 2 * 2**30
-NODE_CACHE = Path(tempfile.gettempdir()) / "product-values"
+#: Where a node keeps what it fetched (the unpacked artifact, downloaded images, the OCR cache when the driver's is
+#: not there): this variable, else ``<temp>/product-values``.
+NODE_CACHE_ENV = "PRODUCT_VALUES_NODE_CACHE"
+
+
+def node_cache() -> Path:
+    """This node's cache folder (``NODE_CACHE_ENV``, else ``<temp>/product-values``)."""
+    return Path(os.environ.get(NODE_CACHE_ENV) or Path(tempfile.gettempdir()) / "product-values")
 
 
 class ClusterError(RuntimeError):
@@ -215,13 +222,14 @@ def pack_artifact(artifact_dir: Path) -> bytes:
     return buf.getvalue()
 
 
-def node_artifact(path: str, fingerprint: str, shipped: list[Any], cache: Path = NODE_CACHE) -> Path:
+def node_artifact(path: str, fingerprint: str, shipped: list[Any]) -> Path:
     """The artifact on this node: ``path`` when it holds the same artifact, else the shipped copy unpacked once per
-    node into ``cache/artifact-<fingerprint>`` (``shipped``: ``[ObjectRef]`` or ``[bytes]``; ``[]`` none)."""
+    node into ``node_cache()/artifact-<fingerprint>`` (``shipped``: ``[ObjectRef]`` or ``[bytes]``; ``[]`` none)."""
     if Path(path).is_dir() and artifact_fingerprint(path) == fingerprint:
         return Path(path)
+    cache = node_cache()
     dest = cache / f"artifact-{fingerprint}"
-    if (dest / ".complete").is_file():
+    if dest.is_dir():  # renamed into place only when complete
         return dest
     if not shipped:
         raise FileNotFoundError(f"the artifact {path} is not on node {socket.gethostname()} and was too large to "
@@ -235,7 +243,6 @@ def node_artifact(path: str, fingerprint: str, shipped: list[Any], cache: Path =
     tmp.mkdir(parents=True, exist_ok=True)
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         tar.extractall(tmp, filter="data")
-    (tmp / ".complete").write_text(fingerprint)
     try:
         os.replace(tmp, dest)
     except OSError:  # another actor on this node unpacked it first
@@ -245,13 +252,13 @@ def node_artifact(path: str, fingerprint: str, shipped: list[Any], cache: Path =
     return dest
 
 
-def node_images(links: pd.Series, image_dir: str, download: bool, cache: Path = NODE_CACHE) -> Path:
+def node_images(links: pd.Series, image_dir: str, download: bool) -> Path:
     """Where this node reads the rows' images: ``image_dir`` when the node has that folder (shared), else
-    ``cache/images``, into which the missing ones are downloaded (when ``download``) by our downloader under the
+    ``node_cache()/images``, into which the missing ones are downloaded (when ``download``) by our downloader under the
     driver's address policy (``AMAZON_ALLOW_LOCAL_IMAGES`` travels with the job)."""
     if Path(image_dir).is_dir():
         return Path(image_dir)
-    local = cache / "images"
+    local = node_cache() / "images"
     local.mkdir(parents=True, exist_ok=True)
     if download:
         from utils.data.census import missing_images
@@ -272,7 +279,7 @@ class Predictor:
 
         cache = os.environ.get("OCR_CACHE_DIR")
         if cache and not Path(cache).parent.is_dir():  # the driver's cache folder is not on this node
-            os.environ["OCR_CACHE_DIR"] = str(NODE_CACHE / "ocr_cache")
+            os.environ["OCR_CACHE_DIR"] = str(node_cache() / "ocr_cache")
         self.backend = get_backend(backend)
         self.artifact = node_artifact(artifact, fingerprint, shipped)
         self.image_dir, self.download, self.settings = image_dir, download, settings
