@@ -18,7 +18,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from utils.pipeline.ray_executor import LOOPBACK_ENV, NODE_CACHE_ENV, Predictor, node_artifact, pack_artifact
+from utils.pipeline.ray_actors import NODE_CACHE_ENV, Predictor, node_artifact, pack_artifact
+from utils.pipeline.ray_executor import LOOPBACK_ENV
 from utils.pipeline.shards import read_shard
 
 from .fake_backends import PLUGIN
@@ -164,7 +165,8 @@ def test_the_ocr_demo_on_two_nodes_equals_the_local_executor_byte_for_byte(clust
         shard = tmp_path / "ray_shards" / f"shard_{i:02d}_of_02.csv"
         assert shard.with_name(shard.name + ".run").is_file() and shard.with_name(shard.name + ".done").is_file()
         local_shard = work / "shards" / shard.name
-        assert sorted(read_shard(shard).itertuples(index=False)) == sorted(read_shard(local_shard).itertuples(index=False))
+        ours, theirs = read_shard(shard), read_shard(local_shard)
+        assert sorted(ours.itertuples(index=False)) == sorted(theirs.itertuples(index=False))
 
 
 # ------------------------------------------------------------------------------------- faults
@@ -269,3 +271,16 @@ def test_an_actor_on_a_node_without_the_files_unpacks_the_artifact_and_downloads
     assert answers[["index", "raw"]].values.tolist() == [[7, "1.0 gram"], [8, ""], [9, "2.0 volt"]]
     assert sorted(p.name for p in (tmp_path / "node" / "images").glob("*.jpg")) == ["0.jpg", "1.jpg", "2.jpg"]
     assert actor.artifact == there
+
+
+def test_the_executor_options_are_checked_with_the_others() -> None:
+    from utils.pipeline.options import RunnerError, parse
+
+    plan = parse(["--executor", "ray", "--ray-address", "auto"])
+    assert (plan.infer.executor, plan.infer.ray_address) == ("ray", "auto")
+    assert parse([]).infer.executor == "local"  # today's runner stays the default
+    for argv, message in ((["--executor", "spark"], r"executor \(--executor\) must be one of local, ray"),
+                          (["--executor", "ray", "--prepare-only"], "--prepare-only writes one notebook per")):
+        with pytest.raises(RunnerError, match=message) as caught:
+            parse(argv)
+        assert caught.value.code == 2

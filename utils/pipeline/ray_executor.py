@@ -24,12 +24,9 @@ one line, ``ok: ...`` or ``error: ...`` (no cluster, no GPU for a GPU backend, a
 
 from __future__ import annotations
 
-import io
 import os
 import socket
 import sys
-import tarfile
-import tempfile
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -46,6 +43,7 @@ from utils.pipeline.predict import (
     open_writer,
     shard_record,
 )
+from utils.pipeline.ray_actors import Predictor, pack_artifact
 from utils.pipeline.shards import shard_rows
 
 TAG = "03 ray"
@@ -56,14 +54,6 @@ PASSED_ENV = ("PRODUCT_VALUES_BACKENDS", "AMAZON_ALLOW_LOCAL_IMAGES", "HF_HUB_OF
               "WANDB_MODE", "OCR_CACHE_DIR", "PRODUCT_VALUES_NODE_CACHE")
 #: Artifacts up to this size travel through the object store; larger ones must be on a path every node sees.
 MAX_SHIPPED_ARTIFACT = 2 * 2**30
-#: Where a node keeps what it fetched (the unpacked artifact, downloaded images, the OCR cache when the driver's is
-#: not there): this variable, else ``<temp>/product-values``.
-NODE_CACHE_ENV = "PRODUCT_VALUES_NODE_CACHE"
-
-
-def node_cache() -> Path:
-    """This node's cache folder (``NODE_CACHE_ENV``, else ``<temp>/product-values``)."""
-    return Path(os.environ.get(NODE_CACHE_ENV) or Path(tempfile.gettempdir()) / "product-values")
 
 
 class ClusterError(RuntimeError):
@@ -208,98 +198,6 @@ def check(address: str, backend: str) -> str:
             ray.shutdown()
 
 
-# ----------------------------------------------------------------------------------------------- the actors
-
-
-def pack_artifact(artifact_dir: Path) -> bytes:
-    """The artifact folder as a tar (its ``checkpoints`` left out: resuming a fit is not stage 03's business)."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for path in sorted(artifact_dir.rglob("*")):
-            rel = path.relative_to(artifact_dir)
-            if path.is_file() and rel.parts[0] != "checkpoints":
-                tar.add(path, arcname=str(rel))
-    return buf.getvalue()
-
-
-def node_artifact(path: str, fingerprint: str, shipped: list[Any]) -> Path:
-    """The artifact on this node: ``path`` when it holds the same artifact, else the shipped copy unpacked once per
-    node into ``node_cache()/artifact-<fingerprint>`` (``shipped``: ``[ObjectRef]`` or ``[bytes]``; ``[]`` none)."""
-    if Path(path).is_dir() and artifact_fingerprint(path) == fingerprint:
-        return Path(path)
-    cache = node_cache()
-    dest = cache / f"artifact-{fingerprint}"
-    if dest.is_dir():  # renamed into place only when complete
-        return dest
-    if not shipped:
-        raise FileNotFoundError(f"the artifact {path} is not on node {socket.gethostname()} and was too large to "
-                                "ship: put it on a path every node sees")
-    data = shipped[0]
-    if not isinstance(data, bytes):
-        import ray
-
-        data = ray.get(data)
-    tmp = cache / f".artifact-{fingerprint}.{os.getpid()}"
-    tmp.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-        tar.extractall(tmp, filter="data")
-    try:
-        os.replace(tmp, dest)
-    except OSError:  # another actor on this node unpacked it first
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-    return dest
-
-
-def node_images(links: pd.Series, image_dir: str, download: bool) -> Path:
-    """Where this node reads the rows' images: ``image_dir`` when the node has that folder (shared), else
-    ``node_cache()/images``, into which the missing ones are downloaded (when ``download``) by our downloader under the
-    driver's address policy (``AMAZON_ALLOW_LOCAL_IMAGES`` travels with the job)."""
-    if Path(image_dir).is_dir():
-        return Path(image_dir)
-    local = node_cache() / "images"
-    local.mkdir(parents=True, exist_ok=True)
-    if download:
-        from utils.data.census import missing_images
-        from utils.data.download import download_images
-
-        missing = missing_images(links, local)
-        if missing:
-            download_images(missing, local, workers=8, progress=False)
-    return local
-
-
-class Predictor:
-    """One actor of the pool: builds the backend once, then answers block after block (``index, raw, node``)."""
-
-    def __init__(self, backend: str, artifact: str, fingerprint: str, shipped: list[Any], image_dir: str,
-                 download: bool, settings: dict[str, Any]) -> None:
-        from utils.models.backend import get_backend
-
-        cache = os.environ.get("OCR_CACHE_DIR")
-        if cache and not Path(cache).parent.is_dir():  # the driver's cache folder is not on this node
-            os.environ["OCR_CACHE_DIR"] = str(node_cache() / "ocr_cache")
-        self.backend = get_backend(backend)
-        self.artifact = node_artifact(artifact, fingerprint, shipped)
-        self.image_dir, self.download, self.settings = image_dir, download, settings
-        try:
-            import ray
-
-            self.node = ray.get_runtime_context().get_node_id()[:8]
-        except Exception:  # noqa: BLE001 - outside Ray (a test calling it directly)
-            self.node = socket.gethostname()
-
-    def __call__(self, block: pd.DataFrame) -> pd.DataFrame:
-        rows = block.reset_index(drop=True)
-        images = node_images(rows["image_link"], self.image_dir, self.download)
-        got: list[tuple[int, str]] = []
-        for batch in self.backend.predict(rows, images, self.artifact, **self.settings):
-            got.extend((int(i), "" if raw is None else str(raw)) for i, raw in batch)
-        return pd.DataFrame({"index": pd.Series([i for i, _ in got], dtype="int64"),
-                             "raw": pd.Series([r for _, r in got], dtype=object), "node": self.node})
-
-
 # ----------------------------------------------------------------------------------------------- the driver
 
 
@@ -322,12 +220,10 @@ def run_on_ray(backend: str, test: pd.DataFrame, image_dir: Path, artifact_dir: 
 
 @dataclass
 class _Shard:
-    index: int
     tag: str
     writer: Any
     entity_of: dict[int, str]
     asked: set[int]
-    path: Path | None = None
 
 
 def _drive(cluster: ClusterInfo, backend: str, gpu: bool, test: pd.DataFrame, image_dir: Path, artifact_dir: Path,
@@ -352,7 +248,7 @@ def _drive(cluster: ClusterInfo, backend: str, gpu: bool, test: pd.DataFrame, im
                 paths[i] = writer.path
                 continue
             left = rows[~rows["index"].isin(writer.done_indices)]
-            shards[i] = _Shard(i, tag, writer, entity_of, set(left["index"].astype("int64").tolist()))
+            shards[i] = _Shard(tag, writer, entity_of, set(left["index"].astype("int64").tolist()))
             owner.update({int(k): i for k in left["index"]})
             todo.append(left)
         done_before = sum(len(s.writer.done_indices) for s in shards.values())
@@ -362,7 +258,7 @@ def _drive(cluster: ClusterInfo, backend: str, gpu: bool, test: pd.DataFrame, im
         size, each = pool_plan(cluster, gpu, num_threads, max(1, len(blocks)))
         say(f"[{TAG}] cluster {cluster.line()}")
         say(f"[{TAG}] actor pool: {size} {backend} actor(s), each "
-            + (f"1 GPU" if gpu else f"{num_threads} CPU(s)") + f"; {len(left)} rows to predict in {len(blocks)} "
+            + ("1 GPU" if gpu else f"{num_threads} CPU(s)") + f"; {len(left)} rows to predict in {len(blocks)} "
             f"block(s) of up to {block} rows over {num_shards} shard(s) ({done_before} written by an earlier run, "
             f"{len(paths)} shard(s) already done)")
         if blocks:
@@ -391,7 +287,11 @@ def _collect(ds: Any, shards: dict[int, _Shard], owner: dict[int, int], paths: d
     every, started, done, dropped = Every(console_every), time.monotonic(), 0, 0
     per_node: dict[str, int] = {}
     for frame in ds.iter_batches(batch_size=None, batch_format="pandas"):
-        for i, part in frame.groupby(frame["index"].map(owner), sort=True):
+        shard_of = frame["index"].map(owner)
+        if shard_of.isna().any():
+            raise RuntimeError(f"{TAG}: backend answered index {int(frame['index'][shard_of.isna()].iloc[0])}, "
+                               "which was not asked for")
+        for i, part in frame.groupby(shard_of, sort=True):
             shard = shards[int(i)]
             written = shard.writer.done_indices
             fresh = [(int(k), r) for k, r in zip(part["index"], part["raw"]) if int(k) not in written]
