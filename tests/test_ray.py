@@ -30,11 +30,11 @@ REPO = Path(__file__).resolve().parents[1]
 STORE = 100 * 2**20
 
 
-def _env(**extra: str) -> dict[str, str]:
+def _env(**extra: str | None) -> dict[str, str]:
     env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "PRODUCT_VALUES_BACKENDS": PLUGIN,
            LOOPBACK_ENV: "0"}
     env.update(extra)
-    return env
+    return {k: v for k, v in env.items() if v is not None}  # None: unset
 
 
 def _args(root: Path, *more: str, backend: str = "counting", sleep: float = 0.0, demo_test: int = 24,
@@ -47,7 +47,7 @@ def _args(root: Path, *more: str, backend: str = "counting", sleep: float = 0.0,
             "--infer-settings", json.dumps(settings), "--batch-size", "4", *more]
 
 
-def _run_all(args: list[str], timeout: int = 400, **env: str) -> subprocess.CompletedProcess[str]:
+def _run_all(args: list[str], timeout: int = 400, **env: str | None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["bash", str(REPO / "run_all.sh"), *args], capture_output=True, text=True,
                           env=_env(**env), timeout=timeout, cwd=REPO)
 
@@ -167,6 +167,26 @@ def test_the_ocr_demo_on_two_nodes_equals_the_local_executor_byte_for_byte(clust
         local_shard = work / "shards" / shard.name
         ours, theirs = read_shard(shard), read_shard(local_shard)
         assert sorted(ours.itertuples(index=False)) == sorted(theirs.itertuples(index=False))
+
+
+@pytest.mark.slow
+def test_without_an_address_the_run_holds_a_local_instance_and_ends_it(local_submission: bytes,
+                                                                        tmp_path: Path) -> None:
+    import psutil
+
+    def serving() -> list[int]:
+        return [p.pid for p in psutil.process_iter(["cmdline"])
+                if "--serve" in (p.info["cmdline"] or []) and "utils.pipeline.ray_executor" in p.info["cmdline"]]
+
+    assert serving() == []
+    result = _run_all(_args(tmp_path, "--executor", "ray"), **{LOOPBACK_ENV: None})  # the runner's own doing
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "[03] Ray: a local Ray instance at 127.0.0.1:" in out, out  # started before stage 01, on loopback
+    assert out.index("[03] Ray: ") < out.index("[01] prepare data")
+    assert "[03] 3 shards on Ray at 127.0.0.1:" in out and "actor pool: 2 counting actor(s)" in out, out
+    assert (tmp_path / "out" / "submission.csv").read_bytes() == local_submission
+    assert serving() == []  # the instance ended with the run
 
 
 # ------------------------------------------------------------------------------------- faults

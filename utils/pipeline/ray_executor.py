@@ -20,6 +20,8 @@ the Ray *driver* and calls :func:`run_on_ray`. What happens there:
 
 ``python -m utils.pipeline.ray_executor --check --address A --backend B`` is the runner's check before stage 01:
 one line, ``ok: ...`` or ``error: ...`` (no cluster, no GPU for a GPU backend, another Ray or Python version).
+Without an address the runner starts a local instance there instead (``--serve``, :func:`start_local`), on
+127.0.0.1, held by a child process for the whole run, so that Ray's start overlaps stages 01 and 02.
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ from utils.pipeline.shards import shard_rows
 TAG = "03 ray"
 #: Ray's switch that keeps a local instance on the loopback address (read when ``ray`` is imported).
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+#: Ray's token authentication switch (``token``: a driver must present ``~/.ray/auth_token`` or ``RAY_AUTH_TOKEN``).
+AUTH_MODE_ENV = "RAY_AUTH_MODE"
 #: Environment variables the actors get from the driver (never secrets: a node brings its own HF_TOKEN).
 PASSED_ENV = ("PRODUCT_VALUES_BACKENDS", "AMAZON_ALLOW_LOCAL_IMAGES", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
               "WANDB_MODE", "OCR_CACHE_DIR", "PRODUCT_VALUES_NODE_CACHE")
@@ -309,6 +313,58 @@ def _collect(ds: Any, shards: dict[int, _Shard], owner: dict[int, int], paths: d
         say(f"[{TAG}] {dropped} answer(s) of retried blocks were already written and were dropped")
 
 
+def start_local(backend: str, env: dict[str, str], timeout: float = 120.0) -> tuple[Any, str, dict[str, str], str]:
+    """A local Ray instance held by a child process (``--serve``) for the whole run, so its start overlaps stages
+    01 and 02: ``(process, address, environment to join it, line)``; stopping the process (with everything below
+    it) ends the instance. The environment: the loopback switch, and ``RAY_AUTH_MODE`` when Ray enabled its token
+    authentication (it does where a token exists: ``~/.ray/auth_token``).
+    ClusterError in one line when it cannot start, or when a GPU backend finds no GPU in it."""
+    import subprocess
+    import threading
+
+    cmd = [sys.executable, "-m", "utils.pipeline.ray_executor", "--serve", "--backend", backend]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env={**env, LOOPBACK_ENV: "0"}, start_new_session=True)
+    timer = threading.Timer(timeout, proc.kill)
+    timer.start()
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("ok: "):
+                address, mode, described = line[4:].strip().split(" ", 2)
+                join = {LOOPBACK_ENV: "0", **({AUTH_MODE_ENV: mode} if mode != "-" else {})}
+                return proc, address, join, described
+            if line.startswith("error: "):
+                proc.kill()
+                raise ClusterError(line[7:].strip())
+    finally:
+        timer.cancel()
+    proc.kill()
+    raise ClusterError(f"a local Ray instance did not start within {timeout:.0f} s")
+
+
+def serve(backend: str) -> int:
+    """``--serve``: start a local instance, print ``ok: ADDRESS LINE`` (or ``error: ...``), hold it until killed."""
+    import signal
+
+    from utils.models.backend import uses_gpu
+
+    cluster = connect("", ship=False)
+    import ray
+
+    address = ray.get_runtime_context().gcs_address
+    cluster.address = f"a local Ray instance at {address}"
+    try:
+        pool_plan(cluster, uses_gpu(backend), 1, 1 << 30)
+    except ClusterError as exc:
+        print(f"error: {exc}", flush=True)
+        return 2
+    print(f"ok: {address} {os.environ.get(AUTH_MODE_ENV) or '-'} {cluster.line()}", flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    while True:
+        time.sleep(3600)
+
+
 def preflight(address: str, backend: str, env: dict[str, str], timeout: float = 120.0) -> str:
     """``check`` in a child process (Ray's connection state and signal handlers stay out of the runner): the
     cluster's line, or ClusterError with the check's one line."""
@@ -330,17 +386,21 @@ def preflight(address: str, backend: str, env: dict[str, str], timeout: float = 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``--check``: the runner's one-line check before stage 01 (exit 0 ``ok: ...``, exit 2 ``error: ...``)."""
+    """``--check``: the runner's one-line check before stage 01 (exit 0 ``ok: ...``, exit 2 ``error: ...``);
+    ``--serve``: a local instance held for the runner (``start_local``)."""
     import argparse
     import logging
 
     parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--check", action="store_true", required=True)
+    parser.add_argument("--check", action="store_true")
+    parser.add_argument("--serve", action="store_true")
     parser.add_argument("--address", default="")
     parser.add_argument("--backend", default="ocr")
     args = parser.parse_args(argv)
     logging.disable(logging.WARNING)
     try:
+        if args.serve:
+            return serve(args.backend)
         line = check(args.address, args.backend)
     except (ClusterError, ValueError, ImportError) as exc:
         print(f"error: {exc}", flush=True)

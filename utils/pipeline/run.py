@@ -171,7 +171,7 @@ class Runner:
         self.echo(f"[02] fit backend '{plan.fit.backend}'")
         self.execute(job("02", "02", plan.fit))
         if plan.infer.executor == "ray":  # one notebook drives every shard on the cluster
-            self.echo(f"[03] {plan.infer.num_shards} shards on Ray ({plan.infer.ray_address or 'a local instance'})")
+            self.echo(f"[03] {plan.infer.num_shards} shards on Ray at {plan.infer.ray_address}")
             self.execute(job("03 ray", "03", plan.infer, "03_infer_ray"))
         else:
             self.run_shards(lambda i, env: job(f"03 shard {i}/{plan.infer.num_shards}", "03",
@@ -191,10 +191,17 @@ class Runner:
     def check_cluster(self) -> None:
         """``--executor ray``: the cluster is there, has a GPU for a GPU backend and runs our Ray and Python
         versions, checked before stage 01 (one line; exit 2 otherwise)."""
-        from utils.pipeline.ray_executor import ClusterError, preflight
+        from utils.pipeline.ray_executor import ClusterError, preflight, start_local
 
+        infer = self.plan.infer
         try:
-            line = preflight(self.plan.infer.ray_address, self.plan.infer.backend, self._env({}))
+            if infer.ray_address:
+                line = preflight(infer.ray_address, infer.backend, self._env({}))
+            else:  # a local instance for this run, started now (stopped with the run's other children)
+                proc, address, join, line = start_local(infer.backend, self._env({}))
+                self.children.add(proc)
+                self.plan.infer = replace(infer, ray_address=address)
+                os.environ.update(join)  # the notebooks join it on 127.0.0.1 (with its token when it has one)
         except ClusterError as exc:
             raise RunnerError(f"{PROG}: --executor ray: {exc}", EXIT_USAGE) from None
         self.echo(f"[03] Ray: {line}")
