@@ -291,6 +291,9 @@ def test_an_actor_on_a_node_without_the_files_unpacks_the_artifact_and_downloads
     assert answers[["index", "raw"]].values.tolist() == [[7, "1.0 gram"], [8, ""], [9, "2.0 volt"]]
     assert sorted(p.name for p in (tmp_path / "node" / "images").glob("*.jpg")) == ["0.jpg", "1.jpg", "2.jpg"]
     assert actor.artifact == there
+    import ray
+
+    assert not ray.is_initialized()  # an actor built outside Ray started no Ray of its own
 
 
 def test_the_executor_options_are_checked_with_the_others() -> None:

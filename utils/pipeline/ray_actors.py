@@ -103,12 +103,10 @@ class Predictor:
         self.backend = get_backend(backend)
         self.artifact = node_artifact(artifact, fingerprint, shipped)
         self.image_dir, self.download, self.settings = image_dir, download, settings
-        try:
-            import ray
+        import ray
 
-            self.node = ray.get_runtime_context().get_node_id()[:8]
-        except Exception:  # noqa: BLE001 - outside Ray (a test calling it directly)
-            self.node = socket.gethostname()
+        # outside Ray (called directly) the host name; asking Ray's context there would start a local instance
+        self.node = ray.get_runtime_context().get_node_id()[:8] if ray.is_initialized() else socket.gethostname()
 
     def __call__(self, block: pd.DataFrame) -> pd.DataFrame:
         rows = block.reset_index(drop=True)
