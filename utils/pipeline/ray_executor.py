@@ -175,30 +175,17 @@ def connect(address: str = "", ship: bool = True) -> ClusterInfo:
 
 
 def check(address: str, backend: str) -> str:
-    """The runner's check before stage 01 (see the module docstring): the cluster's line, or ClusterError."""
+    """The runner's check before stage 01 of a cluster at ``address`` (see the module docstring; without an address
+    the runner starts a local instance instead: ``start_local``): the cluster's line, or ClusterError."""
     from utils.models.backend import uses_gpu
-
-    gpu = uses_gpu(backend)
-    if not address:
-        try:
-            import ray  # noqa: F401 - only whether it is installed
-        except ImportError:
-            raise ClusterError("executor 'ray' needs Ray: pip install 'ray[data]' (setup.sh installs it)") from None
-        if gpu:
-            from utils.env.gpu import gpus
-
-            if not gpus():
-                raise ClusterError(f"backend {backend!r} needs a GPU and this machine has none for a local Ray "
-                                   "instance: give --ray-address of a cluster with GPUs")
-        return f"a local Ray instance on this machine ({os.cpu_count()} CPU(s)) is started for stage 03"
-    import ray
 
     try:
         cluster = connect(address, ship=False)
-        pool_plan(cluster, gpu, 1, 1 << 30)
+        pool_plan(cluster, uses_gpu(backend), 1, 1 << 30)
         return cluster.line()
     finally:
-        if ray.is_initialized():
+        ray = sys.modules.get("ray")
+        if ray is not None and ray.is_initialized():
             ray.shutdown()
 
 
