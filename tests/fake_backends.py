@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 PLUGIN = ("answers=tests.fake_backends:AnswerBackend,gpu_answers=tests.fake_backends:GpuAnswerBackend,"
-          "warm_answers=tests.fake_backends:WarmAnswerBackend")
+          "warm_answers=tests.fake_backends:WarmAnswerBackend,counting=tests.fake_backends:CountingBackend")
 
 
 class AnswerBackend:
@@ -75,3 +75,21 @@ class GpuAnswerBackend(AnswerBackend):
 
     name = "gpu_answers"
     uses_gpu = True
+
+
+class CountingBackend(AnswerBackend):
+    """The same, counting what it is asked: before answering a batch it appends one line ``pid index`` per row to
+    ``record_dir/asked-<pid>.txt`` (flushed), so a test sees every row a process predicted, and which process."""
+
+    name = "counting"
+
+    def predict(self, rows: pd.DataFrame, image_dir: Path, artifact_dir: Path, answers_csv: str = "",
+                sleep: float = 0.0, record_dir: str = "", **settings: Any) -> Iterator[list[tuple[int, str]]]:
+        log = Path(record_dir) / f"asked-{os.getpid()}.txt"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        inner = super().predict(rows, image_dir, artifact_dir, answers_csv, 0.0, "", **settings)
+        for batch in inner:
+            with open(log, "a", encoding="utf-8") as fh:
+                fh.write("".join(f"{os.getpid()} {i}\n" for i, _ in batch))
+            time.sleep(sleep)
+            yield batch

@@ -124,7 +124,9 @@ Predicts shard `shard_index` of `num_shards` (every `num_shards`-th test row by 
 `"<number> <unit>"` or `""`, and appends it to `work_dir/shards/shard_{i}_of_{n}.csv` batch by batch. Resumable:
 a rerun skips the rows already written while the model, rows, images, cleaning rules and settings are unchanged
 (otherwise the old answers are set aside and the shard is predicted afresh), and a finished shard gets a `.done`
-marker. Run several copies at once (`run_all.sh`), or one per Kaggle session (`run_all.sh --prepare-only`).""",
+marker. Run several copies at once (`run_all.sh`), or one per Kaggle session (`run_all.sh --prepare-only`).
+With `executor = "ray"` it predicts every shard at once on a Ray cluster (`ray_address`; `run_all.sh --executor
+ray`), into the same shard files.""",
         InferParams,
         [
             ("md", "## Predict this shard"),

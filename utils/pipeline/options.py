@@ -186,6 +186,9 @@ def parse(argv: list[str], about: str = "") -> Plan:
             raise RunnerError(f"{PROG}: --{name.replace('_', '-')} must be >= 0", EXIT_USAGE)
     if run.shards_per_gpu < 1:
         raise RunnerError(f"{PROG}: --shards-per-gpu must be >= 1", EXIT_USAGE)
+    if run.prepare_only and infer.executor != "local":
+        raise RunnerError(f"{PROG}: --prepare-only writes one notebook per session and shard; with --executor ray "
+                          "one run drives every shard (leave out --prepare-only)", EXIT_USAGE)
     plan = Plan(run, prepare, fit, infer, post, " ".join([PROG, *argv]), chosen)
     check_paths(plan)
     return plan

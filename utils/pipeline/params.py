@@ -19,6 +19,8 @@ from utils.models.backend import BACKENDS, DEFAULT_BACKEND
 #: The reference approach's scale: about 13,500 training rows, the same number per entity (8 x 1,700 = 13,600).
 DEFAULT_PER_ENTITY = 1700
 DEFAULT_MAX_MISSING_IMAGES = 0.5
+#: Where stage 03 runs: the runner's own queue of shard notebooks, or a Ray cluster.
+EXECUTORS = ("local", "ray")
 
 
 class ParamError(ValueError):
@@ -156,8 +158,14 @@ class InferParams:
     guess_without_image: bool = param(False, GUESS_HELP)
     settings: dict = param({}, "the backend's predict settings by name (JSON object); every name: bash run_all.sh "
                                "--help-backend NAME", flag="--infer-settings")
+    executor: str = param("local", '"local": this run predicts shard shard_index; "ray": every shard at once on a '
+                                   "Ray cluster (utils.pipeline.ray_executor)")
+    ray_address: str = param("", 'with executor "ray": "" starts a local Ray instance; "auto", "HOST:6379" or '
+                                 '"ray://HOST:10001" joins a running cluster')
 
     def __post_init__(self) -> None:
+        _check(self.executor in EXECUTORS, "executor", f"must be one of {', '.join(EXECUTORS)}, got "
+               f"{self.executor!r}", InferParams)
         _whole(InferParams, self, "num_shards", "num_threads", minimum=1)
         _whole(InferParams, self, "batch_size", "shard_index", "image_max_side")
         _check(self.shard_index < self.num_shards, "shard_index",

@@ -15,7 +15,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -128,28 +128,18 @@ def run_shard(
         raise ValueError(f"run_shard needs test columns index and entity_name; missing {', '.join(missing_cols)}")
     rows = shard_rows(test, shard_index, num_shards)
     tag = tag or f"shard {shard_index} of {num_shards}"
-    if run_id is not None:
-        record: dict[str, Any] = {"id": run_id}
-    elif "image_link" in rows.columns:
-        record = run_record(backend_name, rows, image_dir, artifact_dir, settings, guess_without_image)
-    else:
-        record = {"id": artifact_fingerprint(artifact_dir), "model": artifact_fingerprint(artifact_dir)}
-    with ShardWriter(out_dir, shard_index, num_shards, run=record, defer_stale=True) as writer:
-        def replace_stale() -> None:
+    record = shard_record(backend_name, rows, image_dir, artifact_dir, settings, run_id, guess_without_image)
+    with open_writer(out_dir, shard_index, num_shards, record, tag, defer_stale=True) as writer:
+        def move_stale() -> None:
             """Move an earlier run's answers aside, once the backend answered a first batch (it accepted the
             settings: a typo in them must not cost the finished answers)."""
-            if writer.stale:
-                writer.replace_stale()
-                say(f"[{tag}] answers of an earlier run moved aside ({', '.join(p.name for p in writer.moved_stale)}"
-                    f"): {', '.join(writer.changed)} changed; predicting afresh")
+            replace_stale(writer, tag)
 
         if writer.is_done:
             say(f"[{tag}] already done: {writer.path}")
             return writer.path
         entity_of = dict(zip(rows["index"].astype("int64").tolist(), rows["entity_name"].astype(str).tolist()))
         todo = rows[~rows["index"].isin(writer.done_indices)].reset_index(drop=True)
-        if writer.dropped_torn_line:
-            log.warning("%s: dropped a torn last line left by a killed run", tag)
         no_image = rows_without_image(todo, image_dir)
         if no_image.any():
             say(f"[{tag}] {int(no_image.sum())} of {len(todo)} rows to predict have no image in {image_dir}: "
@@ -158,19 +148,77 @@ def run_shard(
         asked = todo[~no_image] if not guess_without_image else todo
         if len(asked):
             _predict_into(writer, backend_name, asked, rows, entity_of, image_dir, artifact_dir, tag,
-                          show_progress, console_every, settings, replace_stale)
-        replace_stale()
+                          show_progress, console_every, settings, move_stale)
+        move_stale()
         if len(blank):
             writer.write_batch((int(i), "", "") for i in blank["index"])
-        missing = set(entity_of) - writer.done_indices
-        if missing:
-            raise RuntimeError(
-                f"{tag}: the backend finished without answering {len(missing)} of {len(rows)} indices "
-                f"(e.g. {sorted(missing)[:5]}); run again to fill them in"
-            )
-        writer.mark_done(entity_of)
-        say(f"[{tag}] done: {len(rows)} rows -> {writer.path}")
-        return writer.path
+        return finish_shard(writer, entity_of, tag)
+
+
+def shard_record(backend: str | Backend, rows: pd.DataFrame, image_dir: str | Path, artifact_dir: str | Path,
+                 settings: dict[str, Any], run_id: str | None = None, guess_without_image: bool = False
+                 ) -> dict[str, Any]:
+    """The run record a shard of ``rows`` is written under (``run_record``; ``run_id`` replaces it by a plain id)."""
+    if run_id is not None:
+        return {"id": run_id}
+    if "image_link" in rows.columns:
+        return run_record(backend, rows, image_dir, artifact_dir, settings, guess_without_image)
+    return {"id": artifact_fingerprint(artifact_dir), "model": artifact_fingerprint(artifact_dir)}
+
+
+def replace_stale(writer: ShardWriter, tag: str) -> None:
+    """Move an earlier run's answers aside now (a writer opened with ``defer_stale``) and say so."""
+    if writer.stale:
+        writer.replace_stale()
+        _say_moved(writer, tag)
+
+
+def _say_moved(writer: ShardWriter, tag: str) -> None:
+    say(f"[{tag}] answers of an earlier run moved aside ({', '.join(p.name for p in writer.moved_stale)}):"
+        f" {', '.join(writer.changed)} changed; predicting afresh")
+
+
+def open_writer(out_dir: str | Path, shard_index: int, num_shards: int, record: dict[str, Any],
+                tag: str, defer_stale: bool = False) -> ShardWriter:
+    """The shard's writer under ``record`` (answers of an earlier run moved aside, or with ``defer_stale`` only once
+    the caller calls ``replace_stale``; a torn last line cut: said)."""
+    writer = ShardWriter(out_dir, shard_index, num_shards, run=record, defer_stale=defer_stale)
+    if writer.moved_stale:
+        _say_moved(writer, tag)
+    if writer.dropped_torn_line:
+        log.warning("%s: dropped a torn last line left by a killed run", tag)
+    return writer
+
+
+def clean_batch(batch: Iterable[tuple[int, Any]], entity_of: dict[int, str], asked: set[int],
+                written: set[int], tag: str) -> list[tuple[int, str, str]]:
+    """A backend's ``(index, raw)`` batch as ``(index, prediction, raw)`` rows to write; ``RuntimeError`` for an
+    index not asked for or answered twice (in the batch, or already ``written``)."""
+    cleaned = []
+    seen: set[int] = set()
+    for index, raw in batch:
+        index = int(index)
+        if index not in asked:
+            raise RuntimeError(f"{tag}: backend answered index {index}, which was not asked for")
+        if index in seen or index in written:
+            raise RuntimeError(f"{tag}: backend answered index {index} twice")
+        seen.add(index)
+        raw = "" if raw is None else str(raw)
+        cleaned.append((index, normalize_prediction(entity_of[index], raw), raw))
+    return cleaned
+
+
+def finish_shard(writer: ShardWriter, entity_of: dict[int, str], tag: str) -> Path:
+    """Mark the shard done when every one of its indices is written; else ``RuntimeError`` naming the missing."""
+    missing = set(entity_of) - writer.done_indices
+    if missing:
+        raise RuntimeError(
+            f"{tag}: the backend finished without answering {len(missing)} of {len(entity_of)} indices "
+            f"(e.g. {sorted(missing)[:5]}); run again to fill them in"
+        )
+    writer.mark_done(entity_of)
+    say(f"[{tag}] done: {len(entity_of)} rows -> {writer.path}")
+    return writer.path
 
 
 def _predict_into(writer: ShardWriter, backend_name: str | Backend, todo: pd.DataFrame, rows: pd.DataFrame,
@@ -188,17 +236,7 @@ def _predict_into(writer: ShardWriter, backend_name: str | Backend, todo: pd.Dat
     try:
         for batch in backend.predict(todo, Path(image_dir), Path(artifact_dir), **settings):
             before_first_write()
-            cleaned = []
-            seen: set[int] = set()
-            for index, raw in batch:
-                index = int(index)
-                if index not in asked:
-                    raise RuntimeError(f"{tag}: backend answered index {index}, which was not asked for")
-                if index in seen or index in writer.done_indices:
-                    raise RuntimeError(f"{tag}: backend answered index {index} twice")
-                seen.add(index)
-                raw = "" if raw is None else str(raw)
-                cleaned.append((index, normalize_prediction(entity_of[index], raw), raw))
+            cleaned = clean_batch(batch, entity_of, asked, writer.done_indices, tag)
             n = writer.write_batch(cleaned)
             bar.update(n)
             done += n

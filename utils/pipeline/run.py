@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from utils.env.console import MARK, duration
-from utils.pipeline.options import PROG, REPO, Interrupted, Plan, RunnerError, parse
+from utils.pipeline.options import EXIT_USAGE, PROG, REPO, Interrupted, Plan, RunnerError, parse
 from utils.pipeline.params import papermill_args
 from utils.pipeline.processes import (
     START_FAILURES,
@@ -136,6 +136,8 @@ class Runner:
         plan = self.plan
         if plan.run.prepare_only:
             return self.prepare_only()
+        if plan.infer.executor == "ray":
+            self.check_cluster()
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         run_dir = Path(plan.run.runs_dir) / stamp
         n = 1
@@ -158,7 +160,10 @@ class Runner:
         if "02" in plan.stages:
             self.echo(f"[02] fit backend '{plan.fit.backend}'")
             self.execute(job("02", "02", plan.fit))
-        if "03" in plan.stages:
+        if "03" in plan.stages and plan.infer.executor == "ray":  # one notebook drives every shard on the cluster
+            self.echo(f"[03] {plan.infer.num_shards} shards on Ray at {plan.infer.ray_address or 'a local instance'}")
+            self.execute(job("03 ray", "03", plan.infer, "03_infer_ray"))
+        elif "03" in plan.stages:
             self.run_shards(lambda i, env: job(f"03 shard {i}/{plan.infer.num_shards}", "03",
                                                replace(plan.infer, shard_index=i),
                                                f"03_infer_shard_{i:02d}_of_{plan.infer.num_shards:02d}", env))
@@ -176,6 +181,24 @@ class Runner:
             if line:
                 self.echo(line)
         return 0
+
+    def check_cluster(self) -> None:
+        """``--executor ray``: the cluster is there, has a GPU for a GPU backend and runs our Ray and Python
+        versions, checked before stage 01 (one line; exit 2 otherwise)."""
+        from utils.pipeline.ray_executor import ClusterError, preflight, start_local
+
+        infer = self.plan.infer
+        try:
+            if infer.ray_address:
+                line = preflight(infer.ray_address, infer.backend, self._env({}))
+            else:  # a local instance for this run, started now (stopped with the run's other children)
+                proc, address, join, line = start_local(infer.backend, self._env({}))
+                self.children.add(proc)
+                self.plan.infer = replace(infer, ray_address=address)
+                os.environ.update(join)  # the notebooks join it on 127.0.0.1 (with its token when it has one)
+        except ClusterError as exc:
+            raise RunnerError(f"{PROG}: --executor ray: {exc}", EXIT_USAGE) from None
+        self.echo(f"[03] Ray: {line}")
 
     def slots(self) -> tuple[list[dict[str, str]], str]:
         """The places a shard can run at once (their environment) and a sentence describing them."""

@@ -335,6 +335,8 @@ def infer_shard(**params: Any) -> ShardDone:
     work = WorkDir.of(p.work_dir)
     test = load_test_rows(work, p.test_csv)
     images = work.image_dir(p.image_dir, fresh_ok=bool(p.test_csv))  # a session of its own: images downloaded here
+    if p.executor == "ray":
+        return _infer_on_ray(p, work, test, images, settings)
     tag = f"03 shard {p.shard_index}/{p.num_shards}"
     rows = shard_rows(test, p.shard_index, p.num_shards)
     links = rows["image_link"]
@@ -353,6 +355,25 @@ def infer_shard(**params: Any) -> ShardDone:
                           guess_without_image=p.guess_without_image, **settings))
     answers = read_shard(path)[["index", "prediction", "raw"]]
     return ShardDone(path, rows.merge(answers, on="index", how="left"), images)
+
+
+def _infer_on_ray(p: InferParams, work: WorkDir, test: pd.DataFrame, images: Path,
+                  settings: dict[str, Any]) -> ShardDone:
+    """Stage 03 with ``executor="ray"``: every shard at once on a Ray cluster (``utils.pipeline.ray_executor``);
+    the images are fetched and checked here as a local shard does, for the whole test set."""
+    from utils.pipeline.ray_executor import run_on_ray
+    from utils.pipeline.shards import read_shard
+
+    links = test["image_link"]
+    if len(links):  # on Ray the nodes fetch what they lack; a row without an image goes to the backend there
+        if p.download:
+            fetch_missing(links, images, max_side=p.image_max_side, guess=True)
+        check_images(image_census(links, images), "the test set", p.max_missing_images, "03 ray", guess=True)
+    out = work.shards(p.shards_dir)
+    paths = run_on_ray(p.backend, test, images, work.fitted_artifact(p.backend, p.artifact_dir), out, p.num_shards,
+                       settings, address=p.ray_address, num_threads=p.num_threads, download=p.download)
+    answers = pd.concat([read_shard(path) for path in paths], ignore_index=True)[["index", "prediction", "raw"]]
+    return ShardDone(out, test.merge(answers, on="index", how="left"), images)
 
 
 # --------------------------------------------------------------------------------------------- 04 postprocess
