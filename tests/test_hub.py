@@ -88,7 +88,7 @@ def test_an_anonymous_request_to_a_gated_model_asks_for_a_token(tiny_dir: Path, 
         assert gated.downloads() and all(r.authorization is None for r in gated.downloads())
     assert anonymous.returncode != 0
     line = _last_line(anonymous)
-    assert line.startswith("utils.models.paligemma.hub.ModelAccessError: ")
+    assert line.startswith("utils.models.finetune.hub.ModelAccessError: ")
     assert "none was found" in line and "add it as HF_TOKEN" in line and "the HF_TOKEN belongs to" not in line
 
 
