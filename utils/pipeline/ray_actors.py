@@ -95,11 +95,12 @@ class Predictor:
 
     def __init__(self, backend: str, artifact: str, fingerprint: str, shipped: list[Any], image_dir: str,
                  download: bool, settings: dict[str, Any]) -> None:
-        from utils.models.backend import get_backend
+        from utils.models.backend import get_backend, run_environment
 
-        cache = os.environ.get("OCR_CACHE_DIR")
-        if cache and not Path(cache).parent.is_dir():  # the driver's cache folder is not on this node
-            os.environ["OCR_CACHE_DIR"] = str(node_cache() / "ocr_cache")
+        for key, here in run_environment(backend, node_cache()).items():  # the backend's caches, as the runner sets
+            given = os.environ.get(key)
+            if given and not Path(given).parent.is_dir():  # the driver's folder is not on this node
+                os.environ[key] = here
         self.backend = get_backend(backend)
         self.artifact = node_artifact(artifact, fingerprint, shipped)
         self.image_dir, self.download, self.settings = image_dir, download, settings

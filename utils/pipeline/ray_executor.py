@@ -55,7 +55,7 @@ LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 AUTH_MODE_ENV = "RAY_AUTH_MODE"
 #: Environment variables the actors get from the driver (never secrets: a node brings its own HF_TOKEN).
 PASSED_ENV = ("PRODUCT_VALUES_BACKENDS", "AMAZON_ALLOW_LOCAL_IMAGES", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
-              "WANDB_MODE", "OCR_CACHE_DIR", "PRODUCT_VALUES_NODE_CACHE")
+              "WANDB_MODE", "PRODUCT_VALUES_NODE_CACHE")
 #: Artifacts up to this size travel through the object store; larger ones must be on a path every node sees.
 MAX_SHIPPED_ARTIFACT = 2 * 2**30
 
@@ -113,9 +113,12 @@ def _probe(address: str, timeout: float = 5.0) -> None:
                            "(`ray start --head`) or fix --ray-address") from None
 
 
-def runtime_env() -> dict[str, Any]:
+def runtime_env(backend: str = "") -> dict[str, Any]:
     """The job's runtime environment: our package (and plugin backends' packages found outside site-packages) as
-    ``py_modules``, so nodes without this checkout run the same code; ``PASSED_ENV`` variables that are set."""
+    ``py_modules``, so nodes without this checkout run the same code; ``PASSED_ENV`` variables that are set, and
+    those of the backend's ``run_environment`` (a node without the driver's folder makes its own: ``ray_actors``)."""
+    from utils.models.backend import run_environment
+
     import importlib
 
     import utils
@@ -133,11 +136,12 @@ def runtime_env() -> dict[str, Any]:
             where = where.parent
         if str(where) and "-packages" not in str(where):
             modules.add(str(where))
-    env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
+    names = PASSED_ENV + (tuple(run_environment(backend, Path("."))) if backend else ())
+    env = {k: os.environ[k] for k in names if k in os.environ}
     return {"py_modules": sorted(modules), "env_vars": env}
 
 
-def connect(address: str = "", ship: bool = True) -> ClusterInfo:
+def connect(address: str = "", ship: bool = True, backend: str = "") -> ClusterInfo:
     """Join the cluster at ``address`` (``""``: start a local instance on the loopback address); ClusterError in
     one line for an address nobody answers, no Ray running (``auto``) or another Ray/Python version there."""
     address = address.strip()
@@ -151,7 +155,7 @@ def connect(address: str = "", ship: bool = True) -> ClusterInfo:
         raise ClusterError("executor 'ray' needs Ray: pip install 'ray[data]' (setup.sh installs it)") from None
     kwargs: dict[str, Any] = {"logging_level": "WARNING", "ignore_reinit_error": True}
     if ship:  # the job's code and variables (a check joins without them)
-        kwargs["runtime_env"] = runtime_env()
+        kwargs["runtime_env"] = runtime_env(backend)
     if not address:
         kwargs["include_dashboard"] = False
     try:
@@ -199,7 +203,7 @@ def run_on_ray(backend: str, test: pd.DataFrame, image_dir: Path, artifact_dir: 
     docstring); the shard files. ``settings`` go to every actor's ``backend.predict``."""
     from utils.models.backend import uses_gpu
 
-    cluster = connect(address)
+    cluster = connect(address, backend=backend)
     try:
         return _drive(cluster, backend, uses_gpu(backend), test, image_dir, artifact_dir, out_dir, num_shards,
                       settings, num_threads, download, console_every)
@@ -383,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true")
     parser.add_argument("--serve", action="store_true")
     parser.add_argument("--address", default="")
-    parser.add_argument("--backend", default="ocr")
+    parser.add_argument("--backend", required=True)
     args = parser.parse_args(argv)
     logging.disable(logging.WARNING)
     try:
