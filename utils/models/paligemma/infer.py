@@ -21,6 +21,14 @@ import torch
 from utils.core.metrics import score
 from utils.core.units import normalize_prediction
 from utils.models.finetune.device import float_dtype
+from utils.models.finetune.generation import (  # noqa: F401  (re-exported for the backend, train and tests)
+    FP16_REMEDY,
+    GENERATION_FILE,
+    MAX_NEW_TOKENS_LIMIT,
+    GenerationStats,
+    NonFiniteError,
+    saved_max_new_tokens,
+)
 from utils.models.paligemma.data import IMAGE_TOKEN
 from utils.models.paligemma.load import (
     QUANTIZATIONS,
@@ -35,19 +43,7 @@ from utils.models.paligemma.load import (
 
 log = logging.getLogger(__name__)
 
-MAX_NEW_TOKENS_LIMIT = 128  # a generous cap: real labels are up to ~30 tokens (ranges, long decimals)
 DEFAULT_MAX_NEW_TOKENS = 16  # for a model with no answer length saved beside it (zero-shot)
-GENERATION_FILE = "generation.json"  # saved beside an adapter by fit: {"max_new_tokens": N, ...}
-
-
-class NonFiniteError(FloatingPointError):
-    """Logits or the loss became NaN/inf (float16 overflow); the message names the remedies."""
-
-
-FP16_REMEDY = ("float16 overflowed (its range ends at 65,504; random or tiny models never show it). Remedies: "
-               "dtype='bfloat16' with allow_emulated_bf16=True (exact range, several times slower on a T4), or "
-               "dtype='float32' (twice the memory; inference only on a 16 GB T4), or a lower learning_rate if it "
-               "happened during training")
 
 
 @dataclass
@@ -86,22 +82,6 @@ def _device(model: Any) -> torch.device:
     """Where the model's inputs go."""
     dev = getattr(model, "device", None)
     return dev if isinstance(dev, torch.device) else next(model.parameters()).device
-
-
-@dataclass
-class GenerationStats:
-    """What generation did so far: rows answered, generations cut at ``max_new_tokens`` (no end-of-sequence)."""
-
-    rows: int = 0
-    truncated: int = 0
-    max_new_tokens: int = 0
-
-    def note(self) -> str | None:
-        """A warning line when some answers may be cut, else None."""
-        if not self.truncated:
-            return None
-        return (f"{self.truncated} of {self.rows} generations hit max_new_tokens={self.max_new_tokens} without "
-                "ending: their answers may be cut (raise max_new_tokens)")
 
 
 @torch.inference_mode()
@@ -232,17 +212,6 @@ def predict_batches(model: Any, processor: Any, rows: pd.DataFrame, image_dir: s
         return answers
 
     yield from iter_answers(rows, image_dir, answer_fn, cfg.batch_size, cfg.max_side, cfg.progress, prompt_format)
-
-
-def saved_max_new_tokens(artifact_dir: str | Path) -> int:
-    """The answer length ``fit`` saved beside an adapter (``GENERATION_FILE``), or 0 when there is none."""
-    import json
-
-    path = Path(artifact_dir) / GENERATION_FILE
-    try:
-        return int(json.loads(path.read_text())["max_new_tokens"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return 0
 
 
 def load_predictor(artifact_dir: str | Path, infer_cfg: InferConfig, **model_settings: Any

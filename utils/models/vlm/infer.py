@@ -3,7 +3,6 @@ halving the batch, the merged model loaded from an adapter folder (or the base m
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -14,6 +13,14 @@ import pandas as pd
 import torch
 
 from utils.models.finetune.device import describe_device, float_dtype, free_memory, is_oom
+from utils.models.finetune.generation import (  # noqa: F401  (re-exported for the backend, train and tests)
+    FP16_REMEDY,
+    GENERATION_FILE,
+    MAX_NEW_TOKENS_LIMIT,
+    GenerationStats,
+    NonFiniteError,
+    saved_max_new_tokens,
+)
 from utils.models.vlm.data import encode_prompts, stop_token_ids
 from utils.models.vlm.load import (
     QUANTIZATIONS,
@@ -26,17 +33,7 @@ from utils.models.vlm.load import (
 
 log = logging.getLogger(__name__)
 
-MAX_NEW_TOKENS_LIMIT = 128
 DEFAULT_MAX_NEW_TOKENS = 24  # zero-shot chat models write a little more than the label ("The width is ...")
-GENERATION_FILE = "generation.json"
-
-
-class NonFiniteError(FloatingPointError):
-    """Logits or the loss became NaN/inf (float16 overflow); the message names the remedies."""
-
-
-FP16_REMEDY = ("float16 overflowed (its range ends at 65,504). Remedies: dtype='bfloat16' with "
-               "allow_emulated_bf16=True (slow on a T4), dtype='float32', or a lower learning_rate in training")
 
 
 @dataclass
@@ -61,21 +58,6 @@ class VlmInferConfig:
             raise ValueError(f"max_new_tokens must be in [0, {MAX_NEW_TOKENS_LIMIT}], got {self.max_new_tokens}")
         if self.infer_quantization not in QUANTIZATIONS:
             raise ValueError(f"infer_quantization must be one of {QUANTIZATIONS}, got {self.infer_quantization!r}")
-
-
-@dataclass
-class GenerationStats:
-    """Rows answered and generations cut at ``max_new_tokens`` (no end of turn)."""
-
-    rows: int = 0
-    truncated: int = 0
-    max_new_tokens: int = 0
-
-    def note(self) -> str | None:
-        if not self.truncated:
-            return None
-        return (f"{self.truncated} of {self.rows} generations hit max_new_tokens={self.max_new_tokens} without "
-                "ending: their answers may be cut (raise max_new_tokens)")
 
 
 @torch.inference_mode()
@@ -138,14 +120,6 @@ def predict_batches(model: Any, processor: Any, rows: pd.DataFrame, image_dir: s
         by_pos = dict(zip(images, answers))
         yield [(indices[k], by_pos.get(k, "")) for k in span]
         pos = span.stop
-
-
-def saved_max_new_tokens(artifact_dir: str | Path) -> int:
-    """The answer length the fit saved (``GENERATION_FILE``), or 0."""
-    try:
-        return int(json.loads((Path(artifact_dir) / GENERATION_FILE).read_text())["max_new_tokens"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return 0
 
 
 def load_predictor(artifact_dir: str | Path, cfg: VlmInferConfig, **model_settings: Any) -> tuple[Any, Any]:
