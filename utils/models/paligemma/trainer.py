@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainingArguments
 
-from utils.models.finetune.loss import answer_loss, answer_window
 from utils.models.finetune.generation import FP16_REMEDY, NonFiniteError
+from utils.models.finetune.loss import answer_loss, answer_window
 from utils.models.paligemma.load import ModelConfig
 
 
