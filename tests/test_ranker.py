@@ -456,9 +456,9 @@ def test_pair_model_tells_a_one_line_pair_from_a_two_line_pair() -> None:
 def test_the_artifact_is_sklearn_models_and_json_and_loads_to_the_same_answers(synth: dict, tmp_path: Path,
                                                                                 capsys: pytest.CaptureFixture[str]
                                                                                 ) -> None:
+    from utils.models.backend import read_fit_summary
     from utils.models.ocr.backend import ocr_lookup
     from utils.models.ocr.ranker import ARTIFACT_FORMAT, PRIORS_JSON, ArtifactFormatError, save_ranker
-    from utils.pipeline.stages import read_fit_summary
 
     settings = {"cache_dir": str(synth["cache"]), "workers": 1, "folds": 3}
     out = OcrBackend().fit(synth["train"], synth["val"], synth["dir"], tmp_path / "art", **settings)

@@ -19,6 +19,7 @@ Python, or, for ``run_all.sh`` and its notebook processes, the environment varia
 from __future__ import annotations
 
 import importlib
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -170,3 +171,22 @@ def get_backend(name: str, **kwargs: Any) -> Backend:
     backend's dependencies are not installed.
     """
     return backend_class(name)(**kwargs)
+
+
+def read_fit_status(artifact: Path) -> dict[str, Any]:
+    """What a fit said about itself (``fit_status.json`` in its artifact: ``complete`` false when it stopped early,
+    e.g. at the time budget); ``{"complete": True}`` for a backend that writes none."""
+    try:
+        status = json.loads((artifact / FIT_STATUS).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {"complete": True}
+    return status if isinstance(status, dict) else {"complete": True}
+
+
+def read_fit_summary(artifact: Path) -> dict[str, Any]:
+    """``fit_summary.json`` of an artifact (``utils.models.backend.FIT_SUMMARY``), or {} when the backend wrote none."""
+    try:
+        summary = json.loads((artifact / FIT_SUMMARY).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return summary if isinstance(summary, dict) else {}

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import psutil
 
-from utils.pipeline.options import EXIT_BUSY, PROG, RunnerError
+from utils.pipeline.options import EXIT_BUSY, PROG, RunnerError, RunParams
+from utils.pipeline.params import InferParams
 
 
 class Stopping(RuntimeError):
@@ -170,3 +171,27 @@ class Job:
     log: Path
     args: list[str]
     env: dict[str, str] = field(default_factory=dict)
+
+
+def shard_slots(run: RunParams, infer: InferParams) -> tuple[list[dict[str, str]], str]:
+    """The places a shard can run at once (their environment: its GPU, its threads) and a sentence describing
+    them, for ``RunParams`` ``run`` and ``InferParams`` ``infer``."""
+    threads = {k: str(infer.num_threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    from utils.models.backend import uses_gpu
+
+    if uses_gpu(infer.backend):
+        from utils.env.gpu import gpus
+
+        found = gpus()
+        if found:
+            slots = [{**threads, "CUDA_VISIBLE_DEVICES": str(g.index)}
+                     for g in found for _ in range(run.shards_per_gpu)]
+            if run.parallel:
+                slots = slots[: run.parallel]
+            names = ", ".join(g.describe() for g in found)
+            return slots, (f"{len(slots)} at a time on {len(found)} GPU(s), {run.shards_per_gpu} per GPU "
+                           f"({names}); each shard sees only its GPU (CUDA_VISIBLE_DEVICES)")
+    cores = os.cpu_count() or 1
+    n = run.parallel or max(1, cores // infer.num_threads)
+    return [dict(threads) for _ in range(n)], (f"{n} at a time ({cores} CPU cores, {infer.num_threads} "
+                                               f"thread(s) per shard)")

@@ -44,6 +44,7 @@ from utils.pipeline.processes import (
     executed_any_cell,
     failure_line,
     say_console,
+    shard_slots,
     signal_name,
 )
 from utils.pipeline.workdir import WorkDir
@@ -200,29 +201,6 @@ class Runner:
             raise RunnerError(f"{PROG}: --executor ray: {exc}", EXIT_USAGE) from None
         self.echo(f"[03] Ray: {line}")
 
-    def slots(self) -> tuple[list[dict[str, str]], str]:
-        """The places a shard can run at once (their environment) and a sentence describing them."""
-        run, infer = self.plan.run, self.plan.infer
-        threads = {k: str(infer.num_threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
-        from utils.models.backend import uses_gpu
-
-        if uses_gpu(infer.backend):
-            from utils.env.gpu import gpus
-
-            found = gpus()
-            if found:
-                slots = [{**threads, "CUDA_VISIBLE_DEVICES": str(g.index)}
-                         for g in found for _ in range(run.shards_per_gpu)]
-                if run.parallel:
-                    slots = slots[: run.parallel]
-                names = ", ".join(g.describe() for g in found)
-                return slots, (f"{len(slots)} at a time on {len(found)} GPU(s), {run.shards_per_gpu} per GPU "
-                               f"({names}); each shard sees only its GPU (CUDA_VISIBLE_DEVICES)")
-        cores = os.cpu_count() or 1
-        n = run.parallel or max(1, cores // infer.num_threads)
-        return [dict(threads) for _ in range(n)], (f"{n} at a time ({cores} CPU cores, {infer.num_threads} "
-                                                   f"thread(s) per shard)")
-
     def run_shards(self, make_job: Callable[[int, dict[str, str]], Job]) -> None:
         """Stage 03: empty shards finished directly, the others queued over the slots, at most one per slot."""
         from utils.pipeline.predict import empty_shard
@@ -237,7 +215,7 @@ class Runner:
         shards_dir = work.shards(infer.shards_dir)
         empty = [i for i in range(n) if empty_shard(shards_dir, i, n, test) is not None]
         todo = [i for i in range(n) if i not in empty]
-        slots, described = self.slots()
+        slots, described = shard_slots(self.plan.run, self.plan.infer)
         if empty:
             self.echo(f"[03] {len(empty)} of {n} shards have no rows ({len(test)} test rows): finished without a "
                       "kernel")

@@ -25,7 +25,7 @@ from utils.data.census import ImageCensus, check_images, fetch_missing, image_ce
 from utils.env import paths as _paths
 from utils.env.console import say
 from utils.env.fileio import atomic_write_bytes, move_into
-from utils.models.backend import FIT_STATUS, FIT_SUMMARY, get_backend, label_table_setting
+from utils.models.backend import get_backend, label_table_setting, read_fit_status, read_fit_summary
 from utils.pipeline.params import FitParams, InferParams, PostprocessParams, PrepareParams, check_known
 from utils.pipeline.submission import SubmissionError, build_submission, labels_for_test, read_labels
 from utils.pipeline.workdir import StageError, WorkDir, files_state
@@ -230,25 +230,6 @@ def fit_fingerprint(work: WorkDir, backend: str, settings: dict[str, Any]) -> st
     if labels and Path(labels).is_file():
         digest.update(Path(labels).read_bytes())
     return digest.hexdigest()[:16]
-
-
-def read_fit_status(artifact: Path) -> dict[str, Any]:
-    """What a fit said about itself (``fit_status.json`` in its artifact: ``complete`` false when it stopped early,
-    e.g. at the time budget); ``{"complete": True}`` for a backend that writes none."""
-    try:
-        status = json.loads((artifact / FIT_STATUS).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {"complete": True}
-    return status if isinstance(status, dict) else {"complete": True}
-
-
-def read_fit_summary(artifact: Path) -> dict[str, Any]:
-    """``fit_summary.json`` of an artifact (``utils.models.backend.FIT_SUMMARY``), or {} when the backend wrote none."""
-    try:
-        summary = json.loads((artifact / FIT_SUMMARY).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return summary if isinstance(summary, dict) else {}
 
 
 def finetune(**params: Any) -> Fitted:
