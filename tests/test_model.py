@@ -21,7 +21,6 @@ from utils.models.paligemma.load import (
     read_settings,
     resolve_dtype,
     save_adapter,
-    split_settings,
 )
 from utils.models.paligemma.tiny import render_text_image
 
@@ -118,6 +117,7 @@ def test_lora_on_the_vision_tower_is_an_explicit_setting(tiny_dir: Path, lora_vi
 
 def test_split_settings_routes_names_and_rejects_unknown() -> None:
     from utils.models.paligemma.infer import InferConfig
+    from utils.models.settings import split as split_settings
 
     m, i = split_settings({"lora_r": 4, "batch_size": 2}, ModelConfig, InferConfig)
     assert m == {"lora_r": 4} and i == {"batch_size": 2}

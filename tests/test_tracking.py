@@ -8,6 +8,7 @@ import time
 import pytest
 
 from utils.env import tracking
+from utils.env.network import PROXY_VARIABLES
 from utils.env.tracking import init_run
 
 
@@ -75,6 +76,8 @@ def test_a_key_without_internet_logs_offline_with_a_line_instead_of_failing_the_
     # Kaggle with Internet off and a wandb key in its secrets: wandb's own init waits 90 s, then raises
     clean_env.setenv("WANDB_API_KEY", "x" * 40)
     clean_env.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens on the discard port
+    for proxy in PROXY_VARIABLES:  # behind a proxy the server is reached through it and not probed
+        clean_env.delenv(proxy, raising=False)
     run = tracking.init_run("unit-test", {"lr": 1e-3}, job_type="test", dir=tmp_path)
     run.log({"loss": 1.0})
     run.finish()

@@ -16,6 +16,8 @@ from utils.models.paligemma.load import ModelConfig, is_adapter_dir, load_base_m
 from utils.models.paligemma.tiny import make_synthetic_set, render_text_image
 from utils.models.paligemma.train import TrainConfig, fit
 
+from .session_death import Die
+
 FAST = {"quantization": "none", "gradient_checkpointing": False, "train_batch_size": 4, "grad_accum": 1,
         "logging_steps": 1, "learning_rate": 1e-3}
 
@@ -110,20 +112,6 @@ def test_dataset_reads_lazily_and_skips_missing_images(data, tmp_path: Path) -> 
 # ------------------------------------------------------------------------------------------ the training run
 
 
-class _Die:
-    """A callback that kills the run at a given step (after the Trainer saved the checkpoint before it)."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def __getattr__(self, name: str):
-        return lambda *a, **k: None
-
-    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
-        if state.global_step == self.step:
-            raise KeyboardInterrupt("session died")
-
-
 def test_train_checkpoint_die_resume_save_adapter_and_eval_f1(tiny_dir: Path, data, tmp_path: Path) -> None:
     rows, image_dir = data
     train, val = rows.iloc[:12], rows.iloc[12:]
@@ -131,7 +119,7 @@ def test_train_checkpoint_die_resume_save_adapter_and_eval_f1(tiny_dir: Path, da
     settings = dict(model_id=str(tiny_dir), max_steps=4, save_steps=2, save_total_limit=1, eval_max_rows=3,
                     max_new_tokens=4, batch_size=2, **FAST)
     with pytest.raises(KeyboardInterrupt):
-        fit(train, val, image_dir, out, callbacks=[_Die(3)], **settings)
+        fit(train, val, image_dir, out, callbacks=[Die(3)], **settings)
     assert last_checkpoint(out / "checkpoints").name == "checkpoint-2"
     assert not (out / "adapter").exists()
 
@@ -261,7 +249,7 @@ def test_a_killed_session_resumes_from_a_read_only_checkpoint_folder(tiny_dir: P
     train = rows.iloc[:12]
     settings = dict(model_id=str(tiny_dir), max_steps=4, save_steps=2, save_total_limit=1, **FAST)
     with pytest.raises(KeyboardInterrupt):
-        fit(train, None, image_dir, tmp_path / "session1", callbacks=[_Die(3)], **settings)
+        fit(train, None, image_dir, tmp_path / "session1", callbacks=[Die(3)], **settings)
     (tmp_path / "session1" / "checkpoints" / "wandb_run.json").write_text('{"id": "abc123", "project": "p"}')
     kept = tmp_path / "kaggle_dataset"  # what the user saved from session 1, mounted read-only in session 2
     shutil.copytree(tmp_path / "session1" / "checkpoints", kept)

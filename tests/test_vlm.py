@@ -18,6 +18,7 @@ from utils.models.vlm.data import ChatCollator, chat_prompt, end_of_turn
 from utils.models.vlm.load import VlmModelConfig, load_processor, lora_target_pattern
 
 from . import fake_gpu
+from .session_death import Die
 
 FAST = {"gradient_checkpointing": False, "train_batch_size": 4, "grad_accum": 1, "logging_steps": 1,
         "learning_rate": 1e-3, "min_pixels": 56 * 56, "max_pixels": 64 * 64, "eval_max_rows": 0}
@@ -71,28 +72,18 @@ def test_lora_stays_out_of_the_vision_tower(tiny: Path) -> None:
 def test_fp16_on_a_fake_t4_and_bf16_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from utils.models.vlm.train import VlmTrainConfig, _arguments
 
-    fake_gpu.install(monkeypatch.setattr, [fake_gpu.T4])
+    fake_gpu.install(monkeypatch.setattr, [fake_gpu.T4, fake_gpu.T4])  # Kaggle's "GPU T4 x2"
     cfg = VlmModelConfig(model_id="x")
     assert cfg.torch_device.type == "cuda" and cfg.torch_dtype == torch.float16
     with pytest.raises(ValueError, match="bfloat16.*T4"):
         VlmModelConfig(model_id="x", dtype="bfloat16")
     assert VlmModelConfig(model_id="x", dtype="bfloat16", allow_emulated_bf16=True).torch_dtype == torch.bfloat16
-    args = _arguments(cfg, VlmTrainConfig(), tmp_path, 10, "none", None)
+    train_cfg = VlmTrainConfig()
+    args = _arguments(cfg, train_cfg, tmp_path, 10, "none", None)
     assert args.fp16 and not args.bf16
+    assert args.n_gpu == 1 and args.train_batch_size == train_cfg.train_batch_size  # one GPU, the configured batch
     fake_gpu.install(monkeypatch.setattr, [fake_gpu.A100])
     assert VlmModelConfig(model_id="x").torch_dtype == torch.bfloat16
-
-
-class _Die:
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def __getattr__(self, name: str):
-        return lambda *a, **k: None
-
-    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
-        if state.global_step == self.step:
-            raise KeyboardInterrupt("session died")
 
 
 def test_train_die_resume_and_answer(tiny: Path, data, tmp_path: Path) -> None:
@@ -102,7 +93,7 @@ def test_train_die_resume_and_answer(tiny: Path, data, tmp_path: Path) -> None:
     out = tmp_path / "run"
     settings = dict(model_id=str(tiny), max_steps=4, save_steps=2, save_total_limit=1, **FAST)
     with pytest.raises(KeyboardInterrupt):
-        VlmBackend().fit(rows.iloc[:8], None, image_dir, out, callbacks=[_Die(3)], **settings)
+        VlmBackend().fit(rows.iloc[:8], None, image_dir, out, callbacks=[Die(3)], **settings)
     assert last_checkpoint(out / "checkpoints").name == "checkpoint-2"
     adapter = VlmBackend().fit(rows.iloc[:8], None, image_dir, out, **settings)
     summary = json.loads((out / "train_summary.json").read_text())

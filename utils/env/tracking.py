@@ -8,11 +8,10 @@ later with ``wandb sync``). Keys are never read from parameters or files in the 
 from __future__ import annotations
 
 import os
-import socket
 from typing import Any
-from urllib.parse import urlparse
 
 from utils.env.console import say
+from utils.env.network import reachable
 from utils.env.secrets import hf_token, wandb_key
 
 VALID_MODES = ("online", "offline", "disabled")
@@ -66,18 +65,10 @@ def wandb_mode(requested: str | None = None) -> str:
 
 
 def server_reachable(timeout: float = REACH_TIMEOUT_S) -> bool:
-    """Whether wandb's server (``WANDB_BASE_URL``, default api.wandb.ai) accepts a TCP connection within ``timeout``:
-    a Kaggle notebook with Internet off and a key in its secrets would otherwise spend wandb's 90 s init timeout and
-    then fail the fit."""
-    url = urlparse(os.environ.get("WANDB_BASE_URL") or DEFAULT_BASE_URL)
-    if not url.hostname:
-        return False
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        socket.create_connection((url.hostname, port), timeout=timeout).close()
-    except OSError:
-        return False
-    return True
+    """Whether wandb's server (``WANDB_BASE_URL``, default api.wandb.ai) can be reached within ``timeout``: a Kaggle
+    notebook with Internet off and a key in its secrets would otherwise spend wandb's 90 s init timeout and then
+    fail the fit."""
+    return reachable(os.environ.get("WANDB_BASE_URL") or DEFAULT_BASE_URL, timeout)
 
 
 #: Config keys that are never sent to wandb (whatever their value): secrets belong in the environment.

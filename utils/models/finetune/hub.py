@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from utils.env.console import say
+from utils.env.network import reachable
 from utils.env.secrets import hf_token
 
 KAGGLE_INPUT = Path("/kaggle/input")
@@ -164,20 +165,9 @@ def resolve_model_source(model_id: str, revision: str | None = None) -> ModelSou
 def _reachable(timeout: float = 5.0) -> bool:
     """Whether the hub's host accepts a connection (checked once before a download, so a notebook without
     internet fails in seconds rather than after the library's retries); True behind a proxy (not probed)."""
-    import socket
-    from urllib.parse import urlsplit
-
     from huggingface_hub import constants
 
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY")):
-        return True
-    parts = urlsplit(constants.ENDPOINT)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    try:
-        socket.create_connection((parts.hostname, port), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
+    return reachable(constants.ENDPOINT, timeout)
 
 
 _NO_NETWORK_SENTENCE = (

@@ -18,8 +18,9 @@ from utils.models.paligemma.infer import (
     predict_batches,
     saved_max_new_tokens,
 )
-from utils.models.paligemma.load import ModelConfig, split_settings
+from utils.models.paligemma.load import ModelConfig
 from utils.models.paligemma.train import TrainConfig, fit
+from utils.models.settings import split
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ class PaliGemmaBackend:
         ``max_new_tokens`` 0 (the default) takes the answer length saved with the adapter. The first batch after a
         load is checked for NaN/inf logits (``NonFiniteError`` names the remedies); at the end a warning says how
         many generations hit ``max_new_tokens`` (``self.stats``)."""
-        model_kw, infer_kw = split_settings(settings, ModelConfig, InferConfig)
+        model_kw, infer_kw = split(settings, ModelConfig, InferConfig)
         cfg = InferConfig(**infer_kw)
         if not cfg.max_new_tokens:
             cfg.max_new_tokens = saved_max_new_tokens(artifact_dir) or DEFAULT_MAX_NEW_TOKENS

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import re
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -156,16 +156,6 @@ class ModelConfig:
         d = asdict(self)
         d["lora_targets"] = list(self.lora_targets)
         return d
-
-
-def split_settings(settings: dict[str, Any], *config_types: type) -> list[dict[str, Any]]:
-    """Split ``**settings`` among dataclasses by field name; an unknown name raises ``TypeError`` listing all."""
-    names = [{f.name for f in fields(t)} for t in config_types]
-    unknown = sorted(set(settings) - set().union(*names))
-    if unknown:
-        allowed = sorted(set().union(*names))
-        raise TypeError(f"unknown setting(s) {unknown}; allowed: {allowed}")
-    return [{k: v for k, v in settings.items() if k in n} for n in names]
 
 
 def bnb_config(cfg: ModelConfig):

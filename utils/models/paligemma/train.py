@@ -44,8 +44,8 @@ from utils.models.paligemma.load import (
     model_source,
     prepare_for_training,
     save_adapter,
-    split_settings,
 )
+from utils.models.settings import split
 
 log = logging.getLogger(__name__)
 
@@ -314,7 +314,7 @@ def fit(
     **settings: Any,
 ) -> Path:
     """Backend entry: ``settings`` are ModelConfig, TrainConfig and InferConfig (eval generation) field names."""
-    model_kw, train_kw, infer_kw = split_settings(settings, ModelConfig, TrainConfig, InferConfig)
+    model_kw, train_kw, infer_kw = split(settings, ModelConfig, TrainConfig, InferConfig)
     return train_model(
         ModelConfig(**model_kw),
         TrainConfig(**train_kw),

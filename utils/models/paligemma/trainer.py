@@ -1,8 +1,8 @@
 """The PaliGemma fine-tune's HF ``Trainer`` and its ``TrainingArguments``.
 
-- ``PaliGemmaTrainer``: the ``Trainer`` computing logits only over the answer window
-  (``utils.models.finetune.loss``), stopping on a NaN/inf loss, logging ETA and plan (``utils.models.finetune.budget``),
-  and giving the vision tower's LoRA weights their own, lower learning rate (``TrainConfig.vision_lr_scale``).
+- ``PaliGemmaTrainer``: the shared ``utils.models.finetune.trainer.AnswerTrainer`` (answer-window loss, NaN/inf stop,
+  ETA and plan in the logs), giving the vision tower's LoRA weights their own, lower learning rate
+  (``TrainConfig.vision_lr_scale``) and adding the generated-answer F1 to evaluations.
 - ``training_arguments``: fp16 mixed precision on a T4, bf16 where native, neither on CPU; pinned to the model's one
   device (``OneDeviceTrainingArguments``: transformers would count every visible GPU and multiply the batch).
 
@@ -15,35 +15,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Trainer, TrainingArguments
 
-from utils.models.finetune.generation import FP16_REMEDY, NonFiniteError
-from utils.models.finetune.loss import answer_loss, answer_window
+from utils.models.finetune.trainer import AnswerTrainer, OneDeviceTrainingArguments
 from utils.models.paligemma.load import ModelConfig
 
 
-class PaliGemmaTrainer(Trainer):
-    """HF Trainer: loss on the answer window only, NaN/inf loss stops the run, ETA and plan in every log."""
+class PaliGemmaTrainer(AnswerTrainer):
+    """The shared ``AnswerTrainer``, with the vision tower's LoRA at its own rate and the generated-answer F1 in
+    every evaluation."""
 
-    def __init__(self, *args: Any, f1_eval: Any = None, budget: Any = None, check_finite: bool = True,
-                 vision_lr_scale: float = 1.0, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, f1_eval: Any = None, vision_lr_scale: float = 1.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.vision_lr_scale = vision_lr_scale
-        self.model_accepts_loss_kwargs = False  # our loss is a per-batch mean: let the Trainer scale it
         self.f1_eval = f1_eval
-        self.budget = budget
-        self.check_finite = check_finite
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
-        inputs = dict(inputs)
-        labels = inputs.pop("labels")
-        keep = answer_window(labels)
-        outputs = model(**inputs, logits_to_keep=keep, use_cache=False)
-        loss = answer_loss(outputs.logits, labels)
-        if self.check_finite and model.training and not bool(torch.isfinite(loss)):
-            raise NonFiniteError(f"the training loss became {float(loss)} at step {self.state.global_step + 1}: "
-                                 f"{FP16_REMEDY}")
-        return (loss, outputs) if return_outputs else loss
 
     def create_optimizer(self, model=None):  # noqa: ANN001
         """The Trainer's optimizer, with the vision tower's LoRA weights in groups of their own at
@@ -65,11 +49,6 @@ class PaliGemmaTrainer(Trainer):
         optimizer.vision_lr_scale = self.vision_lr_scale
         return optimizer
 
-    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
-        if self.budget is not None and ("loss" in logs or "train_loss" in logs):
-            logs = {**logs, **self.budget.log_fields(self.state)}
-        super().log(logs, *args, **kwargs)
-
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):  # noqa: ANN001
         metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix) if self.eval_dataset else {}
         if self.f1_eval is not None:
@@ -77,20 +56,6 @@ class PaliGemmaTrainer(Trainer):
             metrics[f"{metric_key_prefix}_f1"] = f1
             self.log({f"{metric_key_prefix}_f1": f1})
         return metrics
-
-
-class OneDeviceTrainingArguments(TrainingArguments):
-    """``TrainingArguments`` pinned to the one device the model was put on (``ModelConfig.device``).
-
-    With several visible GPUs and no distributed launch, transformers counts them all (``n_gpu``), wraps the model in
-    ``DataParallel`` and multiplies the per-device batch by their number: on Kaggle's "GPU T4 x2" a configured batch of
-    4 becomes 8, half the planned steps, a checkpoint that resumes with another batch in a one-GPU session, and wandb
-    saying 4. The fit uses one GPU (the second serves stage 03's shards), so ``n_gpu`` is at most 1, as transformers
-    itself sets it for a model-parallel model."""
-
-    @property
-    def n_gpu(self) -> int:
-        return min(1, super().n_gpu)
 
 
 def training_arguments(model_cfg: ModelConfig, train_cfg: Any, ckpt_dir: Path, max_steps: int,

@@ -18,15 +18,13 @@ from utils.models.backend import FIT_STATUS, FIT_SUMMARY
 from utils.models.finetune.checkpoints import WANDB_FILE, fingerprint, prepare_checkpoints, read_json, write_json
 from utils.models.finetune.device import describe_device, free_memory
 from utils.models.finetune.hub import offline, resolve_model_source
-from utils.models.finetune.loss import AnswerDataset, answer_loss, answer_window
+from utils.models.finetune.loss import AnswerDataset
 from utils.models.settings import split
 from utils.models.vlm.data import ChatCollator, end_of_turn
 from utils.models.vlm.infer import (
-    FP16_REMEDY,
     GENERATION_FILE,
     MAX_NEW_TOKENS_LIMIT,
     GenerationStats,
-    NonFiniteError,
     VlmInferConfig,
     generated_f1,
     load_predictor,
@@ -106,42 +104,14 @@ def answer_token_budget(processor: Any, answers: list[str], margin: int) -> tupl
     return longest, min(MAX_NEW_TOKENS_LIMIT, longest + margin)
 
 
-def _trainer_class():
-    from transformers import Trainer
-
-    class VlmTrainer(Trainer):
-        """Loss on the answer window only; a NaN/inf loss stops the run; ETA and plan in every log."""
-
-        def __init__(self, *args: Any, budget: Any = None, check_finite: bool = True, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.model_accepts_loss_kwargs = False
-            self.budget, self.check_finite = budget, check_finite
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
-            inputs = dict(inputs)
-            labels = inputs.pop("labels")
-            outputs = model(**inputs, logits_to_keep=answer_window(labels), use_cache=False)
-            loss = answer_loss(outputs.logits, labels)
-            if self.check_finite and model.training and not bool(torch.isfinite(loss)):
-                raise NonFiniteError(f"the training loss became {float(loss)} at step "
-                                     f"{self.state.global_step + 1}: {FP16_REMEDY}")
-            return (loss, outputs) if return_outputs else loss
-
-        def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
-            if self.budget is not None and "loss" in logs:
-                logs = {**logs, **self.budget.log_fields(self.state)}
-            super().log(logs, *args, **kwargs)
-
-    return VlmTrainer
-
-
 def _arguments(model_cfg: VlmModelConfig, cfg: VlmTrainConfig, ckpt_dir: Path, max_steps: int, report_to: Any,
                run_name: str | None):
-    """``TrainingArguments``: fp16 mixed precision on a GPU without native bf16 (a T4), bf16 where native."""
-    from transformers import TrainingArguments
+    """``TrainingArguments``: fp16 mixed precision on a GPU without native bf16 (a T4), bf16 where native; on the
+    model's one device (``OneDeviceTrainingArguments``: two visible T4s never double the batch)."""
+    from utils.models.finetune.trainer import OneDeviceTrainingArguments
 
     on_gpu, dtype = model_cfg.torch_device.type == "cuda", model_cfg.torch_dtype
-    return TrainingArguments(
+    return OneDeviceTrainingArguments(
         output_dir=str(ckpt_dir), num_train_epochs=cfg.num_train_epochs, max_steps=max_steps,
         per_device_train_batch_size=cfg.train_batch_size, gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.learning_rate, warmup_steps=cfg.warmup_ratio, lr_scheduler_type=cfg.lr_scheduler,
@@ -161,6 +131,7 @@ def train_model(model_cfg: VlmModelConfig, cfg: VlmTrainConfig, infer_cfg: VlmIn
 
     from utils.env.tracking import init_run, wandb_mode
     from utils.models.finetune.budget import CheckpointMeta, TimeBudget, TrainingProgress
+    from utils.models.finetune.trainer import AnswerTrainer
 
     started = time.monotonic()
     out = Path(out_dir)
@@ -209,7 +180,7 @@ def train_model(model_cfg: VlmModelConfig, cfg: VlmTrainConfig, infer_cfg: VlmIn
                                 ckpt_dir, started)
             args = _arguments(model_cfg, cfg, ckpt_dir, budget.planned_steps or cfg.max_steps,
                               ["wandb"] if mode != "disabled" else "none", getattr(run, "name", None) or None)
-            trainer = _trainer_class()(model=model, args=args, train_dataset=train_ds,
+            trainer = AnswerTrainer(model=model, args=args, train_dataset=train_ds,
                                        data_collator=ChatCollator(processor), processing_class=processor.tokenizer,
                                        callbacks=[budget, TrainingProgress(budget), CheckpointMeta(ckpt_dir),
                                                   *(callbacks or [])],
