@@ -117,12 +117,10 @@ def runtime_env(backend: str = "") -> dict[str, Any]:
     """The job's runtime environment: our package (and plugin backends' packages found outside site-packages) as
     ``py_modules``, so nodes without this checkout run the same code; ``PASSED_ENV`` variables that are set, and
     those of the backend's ``run_environment`` (a node without the driver's folder makes its own: ``ray_actors``)."""
-    from utils.models.backend import run_environment
-
     import importlib
 
     import utils
-    from utils.models.backend import _plugins
+    from utils.models.backend import _plugins, run_environment
 
     modules = {str(Path(utils.__file__).parent)}
     for target in _plugins().values():
